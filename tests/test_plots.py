@@ -1,0 +1,157 @@
+"""The privacy-utility figure, read back from the matplotlib objects it draws."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from privkit.plots import privacy_utility, save_figure
+
+EPSILONS = (0.5, 1, 2, 4, 8)
+AUC = {0.5: 0.65, 1: 0.72, 2: 0.86, 4: 0.90, 8: 0.93, math.inf: 0.96}
+SEED_OFFSET = (-0.01, 0.0, 0.01)  # spread over seeds: sd = 0.01
+
+
+def tidy_table(*, epsilons=(*EPSILONS, math.inf), delta: float | None = 1e-5) -> pd.DataFrame:
+    """3 seeds x each epsilon, metrics auc and accuracy, test and val splits."""
+    rows = []
+    for eps in epsilons:
+        for seed, offset in enumerate(SEED_OFFSET):
+            common = {
+                "run_id": f"eps{eps}-s{seed}", "seed": seed, "epsilon_target": eps,
+                "epsilon_spent": eps, "dataset": "pneumoniamnist", "model": "cnn",
+            }  # fmt: skip
+            if delta is not None:
+                common["delta"] = delta
+            for split, shift in (("test", 0.0), ("val", 0.02)):
+                rows.append({**common, "split": split, "metric": "auc", "value": AUC[eps] + offset + shift})
+                rows.append({**common, "split": split, "metric": "accuracy", "value": AUC[eps] - 0.1 + offset})
+    return pd.DataFrame(rows)
+
+
+def horizontal_levels(ax) -> list[float]:
+    return [line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1]
+
+
+def test_one_log_scaled_panel_per_metric_with_readable_labels():
+    fig = privacy_utility(tidy_table(), metrics=("auc", "accuracy"))
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 2
+    auc_ax, acc_ax = fig.axes
+    for ax in fig.axes:
+        assert ax.get_xscale() == "log"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "1", "2", "4", "8"]
+        assert "privacy budget ε" in ax.get_xlabel() and "more private" in ax.get_xlabel()
+    assert "AUC" in auc_ax.get_ylabel() and auc_ax.get_ylabel().startswith("test")
+    assert "accuracy" in acc_ax.get_ylabel()
+
+
+def test_private_means_and_sd_error_bars_are_drawn_at_each_epsilon():
+    fig = privacy_utility(tidy_table(), metrics=["auc"])
+    ax = fig.axes[0]
+    (bars,) = ax.containers
+    xs, ys = bars.lines[0].get_data()
+    np.testing.assert_allclose(xs, EPSILONS)
+    np.testing.assert_allclose(ys, [AUC[e] for e in EPSILONS])
+    # Error bar segments span mean ± sd, with sd = 0.01 over the three seeds.
+    segments = bars.lines[2][0].get_segments()
+    heights = [seg[1][1] - seg[0][1] for seg in segments]
+    np.testing.assert_allclose(heights, 2 * 0.01, rtol=1e-6)
+
+
+def test_non_private_level_is_a_dashed_line_with_a_band_and_a_legend_entry():
+    fig = privacy_utility(tidy_table(), metrics=["auc", "accuracy"])
+    auc_ax, acc_ax = fig.axes
+    assert horizontal_levels(auc_ax) == [pytest.approx(0.96)]
+    assert horizontal_levels(acc_ax) == [pytest.approx(0.86)]
+    (level,) = [line for line in auc_ax.lines if len(set(line.get_ydata())) == 1]
+    assert level.get_linestyle() == "--"
+    (band,) = auc_ax.patches  # axhspan: from mean - sd to mean + sd
+    corners = band.get_transform().transform_path(band.get_path()).vertices  # display coords
+    ys = auc_ax.transData.inverted().transform(corners)[:, 1]
+    assert min(ys) == pytest.approx(0.95) and max(ys) == pytest.approx(0.97)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "non-private" in labels
+    assert any("3 seeds" in label for label in labels)
+
+
+def test_split_selects_rows():
+    fig = privacy_utility(tidy_table(), metrics=["auc"], split="val")
+    assert horizontal_levels(fig.axes[0]) == [pytest.approx(0.98)]
+    assert fig.axes[0].get_ylabel() == "val ROC AUC"
+
+
+def test_title_names_dataset_model_and_a_single_delta():
+    assert privacy_utility(tidy_table()).get_suptitle() == "pneumoniamnist · cnn · δ = 1e-05"
+    assert "δ" not in privacy_utility(tidy_table(delta=None)).get_suptitle()
+    two_deltas = tidy_table()
+    two_deltas.loc[two_deltas["seed"] == 0, "delta"] = 1e-6
+    assert "δ" not in privacy_utility(two_deltas).get_suptitle()
+
+
+def test_draws_into_given_axes():
+    fig = Figure()
+    ax = fig.subplots()
+    assert privacy_utility(tidy_table(), metrics=["auc"], ax=ax) is fig
+    assert ax.get_xscale() == "log" and ax.get_legend() is not None
+    with pytest.raises(ValueError, match=r"one axes per metric \(2\); got 1"):
+        privacy_utility(tidy_table(), metrics=["auc", "accuracy"], ax=ax)
+
+
+def test_only_private_or_only_non_private_rows_still_plot():
+    fig = privacy_utility(tidy_table(epsilons=EPSILONS))
+    assert horizontal_levels(fig.axes[0]) == []
+    fig = privacy_utility(tidy_table(epsilons=(math.inf,)))
+    assert horizontal_levels(fig.axes[0]) == [pytest.approx(0.96)]
+
+
+def test_a_missing_target_with_infinite_spent_epsilon_is_non_private():
+    # privkit.results records a noise_multiplier=0 run with epsilon_target = NaN.
+    table = tidy_table()
+    table.loc[np.isinf(table["epsilon_target"]), "epsilon_target"] = np.nan
+    assert horizontal_levels(privacy_utility(table).axes[0]) == [pytest.approx(0.96)]
+
+
+def test_leaves_global_matplotlib_state_alone():
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = dict(matplotlib.rcParams)
+    open_figures = plt.get_fignums()
+    privacy_utility(tidy_table())
+    assert dict(matplotlib.rcParams) == before
+    assert plt.get_fignums() == open_figures
+
+
+def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
+    fig = privacy_utility(tidy_table())
+    paths = save_figure(fig, tmp_path / "figures" / "privacy_utility")
+    assert paths == [tmp_path / "figures" / "privacy_utility.png", tmp_path / "figures" / "privacy_utility.pdf"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths[1].read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "privacy_utility.pdf", "privacy_utility.png"
+    ]  # no temporary files left behind
+    # A dot in the stem is kept; a .png suffix is not doubled.
+    assert save_figure(fig, tmp_path / "eps0.5")[0].name == "eps0.5.png"
+    assert save_figure(fig, tmp_path / "fig.png")[1].name == "fig.pdf"
+
+
+@pytest.mark.parametrize(
+    "change, kwargs, match",
+    [
+        (lambda t: t.drop(columns=["seed", "split"]), {}, r"missing: seed, split"),
+        (lambda t: t, {"metrics": ["auc", "f1"]}, r"Unknown metric\(s\) 'f1'.*has: accuracy, auc"),
+        (lambda t: t, {"split": "train"}, r"Unknown split='train'; the table has: test, val"),
+        (lambda t: t.iloc[0:0], {}, r"private .* or non-private .* rows; the table has none"),
+        (lambda t: t.assign(epsilon_target=np.nan, epsilon_spent=1.0), {}, r"epsilon_target > 0.*18 run\(s\).*eps0.5-s0.* and 13 more"),
+        (lambda t: t, {"metrics": []}, r"at least one metric"),
+    ],
+)
+def test_bad_tables_raise(change, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        privacy_utility(change(tidy_table()), **kwargs)

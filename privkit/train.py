@@ -1,0 +1,247 @@
+"""Train one model with DP-SGD (or without privacy) on a MedMNIST chest X-ray set.
+
+>>> from privkit.train import TrainConfig
+>>> TrainConfig(epsilon=0)
+Traceback (most recent call last):
+...
+ValueError: Expected epsilon=0 > 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from privkit import _validate, accounting, data
+from privkit.engine import DP_BACKENDS, create_backend
+from privkit.engine.sampling import poisson_indices
+from privkit.metrics import evaluate
+from privkit.models import MODELS, create_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run; validated on construction.
+
+    Privacy: give ``epsilon`` (the noise is calibrated to reach it after the planned steps)
+    or ``noise_multiplier`` (epsilon is then what the accountant reports), not both.
+    ``epsilon=math.inf`` trains without privacy through the same loop.
+    """
+
+    dataset: str = "pneumoniamnist"
+    model: str = "cnn"
+    backend: str = "opacus"
+    epsilon: float | None = 8.0
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    epochs: int = 10
+    batch_size: int = 256  # expected Poisson batch size: sample_rate = batch_size / n_train
+    lr: float = 2.0
+    momentum: float = 0.9
+    accountant: str = "prv"
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        _validate.one_of(data.DATASETS, dataset=self.dataset)
+        _validate.one_of(MODELS, model=self.model)
+        _validate.one_of(DP_BACKENDS, backend=self.backend)
+        _validate.one_of(accounting.ACCOUNTANTS, accountant=self.accountant)
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(
+                f"Give exactly one of epsilon={self.epsilon!r} and "
+                f"noise_multiplier={self.noise_multiplier!r}."
+            )
+        if self.epsilon is not None:
+            _validate.positive(epsilon=self.epsilon)
+        if self.noise_multiplier is not None:
+            _validate.in_range(0, math.inf, noise_multiplier=self.noise_multiplier)
+        _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=self.delta)
+        _validate.positive(max_grad_norm=self.max_grad_norm)
+        _validate.positive_int(epochs=self.epochs)
+        _validate.positive_int(batch_size=self.batch_size)
+        _validate.positive(lr=self.lr)
+        _validate.in_range(0, 1, high_inclusive=False, momentum=self.momentum)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"Expected seed={self.seed!r} to be an integer.")
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon != math.inf and self.noise_multiplier != 0
+
+    def check_against(self, n_train: int) -> None:
+        """Checks that need the training-set size: batch size and delta < 1/n."""
+        if self.batch_size > n_train:
+            raise ValueError(
+                f"Expected batch_size={self.batch_size} <= {n_train}, the training-set size."
+            )
+        if self.private and self.delta >= 1 / n_train:
+            raise ValueError(
+                f"Expected delta={self.delta} < 1/n = {1 / n_train:.3g} (n = {n_train} training "
+                "examples): a larger delta allows leaking whole records."
+            )
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """The DP-SGD mechanism as the accountant sees it (Poisson-subsampled Gaussian)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+    delta: float
+    accountant: str
+    epsilon: float  # spent after all steps; inf without privacy
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    mechanism: Mechanism
+    backend: str  # what ran: a DP backend, or "nonprivate"
+    metrics: dict[str, dict[str, float]]  # split -> metric -> value
+    loss_per_epoch: list[float]
+    model: nn.Module = field(repr=False)
+    device: str = ""
+    seconds: float = 0.0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def plan(config: TrainConfig, n_train: int) -> Mechanism:
+    """The mechanism a run will execute: Poisson rate, steps, and calibrated noise."""
+    config.check_against(n_train)
+    sample_rate = config.batch_size / n_train
+    steps = config.epochs * max(1, round(n_train / config.batch_size))
+    if not config.private:
+        noise = 0.0
+    elif config.noise_multiplier is not None:
+        noise = config.noise_multiplier
+    else:
+        noise = accounting.calibrate_noise(
+            target_epsilon=config.epsilon,
+            target_delta=config.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=config.accountant,
+        )
+    eps = math.inf if noise == 0 else accounting.epsilon(
+        noise_multiplier=noise,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=config.delta,
+        accountant=config.accountant,
+    )
+    return Mechanism(
+        noise, sample_rate, steps, config.max_grad_norm, config.delta, config.accountant, eps
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, batch_size: int = 1024) -> Tensor:
+    """Probabilities, one per label: (N, C, H, W) -> (N, L)."""
+    model.eval()
+    out = [torch.sigmoid(model(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def train(
+    config: TrainConfig, *, dataset: data.Dataset | None = None, progress: bool = True
+) -> TrainResult:
+    """Train one model and evaluate it on the validation and test splits.
+
+    Args:
+        config: the run; see ``TrainConfig``.
+        dataset: already loaded data (on the run's device); loaded from ``config`` otherwise.
+        progress: show a progress bar over the steps.
+
+    Returns:
+        A ``TrainResult`` with the executed mechanism (the epsilon actually spent) and metrics.
+    """
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    if dataset is None:
+        dataset = data.load(config.dataset, root=config.data_root, device=device)
+    train_split = dataset.train
+    mech = plan(config, len(train_split))
+
+    torch.manual_seed(config.seed)
+    model = create_model(
+        config.model,
+        in_channels=dataset.info.n_channels,
+        n_outputs=dataset.info.n_labels,
+        image_size=train_split.images.shape[-1],
+    ).to(device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    backend = create_backend(
+        config.backend if config.private else "nonprivate",
+        model,
+        noise_multiplier=mech.noise_multiplier,
+        max_grad_norm=config.max_grad_norm,
+        expected_batch_size=config.batch_size,
+        lr=config.lr,
+        momentum=config.momentum,
+        generator=generator,
+    )
+
+    steps_per_epoch = mech.steps // config.epochs
+    losses: list[float] = []
+    bar = tqdm(
+        total=mech.steps,
+        disable=not progress,
+        leave=False,
+        desc=f"{config.model} ε={config.epsilon if config.epsilon is not None else mech.epsilon:.3g}",
+    )
+    for _ in range(config.epochs):
+        model.train()
+        total = 0.0
+        for _ in range(steps_per_epoch):
+            idx = poisson_indices(len(train_split), mech.sample_rate, generator)
+            total += backend.step(train_split.images[idx], train_split.labels[idx])
+            bar.update()
+        losses.append(total / (steps_per_epoch * config.batch_size))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+
+    info = dataset.info
+    names = info.label_names if info.task == "multi-label" else None
+    metrics = {
+        name: evaluate(split.labels, predict(model, split.images), task=info.task, label_names=names)
+        for name, split in (("val", dataset.val), ("test", dataset.test))
+    }
+    return TrainResult(
+        config=config,
+        mechanism=mech,
+        backend=backend.name,
+        metrics=metrics,
+        loss_per_epoch=losses,
+        model=model,
+        device=str(device),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A ``TrainConfig`` from plain values; unknown keys are an error that lists the known."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown training parameter(s) {unknown}; expected some of: {', '.join(sorted(known))}."
+        )
+    return TrainConfig(**values)

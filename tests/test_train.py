@@ -1,0 +1,128 @@
+"""End-to-end training on synthetic MedMNIST files: the mechanism, learning, repeatability,
+and every bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from privkit import accounting, data
+from privkit.train import TrainConfig, config_from_dict, train
+
+QUICK = dict(epochs=3, batch_size=32, lr=1.0, device="cpu", delta=1e-3)
+
+
+@pytest.fixture(scope="module")
+def pneumonia(synthetic_root: Path) -> data.Dataset:
+    return data.load("pneumoniamnist", root=synthetic_root)
+
+
+def test_private_training_spends_at_most_its_budget_and_learns(pneumonia: data.Dataset) -> None:
+    result = train(TrainConfig(epsilon=4.0, **QUICK), dataset=pneumonia, progress=False)
+    mech = result.mechanism
+    n = len(pneumonia.train)
+    assert mech.sample_rate == pytest.approx(32 / n)
+    assert mech.steps == 3 * round(n / 32)
+    # The noise is the calibrated one, and the accountant's epsilon for it is within budget.
+    expected_sigma = accounting.calibrate_noise(
+        target_epsilon=4.0, target_delta=1e-3, sample_rate=32 / n, steps=mech.steps
+    )
+    assert mech.noise_multiplier == pytest.approx(expected_sigma)
+    assert 0.9 * 4.0 < mech.epsilon <= 4.0
+    assert result.backend == "opacus"
+    assert result.metrics["test"]["auc"] > 0.8  # the synthetic classes are easy
+    assert set(result.metrics) == {"val", "test"}
+    assert len(result.loss_per_epoch) == 3
+
+
+def test_fixed_noise_reports_the_accountants_epsilon(pneumonia: data.Dataset) -> None:
+    config = TrainConfig(epsilon=None, noise_multiplier=1.5, accountant="rdp", **QUICK)
+    mech = train(config, dataset=pneumonia, progress=False).mechanism
+    assert mech.noise_multiplier == 1.5
+    assert mech.epsilon == pytest.approx(
+        accounting.epsilon(noise_multiplier=1.5, sample_rate=mech.sample_rate,
+                           steps=mech.steps, delta=1e-3, accountant="rdp")
+    )  # fmt: skip
+
+
+def test_infinite_epsilon_trains_without_privacy(pneumonia: data.Dataset) -> None:
+    result = train(TrainConfig(epsilon=math.inf, **QUICK), dataset=pneumonia, progress=False)
+    assert result.backend == "nonprivate"
+    assert result.mechanism.noise_multiplier == 0
+    assert result.mechanism.epsilon == math.inf
+    assert result.metrics["test"]["auc"] > 0.9
+
+
+def test_same_seed_same_model_other_seed_other_model(pneumonia: data.Dataset) -> None:
+    runs = [
+        train(TrainConfig(epsilon=2.0, seed=s, **QUICK), dataset=pneumonia, progress=False)
+        for s in (7, 7, 8)
+    ]
+    params = [torch.cat([p.flatten() for p in r.model.parameters()]) for r in runs]
+    assert torch.equal(params[0], params[1])
+    assert not torch.allclose(params[0], params[2])
+
+
+def test_multi_label_chestmnist(synthetic_root: Path) -> None:
+    result = train(
+        TrainConfig(dataset="chestmnist", epsilon=8.0, data_root=str(synthetic_root), **QUICK),
+        progress=False,
+    )
+    test = result.metrics["test"]
+    assert {"auc", "accuracy", "auc_atelectasis"} <= set(test)
+    assert 0.0 <= test["auc"] <= 1.0
+
+
+def test_device_auto_uses_cuda_only_when_present(pneumonia: data.Dataset) -> None:
+    result = train(TrainConfig(epsilon=8.0, **{**QUICK, "epochs": 1, "device": "auto"}),
+                   dataset=pneumonia, progress=False)  # fmt: skip
+    assert result.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dataset": "cifar10"}, r"dataset='cifar10'.*pneumoniamnist, chestmnist"),
+        ({"model": "vgg"}, r"model='vgg'.*cnn"),
+        ({"backend": "jax"}, r"backend='jax'.*opacus"),
+        ({"epsilon": 0.0}, r"epsilon=0.0 > 0"),
+        ({"epsilon": -1.0}, r"epsilon=-1.0 > 0"),
+        ({"delta": 0.0}, r"delta=0.0 in \(0, 1\)"),
+        ({"delta": 1.5}, r"delta=1.5 in \(0, 1\)"),
+        ({"epochs": 0}, r"epochs=0 to be an integer >= 1"),
+        ({"batch_size": -3}, r"batch_size=-3 to be an integer >= 1"),
+        ({"accountant": "moments"}, r"accountant='moments'.*prv, rdp, gdp"),
+        ({"noise_multiplier": 1.0}, r"exactly one of epsilon=8.0 and noise_multiplier=1.0"),
+        ({"max_grad_norm": 0}, r"max_grad_norm=0 > 0"),
+    ],
+)
+def test_bad_config_names_argument_and_allowed_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_batch_size_above_dataset_and_delta_above_one_over_n(pneumonia: data.Dataset) -> None:
+    n = len(pneumonia.train)
+    with pytest.raises(ValueError, match=rf"batch_size={n + 1} <= {n}"):
+        train(TrainConfig(epsilon=1.0, **{**QUICK, "batch_size": n + 1}), dataset=pneumonia)
+    with pytest.raises(ValueError, match=r"delta=0.01 < 1/n"):
+        train(TrainConfig(epsilon=1.0, **{**QUICK, "delta": 0.01}), dataset=pneumonia)
+
+
+def test_unknown_parameter_is_named() -> None:
+    with pytest.raises(ValueError, match=r"Unknown training parameter\(s\) \['epoch'\].*epochs"):
+        config_from_dict({"epoch": 3})
+
+
+@pytest.mark.slow
+def test_real_pneumoniamnist_smoke() -> None:
+    """On the real data (when PRIVKIT_DATA holds it), two private epochs already separate."""
+    root = data.data_root()
+    if not (root / "pneumoniamnist.npz").exists():
+        pytest.skip("set PRIVKIT_DATA to a folder holding pneumoniamnist.npz")
+    result = train(TrainConfig(epsilon=8.0, epochs=2, lr=0.25, device="cpu"), progress=False)
+    assert result.mechanism.epsilon <= 8.0
+    assert result.metrics["test"]["auc"] > 0.85

@@ -1,0 +1,5 @@
+import sys
+
+from privkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,119 @@
+"""The ``privkit`` command: train one model, or reproduce every figure.
+
+    privkit train --dataset pneumoniamnist --model cnn --epsilon 8 --epochs 10
+    privkit train --epsilon inf                # the non-private baseline
+    privkit reproduce --profile quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+from privkit import accounting, data
+from privkit.engine import DP_BACKENDS
+from privkit.models import MODELS
+from privkit.train import TrainConfig
+
+
+def _float(text: str) -> float:
+    """Floats including ``inf``; argparse's ``float`` type already accepts it, this names it."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'inf', got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="privkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    d = TrainConfig()
+    t = commands.add_parser("train", help="train one model with DP-SGD and print its result",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--dataset", default=d.dataset, choices=data.DATASETS)
+    t.add_argument("--model", default=d.model, choices=sorted(MODELS))
+    t.add_argument("--backend", default=d.backend, choices=DP_BACKENDS)
+    t.add_argument("--epsilon", type=_float, default=d.epsilon, help="target epsilon; 'inf' trains without privacy")
+    t.add_argument("--noise-multiplier", type=_float, default=None, help="fix the noise instead of --epsilon")
+    t.add_argument("--delta", type=_float, default=d.delta)
+    t.add_argument("--max-grad-norm", type=_float, default=d.max_grad_norm, help="per-sample clipping norm C")
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="expected Poisson batch size")
+    t.add_argument("--lr", type=_float, default=d.lr)
+    t.add_argument("--momentum", type=_float, default=d.momentum)
+    t.add_argument("--accountant", default=d.accountant, choices=accounting.ACCOUNTANTS)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    t.add_argument("--data-root", default=None, help="folder with <dataset>.npz (default: $PRIVKIT_DATA, else medmnist's)")
+    t.add_argument("--out", default=None, help="append the result to <out>/metrics.csv (reused if finished)")
+    t.add_argument("--experiment", default="cli", help="experiment name recorded in the table")
+    t.add_argument("--no-progress", action="store_true")
+
+    r = commands.add_parser("reproduce", help="execute every experiment notebook (what `make reproduce` does)")
+    r.add_argument("--profile", default="full", help="full (GPU) or quick (CPU), as defined in experiments/*.yaml")
+    r.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
+    r.add_argument("--experiments-dir", default="experiments")
+    r.add_argument("--notebooks-dir", default="notebooks")
+    r.add_argument("--results-dir", default="results")
+    r.add_argument("--figures-dir", default="figures")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from privkit import experiments
+    from privkit.train import train
+
+    config = TrainConfig(
+        dataset=args.dataset, model=args.model, backend=args.backend,
+        epsilon=None if args.noise_multiplier is not None else args.epsilon,
+        noise_multiplier=args.noise_multiplier, delta=args.delta,
+        max_grad_norm=args.max_grad_norm, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, accountant=args.accountant, seed=args.seed,
+        device=args.device, data_root=args.data_root,
+    )  # fmt: skip
+    if args.out:
+        table = experiments.sweep([config], experiment=args.experiment, out_dir=args.out, progress=not args.no_progress)
+        summary = {
+            "run_id": table["run_id"].iloc[0],
+            "epsilon_spent": float(table["epsilon_spent"].iloc[0]),
+            "noise_multiplier": float(table["noise_multiplier"].iloc[0]),
+            "metrics": {f"{r.split}_{r.metric}": r.value for r in table.itertuples()},
+            "table": f"{args.out}/metrics.csv",
+        }
+    else:
+        result = train(config, progress=not args.no_progress)
+        m = result.mechanism
+        summary = {
+            "backend": result.backend, "device": result.device,
+            "epsilon_spent": m.epsilon, "delta": m.delta, "noise_multiplier": m.noise_multiplier,
+            "sample_rate": m.sample_rate, "steps": m.steps, "seconds": round(result.seconds, 2),
+            "metrics": {f"{s}_{k}": v for s, vals in result.metrics.items() for k, v in vals.items()},
+        }  # fmt: skip
+    print(json.dumps(summary, indent=2, default=lambda x: "inf" if x == math.inf else str(x)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        from privkit.experiments import reproduce
+
+        reproduce(
+            profile=args.profile, experiments_dir=args.experiments_dir,
+            notebooks_dir=args.notebooks_dir, results_dir=args.results_dir,
+            figures_dir=args.figures_dir, force=args.force,
+        )  # fmt: skip
+        return 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"privkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -86,7 +86,7 @@ def test_a_failed_write_keeps_the_old_table(tmp_path: Path, monkeypatch: pytest.
 def test_run_id_depends_on_what_is_trained_and_the_data() -> None:
     a = results.run_id(TrainConfig(), "a" * 64)
     assert a == results.run_id(TrainConfig(device="cuda", data_root="/elsewhere"), "a" * 64)
-    assert a != results.run_id(TrainConfig(lr=0.1), "a" * 64)
+    assert a != results.run_id(TrainConfig(lr=0.5), "a" * 64)
     assert a != results.run_id(TrainConfig(), "b" * 64)
 
 

@@ -73,4 +73,4 @@ def create_backend(
     )
 
 
-DP_BACKENDS: tuple[str, ...] = ("opacus",)
+DP_BACKENDS: tuple[str, ...] = ("fast", "opacus")  # fast: engine/fast.py, trained in stacks

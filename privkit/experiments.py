@@ -29,7 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from privkit import data, results
-from privkit.train import TrainConfig, resolve_device, train
+from privkit.train import TrainConfig, resolve_device, stack_key, train_many
 
 PROFILES = ("full", "quick")
 _YAML_KEYS = {"notebook", "description", "parameters", "profiles"}
@@ -53,34 +53,57 @@ def sweep(
     *,
     experiment: str,
     out_dir: str | Path,
+    max_stack: int | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every config not already finished in ``<out_dir>/metrics.csv``; return their rows.
 
-    Each finished run appends its rows atomically and writes ``runs/<run_id>.json`` with its
-    provenance, so an interrupted sweep resumes and a repeated one trains nothing.
+    Configs that can share a stack (``backend='fast'``, same ``train.STACK_FIELDS``) train
+    together, up to ``max_stack`` models at once. By default a GPU takes them all, and a CPU
+    one at a time: there, vmapped convolutions over stacked models run slower per model than
+    single ones (measured on a 2-core CPU: 1.5 s vs 0.8 s per model and epoch).
+    Each finished group appends its rows atomically and writes
+    ``runs/<run_id>.json`` with its provenance, so an interrupted sweep resumes and a repeated
+    one trains nothing.
     """
     out_dir = Path(out_dir)
     table_path = out_dir / "metrics.csv"
     datasets: dict[tuple, data.Dataset] = {}
-    ids = []
-    for config in tqdm(configs, desc=experiment, disable=not progress):
+    runs: list[tuple[str, TrainConfig, data.Dataset]] = []
+    for config in configs:
         device = resolve_device(config.device)
         key = (config.dataset, config.data_root, str(device))
         if key not in datasets:
             datasets[key] = data.load(config.dataset, root=config.data_root, device=device)
-        dataset = datasets[key]
-        run = results.run_id(config, dataset.sha256)
-        ids.append(run)
-        if run in set(results.read_table(table_path)["run_id"]):
+        runs.append((results.run_id(config, datasets[key].sha256), config, datasets[key]))
+
+    done = set(results.read_table(table_path)["run_id"])
+    groups: list[list[tuple[str, TrainConfig, data.Dataset]]] = []
+    open_groups: dict[tuple, list] = {}
+    for run in runs:
+        if run[0] in done:
             continue
-        result = train(config, dataset=dataset, progress=progress)
-        record = results.provenance(config, data_sha256=dataset.sha256, device=result.device)
-        record["seconds"] = result.seconds
-        results.write_provenance(out_dir, run, record)
-        results.append_rows(table_path, results.result_rows(result, experiment=experiment, run=run))
+        config = run[1]
+        limit = 1 if config.backend != "fast" else max_stack or (
+            len(runs) if resolve_device(config.device).type == "cuda" else 1
+        )
+        group = open_groups.get(stack_key(config))
+        if group is None or len(group) >= limit:
+            group = open_groups[stack_key(config)] = []
+            groups.append(group)
+        group.append(run)
+    for group in tqdm(groups, desc=experiment, disable=not progress):
+        trained = train_many([c for _, c, _ in group], dataset=group[0][2], progress=progress)
+        rows = []
+        for (run, config, dataset), result in zip(group, trained):
+            record = results.provenance(config, data_sha256=dataset.sha256, device=result.device)
+            record["seconds"] = result.seconds
+            record["trained_together_with"] = len(group)
+            results.write_provenance(out_dir, run, record)
+            rows += results.result_rows(result, experiment=experiment, run=run)
+        results.append_rows(table_path, rows)
     table = results.read_table(table_path)
-    return table[table["run_id"].isin(ids)].reset_index(drop=True)
+    return table[table["run_id"].isin([r[0] for r in runs])].reset_index(drop=True)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from privkit import _validate, accounting, data
 from privkit.engine import DP_BACKENDS, create_backend
+from privkit.engine.fast import FastStack, max_batch_size, padded_poisson
 from privkit.engine.sampling import poisson_indices
 from privkit.metrics import evaluate
 from privkit.models import MODELS, create_model
@@ -37,7 +39,7 @@ class TrainConfig:
 
     dataset: str = "pneumoniamnist"
     model: str = "cnn"
-    backend: str = "opacus"
+    backend: str = "fast"
     epsilon: float | None = 8.0
     noise_multiplier: float | None = None
     delta: float = 1e-5
@@ -173,67 +175,162 @@ def train(
     Returns:
         A ``TrainResult`` with the executed mechanism (the epsilon actually spent) and metrics.
     """
+    return train_many([config], dataset=dataset, progress=progress)[0]
+
+
+# Settings that models trained together in one stack must share.
+STACK_FIELDS = ("dataset", "model", "backend", "epochs", "batch_size", "lr", "momentum", "device", "data_root")
+
+
+def stack_key(config: TrainConfig) -> tuple:
+    """Configs with equal keys can train together (``backend='fast'``)."""
+    return tuple(getattr(config, f) for f in STACK_FIELDS)
+
+
+def train_many(
+    configs: Sequence[TrainConfig],
+    *,
+    dataset: data.Dataset | None = None,
+    members: Tensor | None = None,
+    progress: bool = True,
+) -> list[TrainResult]:
+    """Train several models that share ``STACK_FIELDS``; with ``fast``, all at once.
+
+    Each model keeps its own seed, privacy parameters, clipping norm and Poisson draws, so a
+    model trained in a stack equals the same model trained alone.
+
+    Args:
+        configs: the runs; they may differ in epsilon or noise, delta, clipping, seed, accountant.
+        dataset: already loaded data (on the runs' device); loaded from ``configs`` otherwise.
+        members: optional (K, n_train) bool, the training examples each model may use (as for
+            the shadow models of a membership-inference attack); needs ``backend='fast'``.
+        progress: show a progress bar over the steps.
+
+    Returns:
+        One ``TrainResult`` per config, in order. ``seconds`` is the wall time of the call.
+    """
     start = time.perf_counter()
-    device = resolve_device(config.device)
+    if not configs:
+        return []
+    keys = {stack_key(c) for c in configs}
+    if len(keys) > 1:
+        differ = [f for i, f in enumerate(STACK_FIELDS) if len({k[i] for k in keys}) > 1]
+        raise ValueError(f"Configs trained together must share {differ}; group them first.")
+    first = configs[0]
+    device = resolve_device(first.device)
     if dataset is None:
-        dataset = data.load(config.dataset, root=config.data_root, device=device)
-    train_split = dataset.train
-    mech = plan(config, len(train_split))
+        dataset = data.load(first.dataset, root=first.data_root, device=device)
+    n = len(dataset.train)
+    if members is None:
+        members = torch.ones(len(configs), n, dtype=torch.bool, device=device)
+    elif first.backend != "fast":
+        raise ValueError(f"members= needs backend='fast', got backend={first.backend!r}.")
+    elif tuple(members.shape) != (len(configs), n):
+        raise ValueError(f"Expected members of shape ({len(configs)}, {n}), got {tuple(members.shape)}.")
+    members = members.to(device)
+    mechs = [plan(c, int(m.sum())) for c, m in zip(configs, members)]
+    models = [_init_model(c, dataset, device) for c in configs]
+    generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
 
-    torch.manual_seed(config.seed)
-    model = create_model(
-        config.model,
-        in_channels=dataset.info.n_channels,
-        n_outputs=dataset.info.n_labels,
-        image_size=train_split.images.shape[-1],
-    ).to(device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    backend = create_backend(
-        config.backend if config.private else "nonprivate",
-        model,
-        noise_multiplier=mech.noise_multiplier,
-        max_grad_norm=config.max_grad_norm,
-        expected_batch_size=config.batch_size,
-        lr=config.lr,
-        momentum=config.momentum,
-        generator=generator,
-    )
-
-    steps_per_epoch = mech.steps // config.epochs
-    losses: list[float] = []
-    bar = tqdm(
-        total=mech.steps,
-        disable=not progress,
-        leave=False,
-        desc=f"{config.model} ε={config.epsilon if config.epsilon is not None else mech.epsilon:.3g}",
-    )
-    for _ in range(config.epochs):
-        model.train()
-        total = 0.0
-        for _ in range(steps_per_epoch):
-            idx = poisson_indices(len(train_split), mech.sample_rate, generator)
-            total += backend.step(train_split.images[idx], train_split.labels[idx])
-            bar.update()
-        losses.append(total / (steps_per_epoch * config.batch_size))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
+    run = _train_fast if first.backend == "fast" else _train_sequentially
+    losses = run(configs, mechs, models, generators, dataset.train, members, progress)
 
     info = dataset.info
     names = info.label_names if info.task == "multi-label" else None
-    metrics = {
-        name: evaluate(split.labels, predict(model, split.images), task=info.task, label_names=names)
-        for name, split in (("val", dataset.val), ("test", dataset.test))
-    }
-    return TrainResult(
-        config=config,
-        mechanism=mech,
-        backend=backend.name,
-        metrics=metrics,
-        loss_per_epoch=losses,
-        model=model,
-        device=str(device),
-        seconds=time.perf_counter() - start,
+    seconds = time.perf_counter() - start
+    return [
+        TrainResult(
+            config=c,
+            mechanism=m,
+            backend=c.backend if c.private else "nonprivate",
+            metrics={
+                split: evaluate(part.labels, predict(model, part.images), task=info.task, label_names=names)
+                for split, part in (("val", dataset.val), ("test", dataset.test))
+            },
+            loss_per_epoch=loss,
+            model=model,
+            device=str(device),
+            seconds=seconds,
+        )
+        for c, m, model, loss in zip(configs, mechs, models, losses)
+    ]
+
+
+def _init_model(config: TrainConfig, dataset: data.Dataset, device: torch.device) -> nn.Module:
+    torch.manual_seed(config.seed)
+    return create_model(
+        config.model,
+        in_channels=dataset.info.n_channels,
+        n_outputs=dataset.info.n_labels,
+        image_size=dataset.train.images.shape[-1],
+    ).to(device)
+
+
+def _progress(configs: Sequence[TrainConfig], total: int, progress: bool) -> tqdm:
+    c = configs[0]
+    what = f"{len(configs)} x {c.model}" if len(configs) > 1 else f"{c.model} ε={c.epsilon}"
+    return tqdm(total=total, disable=not progress, leave=False, desc=f"{what} ({c.backend})")
+
+
+def _train_sequentially(configs, mechs, models, generators, split, members, progress) -> list[list[float]]:
+    """One model after another, through a per-model backend (``opacus``)."""
+    losses = []
+    for config, mech, model, generator in zip(configs, mechs, models, generators):
+        backend = create_backend(
+            config.backend if config.private else "nonprivate",
+            model,
+            noise_multiplier=mech.noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            expected_batch_size=config.batch_size,
+            lr=config.lr,
+            momentum=config.momentum,
+            generator=generator,
+        )
+        per_epoch = []
+        bar = _progress([config], mech.steps, progress)
+        for _ in range(config.epochs):
+            model.train()
+            total = 0.0
+            for _ in range(mech.steps // config.epochs):
+                idx = poisson_indices(len(split), mech.sample_rate, generator)
+                total += backend.step(split.images[idx], split.labels[idx])
+                bar.update()
+            per_epoch.append(total / mech.steps * config.epochs / config.batch_size)
+            bar.set_postfix(loss=f"{per_epoch[-1]:.3f}")
+        bar.close()
+        losses.append(per_epoch)
+    return losses
+
+
+def _train_fast(configs, mechs, models, generators, split, members, progress) -> list[list[float]]:
+    """All models at once: stacked parameters, padded Poisson batches (``engine/fast.py``)."""
+    first, device = configs[0], members.device
+    rates = torch.tensor([m.sample_rate for m in mechs], device=device)
+    max_batch = max(max_batch_size(int(k.sum()), m.sample_rate) for k, m in zip(members, mechs))
+    stack = FastStack(
+        models,
+        noise_multipliers=[m.noise_multiplier for m in mechs],
+        max_grad_norms=[c.max_grad_norm if c.private else math.inf for c in configs],
+        expected_batch_sizes=[c.batch_size for c in configs],
+        lr=first.lr,
+        momentum=first.momentum,
+        generators=generators,
+        max_batch=max_batch,
     )
+    steps_per_epoch = mechs[0].steps // first.epochs
+    per_epoch: list[Tensor] = []
+    bar = _progress(configs, mechs[0].steps, progress)
+    for _ in range(first.epochs):
+        total = torch.zeros(len(configs), device=device)
+        for _ in range(steps_per_epoch):
+            idx, weights = padded_poisson(members, rates, generators, stack.max_batch)  # (K, W)
+            total += stack.step(split.images[idx], split.labels[idx], weights)
+            bar.update()
+        per_epoch.append(total / (steps_per_epoch * first.batch_size))
+        bar.set_postfix(loss=f"{per_epoch[-1].mean().item():.3f}")
+    bar.close()
+    stack.unstacked()
+    return torch.stack(per_epoch, dim=1).tolist() if per_epoch else [[] for _ in configs]
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

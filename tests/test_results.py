@@ -16,7 +16,7 @@ QUICK = dict(epochs=1, batch_size=32, lr=1.0, device="cpu", delta=1e-3)
 
 
 def _configs(root: Path) -> list[TrainConfig]:
-    base = TrainConfig(data_root=str(root), **QUICK)
+    base = TrainConfig(data_root=str(root), backend="opacus", **QUICK)  # one run at a time
     return experiments.epsilon_sweep(base, epsilons=[2.0], seeds=[0, 1])
 
 
@@ -44,15 +44,15 @@ def test_interrupted_sweep_resumes_and_finished_runs_are_reused(
 ) -> None:
     configs = _configs(synthetic_root)
     calls = []
-    real_train = experiments.train
+    real_train_many = experiments.train_many
 
-    def flaky_train(config, **kwargs):
-        calls.append(config)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # the user stops the sweep during its third run
-        return real_train(config, **kwargs)
+    def flaky_train_many(group, **kwargs):
+        calls.extend(group)
+        if len(calls) > 2:
+            raise KeyboardInterrupt  # the user stops the sweep during its second group
+        return real_train_many(group, **kwargs)
 
-    monkeypatch.setattr(experiments, "train", flaky_train)
+    monkeypatch.setattr(experiments, "train_many", flaky_train_many)
     with pytest.raises(KeyboardInterrupt):
         experiments.sweep(configs, experiment="t", out_dir=tmp_path, progress=False)
     assert results.read_table(tmp_path / "metrics.csv")["run_id"].nunique() == 2
@@ -64,6 +64,20 @@ def test_interrupted_sweep_resumes_and_finished_runs_are_reused(
     calls.clear()
     experiments.sweep(configs, experiment="t", out_dir=tmp_path, progress=False)
     assert calls == []
+
+
+def test_fast_sweep_trains_compatible_runs_together(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = TrainConfig(data_root=str(synthetic_root), backend="fast", **QUICK)
+    configs = experiments.epsilon_sweep(base, epsilons=[1.0, 4.0], seeds=[0, 1])
+    groups = []
+    real_train_many = experiments.train_many
+    monkeypatch.setattr(experiments, "train_many", lambda g, **k: groups.append(g) or real_train_many(g, **k))
+    table = experiments.sweep(configs, experiment="t", out_dir=tmp_path, max_stack=4, progress=False)
+    assert groups == [configs[:4], configs[4:]]  # six models, stacks of at most four
+    assert table["run_id"].nunique() == 6
+    assert set(table.loc[table["epsilon_target"] < 10, "backend"]) == {"fast"}
 
 
 def test_a_failed_write_keeps_the_old_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.privkit-installed
 
-.PHONY: venv test reproduce lab clean
+.PHONY: venv test reproduce bench lab clean
 
 venv: $(STAMP)
 
@@ -33,3 +33,7 @@ lab: $(STAMP)
 
 clean:
 	rm -rf results figures .pytest_cache
+
+# Epoch times of every engine on this machine (a GPU when present), with the full sweep timed.
+bench: $(STAMP)
+	$(VENV)/bin/privkit bench --sweep experiments/privacy_utility.yaml --json results/bench.json

@@ -3,6 +3,7 @@
     privkit train --dataset pneumoniamnist --model cnn --epsilon 8 --epochs 10
     privkit train --epsilon inf                # the non-private baseline
     privkit reproduce --profile quick
+    privkit bench --json bench.json            # epoch times of every engine on this device
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--experiment", default="cli", help="experiment name recorded in the table")
     t.add_argument("--no-progress", action="store_true")
 
+    b = commands.add_parser("bench", help="time every training engine on one device (a benchmark)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    b.add_argument("--model", default="cnn", choices=sorted(MODELS))
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--epochs", type=int, default=2, help="timed epochs per row, after one warm-up epoch")
+    b.add_argument("--stacks", type=int, nargs="*", default=[8, 32], help="K of the fast-stack-K rows")
+    b.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (else random data of its size)")
+    b.add_argument("--json", default=None, help="also write the report as JSON here")
+    b.add_argument("--sweep", default=None, metavar="YAML",
+                   help="also time this experiment's full epsilon sweep, e.g. experiments/privacy_utility.yaml")
+    b.add_argument("--no-progress", action="store_true")
+
     r = commands.add_parser("reproduce", help="execute every experiment notebook (what `make reproduce` does)")
     r.add_argument("--profile", default="full", help="full (GPU) or quick (CPU), as defined in experiments/*.yaml")
     r.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
@@ -97,11 +111,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from privkit import bench
+
+    report = bench.run(
+        device=args.device, model=args.model, data_root=args.data_root, batch_size=args.batch_size,
+        epochs=args.epochs, stacks=args.stacks, progress=not args.no_progress,
+    )  # fmt: skip
+    if args.sweep:
+        report["sweep"] = bench.time_sweep(args.sweep, device=args.device, data_root=args.data_root,
+                                           progress=not args.no_progress)  # fmt: skip
+    print(bench.format_table(report))
+    if args.json:
+        bench.write_json(report, args.json)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "bench":
+            return _bench(args)
         from privkit.experiments import reproduce
 
         reproduce(

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -114,6 +114,7 @@ class TrainResult:
     metrics: dict[str, dict[str, float]]  # split -> metric -> value
     loss_per_epoch: list[float]
     model: nn.Module = field(repr=False)
+    epoch_seconds: list[float] = field(default_factory=list)  # training only; shared by a stack
     device: str = ""
     seconds: float = 0.0
 
@@ -233,7 +234,7 @@ def train_many(
     generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
 
     run = _train_fast if first.backend == "fast" else _train_sequentially
-    losses = run(configs, mechs, models, generators, dataset.train, members, progress)
+    losses, epoch_seconds = run(configs, mechs, models, generators, dataset.train, members, progress)
 
     info = dataset.info
     names = info.label_names if info.task == "multi-label" else None
@@ -249,10 +250,11 @@ def train_many(
             },
             loss_per_epoch=loss,
             model=model,
+            epoch_seconds=times,
             device=str(device),
             seconds=seconds,
         )
-        for c, m, model, loss in zip(configs, mechs, models, losses)
+        for c, m, model, loss, times in zip(configs, mechs, models, losses, epoch_seconds)
     ]
 
 
@@ -272,9 +274,26 @@ def _progress(configs: Sequence[TrainConfig], total: int, progress: bool) -> tqd
     return tqdm(total=total, disable=not progress, leave=False, desc=f"{what} ({c.backend})")
 
 
-def _train_sequentially(configs, mechs, models, generators, split, members, progress) -> list[list[float]]:
+def _epoch_timer(device: torch.device) -> Callable[[], float]:
+    """Seconds since the last call, after the device finished its queued work."""
+    last = [time.perf_counter()]
+
+    def lap() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        elapsed, last[0] = now - last[0], now
+        return elapsed
+
+    return lap
+
+
+Losses = list[list[float]]  # per model, per epoch
+
+
+def _train_sequentially(configs, mechs, models, generators, split, members, progress) -> tuple[Losses, Losses]:
     """One model after another, through a per-model backend (``opacus``)."""
-    losses = []
+    losses, times = [], []
     for config, mech, model, generator in zip(configs, mechs, models, generators):
         backend = create_backend(
             config.backend if config.private else "nonprivate",
@@ -286,8 +305,9 @@ def _train_sequentially(configs, mechs, models, generators, split, members, prog
             momentum=config.momentum,
             generator=generator,
         )
-        per_epoch = []
+        per_epoch, seconds = [], []
         bar = _progress([config], mech.steps, progress)
+        lap = _epoch_timer(split.images.device)
         for _ in range(config.epochs):
             model.train()
             total = 0.0
@@ -296,13 +316,15 @@ def _train_sequentially(configs, mechs, models, generators, split, members, prog
                 total += backend.step(split.images[idx], split.labels[idx])
                 bar.update()
             per_epoch.append(total / mech.steps * config.epochs / config.batch_size)
+            seconds.append(lap())
             bar.set_postfix(loss=f"{per_epoch[-1]:.3f}")
         bar.close()
         losses.append(per_epoch)
-    return losses
+        times.append(seconds)
+    return losses, times
 
 
-def _train_fast(configs, mechs, models, generators, split, members, progress) -> list[list[float]]:
+def _train_fast(configs, mechs, models, generators, split, members, progress) -> tuple[Losses, Losses]:
     """All models at once: stacked parameters, padded Poisson batches (``engine/fast.py``)."""
     first, device = configs[0], members.device
     rates = torch.tensor([m.sample_rate for m in mechs], device=device)
@@ -319,7 +341,9 @@ def _train_fast(configs, mechs, models, generators, split, members, progress) ->
     )
     steps_per_epoch = mechs[0].steps // first.epochs
     per_epoch: list[Tensor] = []
+    seconds: list[float] = []
     bar = _progress(configs, mechs[0].steps, progress)
+    lap = _epoch_timer(device)
     for _ in range(first.epochs):
         total = torch.zeros(len(configs), device=device)
         for _ in range(steps_per_epoch):
@@ -327,10 +351,11 @@ def _train_fast(configs, mechs, models, generators, split, members, progress) ->
             total += stack.step(split.images[idx], split.labels[idx], weights)
             bar.update()
         per_epoch.append(total / (steps_per_epoch * first.batch_size))
+        seconds.append(lap())
         bar.set_postfix(loss=f"{per_epoch[-1].mean().item():.3f}")
     bar.close()
     stack.unstacked()
-    return torch.stack(per_epoch, dim=1).tolist() if per_epoch else [[] for _ in configs]
+    return torch.stack(per_epoch, dim=1).tolist(), [list(seconds) for _ in configs]
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

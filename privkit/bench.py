@@ -1,0 +1,154 @@
+"""``privkit bench``: epoch times of each training engine on one device, in one run.
+
+Rows (all on the same data, model and batch size, measured in the same process):
+
+- ``nonprivate``: ordinary SGD on Poisson batches, the baseline every ratio refers to;
+- ``opacus``: DP-SGD through Opacus's hooks;
+- ``fast``: DP-SGD with ``torch.func``, one model;
+- ``fast-stack-K``: K models at once; ``per_model_epoch_s`` is the epoch time divided by K.
+
+The first epoch of each row (warm-up, compilation) is reported apart and left out of
+``epoch_s``, the median of the later epochs. This is a benchmark that prints numbers, not a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from privkit import data
+from privkit._io import atomic_write_text
+from privkit.train import TrainConfig, config_from_dict, resolve_device, train_many
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    name: str
+    models: int
+    epoch_s: float  # median over timed epochs, all models of the row together
+    per_model_epoch_s: float
+    ratio_to_nonprivate: float  # per_model_epoch_s / nonprivate epoch_s
+    first_epoch_s: float  # warm-up (compilation included)
+    peak_memory_bytes: int | None  # peak accelerator memory; None on a CPU
+
+
+def _bench_dataset(name: str, root: str | None, device: torch.device) -> tuple[data.Dataset, str]:
+    """The real dataset when the data root has it, else random data of PneumoniaMNIST's size."""
+    path = data.dataset_path(name, root)
+    if path.exists():
+        return data.load(name, root=root, device=device), f"{name} ({path})"
+    info = data.info(name)
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> data.Split:
+        images = torch.randn(n, info.n_channels, 28, 28, generator=gen)  # (n, C, 28, 28)
+        labels = torch.randint(0, 2, (n, info.n_labels), generator=gen).float()
+        return data.Split(images.to(device), labels.to(device))
+
+    sizes = info.n_samples
+    fake = data.Dataset(info, split(sizes["train"]), split(sizes["val"]), split(sizes["test"]),
+                        path=Path("random"), sha256="random")  # fmt: skip
+    return fake, f"random data shaped like {name} (no {path})"
+
+
+def run(
+    *,
+    device: str = "auto",
+    model: str = "cnn",
+    dataset: str = "pneumoniamnist",
+    data_root: str | None = None,
+    batch_size: int = 256,
+    epochs: int = 2,
+    stacks: Sequence[int] = (8, 32),
+    progress: bool = True,
+) -> dict:
+    """Time every engine; returns ``{"device", "model", "data", "rows": [...]}``.
+
+    Args:
+        epochs: timed epochs per row, after one warm-up epoch.
+        stacks: the K of the ``fast-stack-K`` rows.
+    """
+    dev = resolve_device(device)
+    ds, described = _bench_dataset(dataset, data_root, dev)
+    base = TrainConfig(dataset=dataset, model=model, epsilon=None, noise_multiplier=1.0,
+                       batch_size=batch_size, epochs=epochs + 1, device=str(dev), delta=1e-5)  # fmt: skip
+    plan = [
+        ("nonprivate", [replace(base, backend="opacus", noise_multiplier=0.0)]),
+        ("opacus", [replace(base, backend="opacus")]),
+        ("fast", [replace(base, backend="fast")]),
+        *[(f"fast-stack-{k}", [replace(base, backend="fast", seed=s) for s in range(k)]) for k in stacks],
+    ]
+    rows: list[BenchRow] = []
+    for name, configs in plan:
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = train_many(configs, dataset=ds, progress=progress)[0].epoch_seconds
+        epoch_s = statistics.median(times[1:])
+        per_model = epoch_s / len(configs)
+        baseline = rows[0].epoch_s if rows else per_model
+        rows.append(BenchRow(
+            name=name, models=len(configs), epoch_s=epoch_s, per_model_epoch_s=per_model,
+            ratio_to_nonprivate=per_model / baseline, first_epoch_s=times[0],
+            peak_memory_bytes=torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
+        ))  # fmt: skip
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {"device": name, "model": model, "data": described, "batch_size": batch_size,
+            "torch": torch.__version__, "rows": [asdict(r) for r in rows]}  # fmt: skip
+
+
+def time_sweep(experiment: str | Path, *, device: str = "auto", data_root: str | None = None,
+               profile: str = "full", progress: bool = True) -> dict:
+    """Wall time of an experiment's epsilon sweep (as its notebook runs it), compilation
+    included, into a temporary folder so that no cached run is reused."""
+    import tempfile
+    import time
+
+    from privkit import experiments
+
+    exp = experiments.load_experiment(experiment, profile=profile, notebooks_dir=Path(experiment).parent.parent / "notebooks")
+    defaults = {k: v["default"] for k, v in experiments.notebook_parameters(exp.notebook).items()}
+    p = {k: _literal(v) for k, v in defaults.items()} | exp.parameters
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_params = {k: v for k, v in p.items() if k in fields}
+    base = config_from_dict(train_params | {"device": device, "data_root": data_root})
+    configs = experiments.epsilon_sweep(base, epsilons=p["epsilons"], seeds=p["seeds"])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        experiments.sweep(configs, experiment="bench", out_dir=out, progress=progress)
+    return {"experiment": str(experiment), "profile": profile, "models": len(configs),
+            "epochs": p["epochs"], "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def _literal(text: str):
+    import ast
+
+    return ast.literal_eval(text)
+
+
+def format_table(report: dict) -> str:
+    """The report as a plain-text table."""
+    lines = [
+        f"device: {report['device']}   model: {report['model']}   batch: {report['batch_size']}   data: {report['data']}",
+        f"{'name':<14}{'models':>7}{'epoch_s':>10}{'per_model_s':>13}{'x nonprivate':>14}{'first_epoch_s':>15}{'peak_mem_MB':>13}",
+    ]
+    for r in report["rows"]:
+        mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f}"
+        lines.append(
+            f"{r['name']:<14}{r['models']:>7}{r['epoch_s']:>10.4f}{r['per_model_epoch_s']:>13.4f}"
+            f"{r['ratio_to_nonprivate']:>14.2f}{r['first_epoch_s']:>15.3f}{mem:>13}"
+        )
+    if "sweep" in report:
+        w = report["sweep"]
+        lines.append(f"epsilon sweep {w['experiment']} ({w['profile']}): {w['models']} models x "
+                     f"{w['epochs']} epochs in {w['seconds']:.1f} s, compilation included")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str | Path) -> Path:
+    return atomic_write_text(path, json.dumps(report, indent=2))

@@ -343,3 +343,25 @@ def load(
     _check(arrays, meta, size, path)
     splits = {s: _to_split(arrays[f"{s}_images"], arrays[f"{s}_labels"], device) for s in SPLITS}
     return Dataset(info=meta, path=path, sha256=_sha256(path), **splits)
+
+
+def train_size(
+    name: str, *, root: str | os.PathLike[str] | None = None, size: int = 28
+) -> int:
+    """The number of training examples, read from the file's array header alone.
+
+    Training asks the privacy ledger before it reads any patient data, but the sampling rate
+    it asks about depends on this number; the header of ``train_labels.npy`` inside the npz
+    holds it without a single label or image being read. Downloads a missing file, as ``load``.
+    """
+    path = dataset_path(name, root, size)
+    if not path.is_file():
+        _download(name, path, size)
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("train_labels.npy") as member:
+            major, _ = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(member)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read the header of train_labels ({exc}).") from exc
+    return int(shape[0])

@@ -334,3 +334,9 @@ def test_real_pneumoniamnist() -> None:
     assert ds.train.images.shape == (4708, 1, 28, 28)
     assert ds.train.images.min() == -1.0 and ds.train.images.max() == 1.0
     assert ds.sha256 == hashlib.sha256(ds.path.read_bytes()).hexdigest()
+
+
+def test_train_size_reads_only_the_header(synthetic_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = len(data.load("pneumoniamnist", root=synthetic_root).train)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("train_size read the arrays"))
+    assert data.train_size("pneumoniamnist", root=synthetic_root) == expected == 256

@@ -230,6 +230,11 @@ def train_many(
         raise ValueError(f"Expected members of shape ({len(configs)}, {n}), got {tuple(members.shape)}.")
     members = members.to(device)
     mechs = [plan(c, int(m.sum())) for c, m in zip(configs, members)]
+    if len({m.steps for m in mechs}) > 1:  # a stack steps together: each model's count must be its own
+        raise ValueError(
+            f"Models trained together must plan the same number of steps, got "
+            f"{sorted({m.steps for m in mechs})}: give members of (nearly) equal size."
+        )
     models = [_init_model(c, dataset, device) for c in configs]
     generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
 

@@ -121,13 +121,23 @@ def test_members_restrict_each_models_data_and_its_sample_rate(synthetic_root: P
     dataset = data.load("pneumoniamnist", root=synthetic_root)
     n = len(dataset.train)
     members = torch.zeros(2, n, dtype=torch.bool)
-    members[0, : n // 2] = True
-    members[1] = True
+    members[0, : n // 2] = True  # the two halves, as two shadow models would
+    members[1, n // 2 :] = True
     results = train_many([TrainConfig(epsilon=2.0, seed=s, **QUICK) for s in (0, 1)],
                          dataset=dataset, members=members, progress=False)  # fmt: skip
-    assert results[0].mechanism.sample_rate == pytest.approx(32 / (n // 2))
-    assert results[1].mechanism.sample_rate == pytest.approx(32 / n)
-    assert results[0].mechanism.epsilon <= 2.0
+    for r in results:
+        assert r.mechanism.sample_rate == pytest.approx(32 / (n // 2))
+        assert r.mechanism.steps == QUICK["epochs"] * round((n // 2) / 32)
+        assert r.mechanism.epsilon <= 2.0
+
+
+def test_a_stack_refuses_models_that_would_run_different_step_counts(synthetic_root: Path) -> None:
+    dataset = data.load("pneumoniamnist", root=synthetic_root)
+    members = torch.ones(2, len(dataset.train), dtype=torch.bool)
+    members[0, 64:] = False  # 64 examples: 2 steps per epoch instead of 8
+    with pytest.raises(ValueError, match=r"same number of steps, got \[4, 16\]"):
+        train_many([TrainConfig(epsilon=2.0, seed=s, **QUICK) for s in (0, 1)],
+                   dataset=dataset, members=members, progress=False)  # fmt: skip
 
 
 def test_padded_poisson_is_exact_poisson_of_members_without_truncation() -> None:

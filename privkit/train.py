@@ -68,7 +68,7 @@ class TrainConfig:
         if self.noise_multiplier is not None:
             _validate.in_range(0, math.inf, noise_multiplier=self.noise_multiplier)
         _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=self.delta)
-        _validate.positive(max_grad_norm=self.max_grad_norm)
+        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=self.max_grad_norm)
         _validate.positive_int(epochs=self.epochs)
         _validate.positive_int(batch_size=self.batch_size)
         _validate.positive(lr=self.lr)

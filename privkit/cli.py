@@ -4,6 +4,8 @@
     privkit train --epsilon inf                # the non-private baseline
     privkit reproduce --profile quick
     privkit bench --json bench.json            # epoch times of every engine on this device
+    privkit budget set --scope dataset:pneumoniamnist --epsilon 4 --delta 1e-5
+    privkit budget show                        # budgets, spent epsilon (composed and summed)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from privkit import accounting, data
+from privkit.budget import LedgerError
 from privkit.engine import DP_BACKENDS
 from privkit.models import MODELS
 from privkit.train import TrainConfig
@@ -74,7 +77,73 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--notebooks-dir", default="notebooks")
     r.add_argument("--results-dir", default="results")
     r.add_argument("--figures-dir", default="figures")
+    _add_budget_parser(commands)
     return parser
+
+
+def _add_budget_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("budget", help="privacy budgets: set them, show what was spent, list the spends")
+    sub = p.add_subparsers(dest="budget_command", required=True)
+    ledger = argparse.ArgumentParser(add_help=False)
+    ledger.add_argument("--ledger", default=None, metavar="PATH",
+                        help="ledger file (default: $PRIVKIT_LEDGER, else $XDG_DATA_HOME/privkit/ledger.sqlite)")
+    scope_help = "dataset:<name>[/institution:<id>][/group:<id>]"
+    s = sub.add_parser("set", parents=[ledger], help="set or change the budget of a scope")
+    s.add_argument("--scope", required=True, help=scope_help)
+    s.add_argument("--epsilon", type=_float, required=True)
+    s.add_argument("--delta", type=_float, required=True)
+    for name, what in (("show", "budgets, spent epsilon (composed and summed) and remaining, per scope"),
+                       ("history", "every spend, in time order")):
+        sub.add_parser(name, parents=[ledger], help=what).add_argument(
+            "--scope", default=None, help=f"only this scope and what lies in it: {scope_help}")
+    c = sub.add_parser("charge", parents=[ledger], help="record a run's spend by hand, or refuse it (exit 2)")
+    c.add_argument("--scope", required=True, action="append", help=f"{scope_help}; repeat for several")
+    c.add_argument("--noise-multiplier", type=_float, required=True)
+    c.add_argument("--sample-rate", type=_float, required=True)
+    c.add_argument("--steps", type=int, required=True)
+    c.add_argument("--delta", type=_float, required=True)
+    c.add_argument("--run-id", required=True)
+    c.add_argument("--actor", default=None, help="who runs it (default: user@host)")
+    c.add_argument("--accountant", default="prv", choices=("prv", "rdp"))
+
+
+def _budget(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from privkit import budget
+
+    ledger = budget.Ledger(args.ledger, read_only=args.budget_command in ("show", "history"))  # never creates
+    if args.budget_command == "set":
+        b = ledger.set_budget(args.scope, epsilon=args.epsilon, delta=args.delta)
+        print(f"{b.scope}: budget epsilon={b.epsilon:g}, delta={b.delta:g} (set {b.time} by {b.actor}; {ledger.path})")
+    elif args.budget_command == "show":
+        table = ledger.show(args.scope)
+        num = lambda fmt: lambda x: "-" if pd.isna(x) else format(x, fmt)  # noqa: E731
+        print(pd.DataFrame({
+            "scope": table["scope"],
+            "budget": [f"eps={e:g} delta={d:g}" if e == e else "no budget"
+                       for e, d in zip(table["budget_epsilon"], table["budget_delta"])],
+            "spent (composed)": table["spent_epsilon_composed"].map(num(".3f")),
+            "delta": table["spent_delta"].map(num("g")),
+            "spent (sum)": table["spent_epsilon_sum"].map(num(".3f")),
+            "sum of deltas": table["spent_delta_sum"].map(num("g")),
+            "remaining": table["remaining"].map(num(".3f")),
+            "spends": table["n_spends"],
+        }).to_string(index=False) if len(table) else "No budgets or spends yet.")
+        print(f"({ledger.path}; spent for the worst-off patient of each scope. composed: all spends composed by "
+              "the accountant, at the budget's delta; sum: the runs' own epsilons added, at their deltas added)")
+    elif args.budget_command == "history":
+        rows = [{"id": s.id, "time": s.time[:19], "scopes": ",".join(s.scopes), "run_id": s.run_id,
+                 "actor": s.actor, "noise": s.noise_multiplier, "sample_rate": f"{s.sample_rate:.4g}",
+                 "steps": s.steps, "delta": f"{s.delta:g}", "epsilon": f"{s.epsilon:.3f}"}
+                for s in ledger.history(args.scope)]  # fmt: skip
+        print(pd.DataFrame(rows).to_string(index=False) if rows else "No spends yet.")
+    else:
+        s = ledger.charge(args.scope, noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
+                          steps=args.steps, delta=args.delta, run_id=args.run_id,
+                          actor=args.actor or budget.default_actor(), accountant=args.accountant)  # fmt: skip
+        print(f"charged spend {s.id}: epsilon={s.epsilon:.3f} at delta={s.delta:g} on {', '.join(s.scopes)}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -134,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "budget":
+            return _budget(args)
         from privkit.experiments import reproduce
 
         reproduce(
@@ -142,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures_dir=args.figures_dir, force=args.force,
         )  # fmt: skip
         return 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, LedgerError) as err:
         print(f"privkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,132 @@
+"""`privkit budget`: set, show, history and charge on a ledger file; refusals and bad input
+exit 2 with a message on stderr and change nothing."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from privkit.accounting import epsilon
+from privkit.budget import Ledger
+from privkit.cli import main
+
+D = "dataset:pneumoniamnist"
+H1 = f"{D}/institution:h1"
+RUN = ["--noise-multiplier", "1", "--sample-rate", "0.05", "--steps", "50", "--delta", "1e-5"]
+EPS = epsilon(noise_multiplier=1.0, sample_rate=0.05, steps=50, delta=1e-5)  # one RUN, ~2.68
+EPS2 = epsilon(noise_multiplier=1.0, sample_rate=0.05, steps=100, delta=1e-5)  # two, composed
+
+
+def n_spends(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT count(*) FROM spends").fetchone()[0]
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("PRIVKIT_LEDGER", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # never the user's own ledger
+    return tmp_path / "ledger.sqlite"
+
+
+def test_set_show_history(ledger_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ledger = ["--ledger", str(ledger_path)]
+    assert main(["budget", "set", "--scope", D, "--epsilon", "4", "--delta", "1e-5", *ledger]) == 0
+    assert f"{D}: budget epsilon=4, delta=1e-05" in capsys.readouterr().out
+    assert main(["budget", "charge", "--scope", H1, *RUN, "--run-id", "r1", "--actor", "alice", *ledger]) == 0
+    assert f"epsilon={EPS:.3f}" in capsys.readouterr().out
+    Ledger(ledger_path).charge([f"{D}/institution:h2"], noise_multiplier=1.0, sample_rate=0.05, steps=50,
+                               delta=1e-5, run_id="r2", actor="bob")  # fmt: skip
+    assert main(["budget", "show", *ledger]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0], {line.split()[0]: line for line in lines[1:4]}
+    assert "spent (composed)" in header and "spent (sum)" in header and "remaining" in header
+    assert "eps=4 delta=1e-05" in rows[D] and f"{4 - EPS:.3f}" in rows[D]  # h1, h2 in parallel
+    assert "no budget" in rows[H1] and f"{EPS:.3f}" in rows[H1]
+    assert main(["budget", "show", "--scope", H1, *ledger]) == 0
+    assert D + " " not in capsys.readouterr().out  # only h1 and what lies in it
+    assert main(["budget", "history", "--scope", H1, *ledger]) == 0
+    out = capsys.readouterr().out
+    assert "r1" in out and "alice" in out and "r2" not in out
+
+
+def test_a_refused_charge_exits_2_and_charges_nothing(ledger_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ledger = ["--ledger", str(ledger_path)]
+    assert main(["budget", "set", "--scope", D, "--epsilon", f"{(EPS + EPS2) / 2}", "--delta", "1e-5", *ledger]) == 0
+    assert main(["budget", "charge", "--scope", H1, *RUN, "--run-id", "r1", *ledger]) == 0
+    capsys.readouterr()
+    assert main(["budget", "charge", "--scope", D, *RUN, "--run-id", "r2", *ledger]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"privkit budget: error: Privacy budget of {D} exceeded")
+    assert f"spent {EPS:.4g}, requested {EPS:.4g}" in err and "nothing was charged" in err
+    assert n_spends(ledger_path) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["set", "--scope", D, "--epsilon", "0", "--delta", "1e-5"], "epsilon=0.0 in (0, inf)"),
+        (["set", "--scope", D, "--epsilon", "-2", "--delta", "1e-5"], "epsilon=-2.0 in (0, inf)"),
+        (["set", "--scope", D, "--epsilon", "inf", "--delta", "1e-5"], "epsilon=inf in (0, inf)"),
+        (["set", "--scope", D, "--epsilon", "1", "--delta", "1"], "delta=1.0 in (0, 1)"),
+        (["set", "--scope", "hospital:h1", "--epsilon", "1", "--delta", "1e-5"], "Unknown scope='hospital:h1'"),
+        (["charge", "--scope", "dataset:x/ward:3", *RUN, "--run-id", "r"], "Unknown scope='dataset:x/ward:3'"),
+        (["charge", "--scope", D, *RUN, "--steps", "-1", "--run-id", "r"], "steps=-1"),
+    ],
+)
+def test_bad_input_exits_2_and_records_nothing(
+    ledger_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    assert main(["budget", *args, "--ledger", str(ledger_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("privkit budget: error: ") and message in err
+    ledger = Ledger(ledger_path, read_only=True)
+    assert ledger.budgets() == [] and ledger.history() == []
+
+
+def test_a_file_that_is_not_a_ledger_exits_2_and_stays_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a ledger\n" * 200)
+    for args in (["show"], ["set", "--scope", D, "--epsilon", "1", "--delta", "1e-5"]):
+        assert main(["budget", *args, "--ledger", str(junk)]) == 2
+        assert f"{junk} is not a privkit ledger" in capsys.readouterr().err
+    assert junk.read_text() == "not a ledger\n" * 200
+
+
+def test_show_never_creates_a_ledger(ledger_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["budget", "show", "--ledger", str(ledger_path)]) == 2
+    assert f"No ledger at {ledger_path}" in capsys.readouterr().err
+    assert not ledger_path.exists()
+
+
+def test_the_ledger_comes_from_privkit_ledger_without_the_option(
+    ledger_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert main(["budget", "set", "--scope", D, "--epsilon", "4", "--delta", "1e-5"]) == 0
+    assert (tmp_path / "xdg" / "privkit" / "ledger.sqlite").exists()  # the default
+    monkeypatch.setenv("PRIVKIT_LEDGER", str(ledger_path))
+    assert main(["budget", "set", "--scope", H1, "--epsilon", "2", "--delta", "1e-5"]) == 0
+    assert [b.scope for b in Ledger(ledger_path).budgets()] == [H1]
+    other = tmp_path / "other.sqlite"
+    assert main(["budget", "set", "--scope", D, "--epsilon", "1", "--delta", "1e-5", "--ledger", str(other)]) == 0
+    assert [b.scope for b in Ledger(ledger_path).budgets()] == [H1] and other.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits (see test_budget.py)")
+def test_a_read_only_ledger_shows_but_refuses_to_set(ledger_path: Path, capsys: pytest.CaptureFixture) -> None:
+    Ledger(ledger_path).set_budget(D, epsilon=4.0, delta=1e-5)
+    ledger_path.chmod(0o444)
+    try:
+        assert main(["budget", "show", "--ledger", str(ledger_path)]) == 0
+        args = ["budget", "set", "--scope", D, "--epsilon", "5", "--delta", "1e-5", "--ledger", str(ledger_path)]
+        assert main(args) == 2
+        assert "read-only" in capsys.readouterr().err
+    finally:
+        ledger_path.chmod(0o644)
+    assert [b.epsilon for b in Ledger(ledger_path).budgets()] == [4.0]

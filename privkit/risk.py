@@ -1,0 +1,341 @@
+"""What a DP guarantee means for attacks on patients: membership inference and reconstruction.
+
+Membership inference is a hypothesis test (Wasserman & Zhou 2010; Kairouz, Oh & Viswanath
+2015, https://arxiv.org/abs/1311.0776; Dong, Roth & Su 2019, https://arxiv.org/abs/1905.02383):
+H0 "the patient was not in the training data" against H1 "they were". The false-positive rate
+(FPR) is the share of non-members accused, the true-positive rate (TPR) the share of members
+found; random guessing gets TPR = FPR. DP caps the TPR of every attack at each FPR:
+:func:`tpr_bound` from one (epsilon, delta), :func:`tpr_bound_mechanism` (tighter) from the
+DP-SGD mechanism's whole privacy profile :func:`delta_bound`. :func:`gaussian_tpr` is the exact
+curve of mu-Gaussian DP; :func:`mu_from_mechanism` an approximation, for illustration only.
+:func:`reconstruction_bound` caps reconstructing an image; :func:`summary` says it in words.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from opacus.accountants.analysis.prv import (
+    Domain,
+    PoissonSubsampledGaussianPRV,
+    TruncatedPrivacyRandomVariable,
+    compose_heterogeneous,
+    compute_safe_domain_size,
+    discretize,
+)
+from scipy.signal import lfilter
+from scipy.special import log_ndtr, ndtr, ndtri
+
+from privkit._validate import in_range, positive_int
+
+_EPS_ERROR = 0.005  # PRV error band in epsilon (half Opacus's default: ~0.3 s)
+_DELTA_ERROR = 1e-9  # PRV error band in delta: far below any FPR a report quotes
+_PRV_MAX_GRID = 2e7  # as in privkit.accounting: each million points ~1 s, 8 MB
+
+
+def _fpr(fpr: float | np.ndarray) -> np.ndarray:
+    try:
+        a = np.asarray(fpr, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"Expected fpr={fpr!r} to be a number or array in [0, 1].") from None
+    bad = ~((a >= 0) & (a <= 1))  # NaN is bad too
+    if bad.any():
+        in_range(0, 1, fpr=float(a[bad].flat[0]))  # raises naming the first bad value
+    return a
+
+
+def _out(values: np.ndarray, like: float | np.ndarray) -> float | np.ndarray:
+    return float(values) if np.ndim(like) == 0 else values
+
+
+def _mechanism(noise_multiplier: float, sample_rate: float, steps: int) -> None:
+    in_range(0, math.inf, low_inclusive=False, high_inclusive=False,
+             noise_multiplier=noise_multiplier)
+    in_range(0, 1, low_inclusive=False, sample_rate=sample_rate)
+    positive_int(steps=steps)
+
+
+def tpr_bound(fpr: float | np.ndarray, *, epsilon: float, delta: float) -> float | np.ndarray:
+    """Highest TPR any membership-inference attack reaches at ``fpr`` under (epsilon, delta)-DP.
+
+    The (epsilon, delta)-DP region (Kairouz, Oh & Viswanath 2015, Thm 2.1; the trade-off
+    function f_{eps,delta} of Dong, Roth & Su 2019), tight for some mechanism:
+    ``TPR <= min(1, e^eps fpr + delta, 1 - e^-eps (1 - delta - fpr))``.
+
+    Args:
+        fpr: False-positive rate(s) in [0, 1], a float or an array of any shape.
+        epsilon: Epsilon >= 0; 0 (with ``delta=0``) is the no-leak reference TPR = FPR.
+        delta: Delta in [0, 1).
+
+    Returns:
+        The TPR bound, shaped like ``fpr`` (a float for a float).
+
+    Raises:
+        ValueError: If an argument is out of range (the message names it).
+
+    >>> round(tpr_bound(0.001, epsilon=1.0, delta=1e-5), 5)
+    0.00273
+    >>> tpr_bound(np.array([0.0, 0.3, 1.0]), epsilon=0.0, delta=0.0)
+    array([0. , 0.3, 1. ])
+    """
+    alpha = _fpr(fpr)
+    in_range(0, math.inf, high_inclusive=False, epsilon=epsilon)
+    in_range(0, 1, high_inclusive=False, delta=delta)
+    with np.errstate(over="ignore", invalid="ignore"):  # e^eps = inf for eps > 709
+        rise = np.where(alpha > 0, np.exp(epsilon) * alpha, 0.0) + delta
+    # 1 - e^-eps (1 - delta - fpr), written so that it is exactly fpr at eps = delta = 0
+    level = -math.expm1(-epsilon) + math.exp(-epsilon) * (delta + alpha)
+    return _out(np.minimum(1.0, np.minimum(rise, level)), fpr)
+
+
+def gaussian_tpr(fpr: float | np.ndarray, *, mu: float) -> float | np.ndarray:
+    """TPR of the optimal test at ``fpr`` for mu-Gaussian DP: ``Phi(Phi^-1(fpr) + mu)``.
+
+    The trade-off curve G_mu of Dong, Roth & Su 2019 is that of telling N(0, 1)
+    from N(mu, 1); one Gaussian mechanism with noise multiplier sigma is exactly 1/sigma-GDP.
+
+    Args:
+        fpr: False-positive rate(s) in [0, 1].
+        mu: The GDP parameter, >= 0 (0: TPR = FPR).
+
+    Returns:
+        The TPR, shaped like ``fpr``.
+
+    >>> round(gaussian_tpr(0.001, mu=1.0), 4)
+    0.0183
+    """
+    alpha = _fpr(fpr)
+    in_range(0, math.inf, high_inclusive=False, mu=mu)
+    return _out(ndtr(ndtri(alpha) + mu) if mu > 0 else alpha, fpr)
+
+
+def mu_from_mechanism(*, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+    """Central-limit mu of DP-SGD, ``q sqrt(T (e^(1/sigma^2) - 1))``: an APPROXIMATION.
+
+    Dong, Roth & Su 2019 (central limit theorem) and Bu, Dong, Long & Su 2020
+    (https://arxiv.org/abs/1911.11607) show the composed mechanism tends to mu-GDP as steps
+    grow with ``q sqrt(T)`` fixed. It is not a bound and can under-state the risk (few steps,
+    large q): use it for illustration; use :func:`tpr_bound_mechanism` to report.
+
+    >>> round(mu_from_mechanism(noise_multiplier=1.0, sample_rate=256 / 4708, steps=540), 3)
+    1.656
+    """
+    _mechanism(noise_multiplier, sample_rate, steps)
+    try:
+        return sample_rate * math.sqrt(steps * math.expm1(noise_multiplier**-2))
+    except OverflowError:  # tiny sigma
+        return math.inf
+
+
+def _prv(sigma: float, q: float, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Opacus's composed discrete PRV of (sigma, q, steps), built as PRVAccountant does.
+
+    Returns the grid ``t`` (N,), ``d1[j] = P(Y >= t_j)`` and ``d2[j] = E[e^(t_j - Y);
+    Y >= t_j]`` (N,), so that Opacus's ``compute_delta_estimate(t_j) = d1[j] - d2[j]``.
+    """
+    prv = PoissonSubsampledGaussianPRV(q, sigma)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", over="ignore"):
+        warnings.filterwarnings("ignore", "Optimal order", UserWarning)
+        half = compute_safe_domain_size([prv], [steps], eps_error=_EPS_ERROR,
+                                        delta_error=_DELTA_ERROR)
+        mesh = _EPS_ERROR / math.sqrt(steps * math.log(12 / _DELTA_ERROR) / 2)
+        if not 2 * half / mesh <= _PRV_MAX_GRID:
+            raise RuntimeError(
+                f"Opacus's PRV needs {2 * half / mesh:.3g} grid points for "
+                f"noise_multiplier={sigma!r}, sample_rate={q!r}, steps={steps!r} (epsilon in "
+                "the hundreds); use tpr_bound with accounting.epsilon(accountant='rdp')."
+            )
+        domain = Domain.create_aligned(-half, half, mesh)
+        tprv = TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max)
+        dprv = compose_heterogeneous([discretize(tprv, domain)], [steps])
+    t, p = dprv.domain.ts, np.maximum(dprv.pmf, 0.0)  # (N,); drop FFT round-off below 0
+    d1 = np.cumsum(p[::-1])[::-1]
+    # d2[j] = p[j] + e^-dt d2[j+1], a stable recursion that never forms e^t (t may be > 709)
+    d2 = lfilter([1.0], [1.0, -math.exp(-dprv.domain.dt)], p[::-1])[::-1]
+    return t, d1, d2
+
+
+def delta_bound(epsilon: float | np.ndarray, *, noise_multiplier: float,
+                sample_rate: float, steps: int) -> float | np.ndarray:
+    """Upper bound on DP-SGD's privacy profile delta(epsilon), for any real epsilon.
+
+    delta(eps) = sup_S P1(S) - e^eps P0(S), P1 the output with the patient and P0 without:
+    the Poisson-subsampled Gaussian composed ``steps`` times (the dominating pair Opacus's PRV
+    describes). ``sample_rate == 1`` is exact: the mu-GDP profile, mu = sqrt(steps)/sigma
+    (Dong, Roth & Su 2019, Cor. 2.13; Balle & Wang 2018). Otherwise Opacus's PRV estimate
+    (``DiscretePRV.compute_delta_estimate``, which may fall below the truth) becomes a bound
+    by the error theorem of Gopi, Lee & Wutschitz 2021 (https://arxiv.org/abs/2106.02848),
+    with the domain and mesh Opacus's PRVAccountant picks for these errors:
+    ``delta(eps) <= estimate(eps - 0.005) + 1e-9`` for every real eps. This is the guarantee
+    behind ``privkit.accounting.epsilon(accountant="prv")``, which reports ``eps_upper``, and
+    it inherits Opacus's domain size (a FIXME in ``compute_safe_domain_size``: fine for
+    eps_error < 1).
+
+    >>> round(delta_bound(2.0, noise_multiplier=1.0, sample_rate=256 / 4708, steps=540), 3)
+    0.174
+    """
+    _mechanism(noise_multiplier, sample_rate, steps)
+    eps = np.asarray(epsilon, dtype=float)
+    if not np.isfinite(eps).all():
+        raise ValueError(f"Expected epsilon={epsilon!r} to be finite.")
+    if sample_rate == 1:
+        mu = math.sqrt(steps) / noise_multiplier
+        with np.errstate(over="ignore"):
+            d = ndtr(-eps / mu + mu / 2) - np.exp(eps + log_ndtr(-eps / mu - mu / 2))
+        return _out(np.clip(d, 0.0, 1.0), epsilon)
+    t, d1, d2 = _prv(noise_multiplier, sample_rate, steps)
+    x = eps - _EPS_ERROR
+    j = np.searchsorted(t, x, side="left")  # first grid point >= x: as compute_delta_estimate
+    k = np.minimum(j, len(t) - 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        est = np.where(j < len(t), d1[k] - np.exp(x - t[k]) * d2[k], 0.0)
+    return _out(np.clip(est + _DELTA_ERROR, 0.0, 1.0), epsilon)
+
+
+def tpr_bound_mechanism(fpr: float | np.ndarray, *, noise_multiplier: float,
+                        sample_rate: float, steps: int) -> float | np.ndarray:
+    """Highest TPR of any membership-inference attack on DP-SGD, from its whole profile.
+
+    Each (eps, delta(eps)) caps the TPR by ``e^eps fpr + delta(eps)``; the infimum over all
+    real eps is the exact trade-off curve of the pair (convex duality, as in Dong, Roth & Su
+    2019, Prop. 2.12). Taken over the PRV grid with :func:`delta_bound`'s upper bounds, each
+    line stays valid; the result is above the exact curve by about a factor e^0.005.
+    ``sample_rate == 1`` is exactly mu-GDP, mu = sqrt(steps)/sigma: :func:`gaussian_tpr`.
+
+    Args:
+        fpr: False-positive rate(s) in [0, 1], a float or an array of any shape.
+        noise_multiplier: sigma, > 0. sample_rate: q, in (0, 1]. steps: an integer >= 1.
+
+    Returns:
+        The TPR bound, shaped like ``fpr``; about 0.3 s for 540 steps at q = 0.054.
+
+    Raises:
+        ValueError: If an argument is out of range (the message names it).
+        RuntimeError: If the PRV cannot handle the setting (epsilon in the hundreds).
+
+    >>> kw = dict(noise_multiplier=1.0, sample_rate=256 / 4708, steps=540)  # epsilon 8.62
+    >>> round(tpr_bound_mechanism(0.001, **kw), 4)  # vs 0.9998 from (8.62, 1e-5) alone
+    0.0733
+    """
+    alpha = _fpr(fpr)
+    _mechanism(noise_multiplier, sample_rate, steps)
+    if sample_rate == 1:
+        return gaussian_tpr(fpr, mu=math.sqrt(steps) / noise_multiplier)
+    t, d1, d2 = _prv(noise_multiplier, sample_rate, steps)
+    # lines at eps_j = t_j + _EPS_ERROR, plus one past the grid where the estimate is 0: (N + 1,)
+    t = np.append(t, t[-1] + (t[-1] - t[0]) / (len(t) - 1))
+    d1, d2 = np.append(d1, 0.0), np.append(d2, 0.0)
+    delta_j = np.maximum(d1 - d2, 0.0) + _DELTA_ERROR
+    with np.errstate(divide="ignore"):
+        # the line at j beats j+1 once P0(Y >= t_j) = e^-t_j d2[j] <= e^_EPS_ERROR fpr
+        key = np.minimum.accumulate(np.log(d2) - t)  # nonincreasing
+        log_a = np.log(alpha)[..., None]  # (..., 1)
+    i = np.searchsorted(-key, -(_EPS_ERROR + log_a.ravel()), side="left").reshape(log_a.shape)
+    j = np.clip(i + np.array([-1, 0, 1]), 0, len(t) - 1)  # (..., 3); any j is a valid line
+    with np.errstate(over="ignore"):
+        lines = np.exp(t[j] + _EPS_ERROR + log_a) + delta_j[j]
+    return _out(np.minimum(1.0, lines.min(axis=-1)), fpr)
+
+
+def reconstruction_bound(*, prior: float, noise_multiplier: float | None = None,
+                         sample_rate: float | None = None, steps: int | None = None,
+                         epsilon: float | None = None, delta: float | None = None) -> float:
+    """Highest chance that an informed adversary reconstructs a training image.
+
+    ``prior`` (kappa) is the adversary's chance of success without the model, e.g. 1 / the
+    number of candidate images. Hayes, Mahloujifar & Balle 2023 ("Bounding Training Data
+    Reconstruction in DP-SGD", NeurIPS, https://arxiv.org/abs/2302.07225) bound the success
+    by sup{P1(E) : P0(E) <= kappa} over the outputs with (P1) and without (P0) the target;
+    Kaissis, Hayes, Ziller & Rueckert 2023 (https://arxiv.org/abs/2307.03928) write it as
+    ``1 - f(kappa)`` for f-DP. Both are the TPR cap at FPR = kappa, so this returns
+    :func:`tpr_bound_mechanism` (given the mechanism: tighter) or :func:`tpr_bound` (given
+    ``epsilon`` and ``delta``) at ``fpr=prior``. Pass one set, not both.
+
+    Raises:
+        ValueError: If an argument is out of range, or not exactly one set is given.
+
+    >>> round(reconstruction_bound(prior=0.01, epsilon=1.0, delta=1e-5), 4)
+    0.0272
+    """
+    in_range(0, 1, low_inclusive=False, high_inclusive=False, prior=prior)
+    mech = {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps}
+    dp = {"epsilon": epsilon, "delta": delta}
+    given = [k for k, v in {**mech, **dp}.items() if v is not None]
+    if set(given) == set(mech):
+        return tpr_bound_mechanism(prior, **mech)
+    if set(given) == set(dp):
+        return tpr_bound(prior, **dp)
+    raise ValueError(
+        f"Expected either noise_multiplier, sample_rate and steps, or epsilon and delta; "
+        f"got {', '.join(given) or 'none'}."
+    )
+
+
+def _pct(x: float) -> str:
+    """A probability as a percentage rounded UP (a stated cap must not understate)."""
+    v = max(100 * x, 1e-12)
+    digits = 0 if v >= 10 else 1 if v >= 1 else 2 - math.floor(math.log10(v))
+    up = math.ceil(v * 10**digits * (1 - 1e-12)) / 10**digits  # 1e-12: float noise only
+    return f"{up:.{digits}f}%"
+
+
+def summary(*, epsilon: float, delta: float, noise_multiplier: float | None = None,
+            sample_rate: float | None = None, steps: int | None = None,
+            n_patients: int | None = None) -> str:
+    """One plain-language paragraph on what (epsilon, delta) means, for a data protection officer.
+
+    Args:
+        epsilon: Epsilon >= 0. delta: Delta in [0, 1).
+        noise_multiplier, sample_rate, steps: The DP-SGD mechanism (all three or none); if
+            given, the caps are also computed with the tighter :func:`tpr_bound_mechanism`.
+        n_patients: Number of training patients; adds the cap on singling out and
+            reconstructing one of them (prior 1 / n_patients).
+
+    Returns:
+        The paragraph; its percentages (from :func:`tpr_bound`, equal to
+        :func:`reconstruction_bound` at the same prior) are rounded up.
+
+    >>> print(summary(epsilon=1.0, delta=1e-5))  # doctest: +ELLIPSIS
+    The model was trained with differential privacy at epsilon = 1 and delta = 1e-05. ...
+    """
+    mech = {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps}
+    missing = [k for k, v in mech.items() if v is None]
+    if 0 < len(missing) < 3:
+        raise ValueError(f"Expected noise_multiplier, sample_rate and steps together; "
+                         f"missing {', '.join(missing)}.")
+    if n_patients is not None:
+        positive_int(n_patients=n_patients)
+    priors = np.array([1e-3] + ([1 / n_patients] if n_patients and n_patients > 1 else []))
+    caps = tpr_bound(priors, epsilon=epsilon, delta=delta)  # validates epsilon and delta
+    source = "epsilon and delta alone"
+    if not missing:
+        _mechanism(noise_multiplier, sample_rate, steps)
+        try:  # both caps hold for the same model: keep the lower
+            caps = np.minimum(caps, tpr_bound_mechanism(priors, **mech))
+            source = (f"the training settings (noise multiplier {noise_multiplier:g}, sampling "
+                      f"rate {sample_rate:.3g}, {steps} steps), tighter than epsilon alone")
+        except RuntimeError:  # the PRV cannot (epsilon in the hundreds): keep (eps, delta)
+            pass
+    factor = math.exp(epsilon)  # rounded up, as the percentages
+    factor_text = (f"{math.ceil(factor * 100) / 100:g}" if factor < 100 else
+                   f"{math.ceil(factor):,}" if factor < 1e6 else
+                   f"10^{math.ceil(epsilon / math.log(10))}")
+    text = [
+        f"The model was trained with differential privacy at epsilon = {epsilon:.3g} and "
+        f"delta = {delta:.3g}.",
+        "Epsilon limits how much any one patient's X-ray can change what the model does: "
+        f"no outcome becomes more than {factor_text} times more likely because of it.",
+        f"Delta is the small chance, here {delta:.3g}, that this limit does not hold.",
+        "In practice: an attacker who wrongly accuses 1 in 1,000 people who were not in the "
+        f"training data can correctly identify at most {_pct(caps[0])} of those who were "
+        "(random guessing: 0.1%).",
+        "An attacker trying to rebuild a patient's X-ray, who would be right 1 time in 1,000 "
+        f"by guessing, succeeds at most {_pct(caps[0])} of the time.",
+    ]
+    if len(caps) > 1:
+        text.append(f"Picking one of the {n_patients:,} training patients (1 in {n_patients:,} "
+                    f"by guessing), an attacker succeeds at most {_pct(caps[1])} of the time.")
+    text.append(f"These are worst-case limits for the strongest attacker, computed from {source}.")
+    return " ".join(text)

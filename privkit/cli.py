@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 
-from privkit import accounting, data
+from privkit import accounting, budget, data
 from privkit.budget import LedgerError
 from privkit.engine import DP_BACKENDS
 from privkit.models import MODELS
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", default=None, help="folder with <dataset>.npz (default: $PRIVKIT_DATA, else medmnist's)")
     t.add_argument("--out", default=None, help="append the result to <out>/metrics.csv (reused if finished)")
     t.add_argument("--experiment", default="cli", help="experiment name recorded in the table")
+    t.add_argument("--ledger", default=None,
+                   help="privacy-budget ledger to charge before any data are read (default: $PRIVKIT_LEDGER if set)")
     t.add_argument("--no-progress", action="store_true")
 
     b = commands.add_parser("bench", help="time every training engine on one device (a benchmark)",
@@ -158,8 +161,11 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr, momentum=args.momentum, accountant=args.accountant, seed=args.seed,
         device=args.device, data_root=args.data_root,
     )  # fmt: skip
+    path = args.ledger or os.environ.get("PRIVKIT_LEDGER")
+    ledger = budget.Ledger(path) if path else None
     if args.out:
-        table = experiments.sweep([config], experiment=args.experiment, out_dir=args.out, progress=not args.no_progress)
+        table = experiments.sweep([config], experiment=args.experiment, out_dir=args.out,
+                                  ledger=ledger, progress=not args.no_progress)  # fmt: skip
         summary = {
             "run_id": table["run_id"].iloc[0],
             "epsilon_spent": float(table["epsilon_spent"].iloc[0]),
@@ -168,7 +174,7 @@ def _train(args: argparse.Namespace) -> int:
             "table": f"{args.out}/metrics.csv",
         }
     else:
-        result = train(config, progress=not args.no_progress)
+        result = train(config, ledger=ledger, progress=not args.no_progress)
         m = result.mechanism
         summary = {
             "backend": result.backend, "device": result.device,

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from privkit import data, results
+from privkit import budget, data, results
 from privkit.train import TrainConfig, resolve_device, stack_key, train_many
 
 PROFILES = ("full", "quick")
@@ -54,6 +54,7 @@ def sweep(
     experiment: str,
     out_dir: str | Path,
     max_stack: int | None = None,
+    ledger: budget.Ledger | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every config not already finished in ``<out_dir>/metrics.csv``; return their rows.
@@ -62,7 +63,8 @@ def sweep(
     together, up to ``max_stack`` models at once. By default a GPU takes them all, and a CPU
     one at a time: there, vmapped convolutions over stacked models run slower per model than
     single ones (measured on a 2-core CPU: 1.5 s vs 0.8 s per model and epoch).
-    Each finished group appends its rows atomically and writes
+    With a ``ledger``, each group is charged before it trains; runs reused from the table
+    spend nothing. Each finished group appends its rows atomically and writes
     ``runs/<run_id>.json`` with its provenance, so an interrupted sweep resumes and a repeated
     one trains nothing.
     """
@@ -93,7 +95,7 @@ def sweep(
             groups.append(group)
         group.append(run)
     for group in tqdm(groups, desc=experiment, disable=not progress):
-        trained = train_many([c for _, c, _ in group], dataset=group[0][2], progress=progress)
+        trained = train_many([c for _, c, _ in group], dataset=group[0][2], ledger=ledger, progress=progress)
         rows = []
         for (run, config, dataset), result in zip(group, trained):
             record = results.provenance(config, data_sha256=dataset.sha256, device=result.device)

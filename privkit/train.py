@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from privkit import _validate, accounting, data
+from privkit import _validate, accounting, budget, data
 from privkit.engine import DP_BACKENDS, create_backend
 from privkit.engine.fast import FastStack, max_batch_size, padded_poisson
 from privkit.engine.sampling import poisson_indices
@@ -164,19 +165,26 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 1024) -> Tensor:
 
 
 def train(
-    config: TrainConfig, *, dataset: data.Dataset | None = None, progress: bool = True
+    config: TrainConfig,
+    *,
+    dataset: data.Dataset | None = None,
+    ledger: budget.Ledger | None = None,
+    scopes: Sequence[str] | None = None,
+    progress: bool = True,
 ) -> TrainResult:
     """Train one model and evaluate it on the validation and test splits.
 
     Args:
         config: the run; see ``TrainConfig``.
         dataset: already loaded data (on the run's device); loaded from ``config`` otherwise.
+        ledger: charge the run's mechanism here before reading data (see ``train_many``).
+        scopes: the ledger scopes to charge; default ``dataset:<name>``.
         progress: show a progress bar over the steps.
 
     Returns:
         A ``TrainResult`` with the executed mechanism (the epsilon actually spent) and metrics.
     """
-    return train_many([config], dataset=dataset, progress=progress)[0]
+    return train_many([config], dataset=dataset, ledger=ledger, scopes=scopes, progress=progress)[0]
 
 
 # Settings that models trained together in one stack must share.
@@ -193,6 +201,8 @@ def train_many(
     *,
     dataset: data.Dataset | None = None,
     members: Tensor | None = None,
+    ledger: budget.Ledger | None = None,
+    scopes: Sequence[str] | None = None,
     progress: bool = True,
 ) -> list[TrainResult]:
     """Train several models that share ``STACK_FIELDS``; with ``fast``, all at once.
@@ -205,6 +215,10 @@ def train_many(
         dataset: already loaded data (on the runs' device); loaded from ``configs`` otherwise.
         members: optional (K, n_train) bool, the training examples each model may use (as for
             the shadow models of a membership-inference attack); needs ``backend='fast'``.
+        ledger: a privacy-budget ledger to charge, before any record is read, each model's
+            mechanism; a run over budget raises ``budget.BudgetExceededError`` and reads nothing.
+            Models charged before a refused one stay charged (conservative: never under-counts).
+        scopes: the ledger scopes to charge; default ``dataset:<name>``.
         progress: show a progress bar over the steps.
 
     Returns:
@@ -219,9 +233,7 @@ def train_many(
         raise ValueError(f"Configs trained together must share {differ}; group them first.")
     first = configs[0]
     device = resolve_device(first.device)
-    if dataset is None:
-        dataset = data.load(first.dataset, root=first.data_root, device=device)
-    n = len(dataset.train)
+    n = len(dataset.train) if dataset else data.train_size(first.dataset, root=first.data_root)
     if members is None:
         members = torch.ones(len(configs), n, dtype=torch.bool, device=device)
     elif first.backend != "fast":
@@ -235,6 +247,15 @@ def train_many(
             f"Models trained together must plan the same number of steps, got "
             f"{sorted({m.steps for m in mechs})}: give members of (nearly) equal size."
         )
+    if ledger is not None:  # before a single record is read; refused -> BudgetExceededError
+        for c, m in zip(configs, mechs):
+            ledger.charge(
+                list(scopes or [f"dataset:{c.dataset}"]), noise_multiplier=m.noise_multiplier,
+                sample_rate=m.sample_rate, steps=int(m.steps), delta=m.delta,
+                run_id=f"{c.model}-seed{c.seed}-{uuid.uuid4().hex[:8]}", actor=budget.default_actor(),
+            )  # fmt: skip
+    if dataset is None:
+        dataset = data.load(first.dataset, root=first.data_root, device=device)
     models = [_init_model(c, dataset, device) for c in configs]
     generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
 

@@ -52,33 +52,40 @@ def _rdp_epsilon(
     return float(_rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
 
 
-def _prv_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+def _prv_composed(history: list[tuple[float, float, int]], delta: float) -> float:
+    """PRV epsilon (its error band's upper end) of (sigma, q, steps) entries composed."""
     eps_error, delta_error = 0.01, delta / 1000  # Opacus's defaults, spelled out
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    total = sum(n for _, _, n in history)
     # Quiet: RDP "optimal order" warnings from the domain sizing, log(1 - q) for q = 1.
     with warnings.catch_warnings(), np.errstate(divide="ignore"):
         warnings.filterwarnings("ignore", "Optimal order", UserWarning)
         # PRVAccountant's grid spans +-(RDP epsilon + 3) at this mesh; over-estimate it
         # cheaply with integer orders, as weak privacy would exhaust memory (sigma=0.01,
         # q=0.01, 100 steps: Opacus asks for 3.5e9 points).
-        ints = [a for a in RDPAccountant.DEFAULT_ALPHAS if a == int(a)]
+        ints = [a for a in orders if a == int(a)]
+        rdp = sum(_rdp.compute_rdp(q=q, noise_multiplier=s, steps=n, orders=ints) for s, q, n in history)
         half_width = 3 + max(
-            _rdp_epsilon(sigma, q, steps, delta_error / 4, ints),
-            _rdp_epsilon(sigma, q, 1, delta_error / (8 * steps), ints),
+            _rdp.get_privacy_spent(orders=ints, rdp=rdp, delta=delta_error / 4)[0],
+            *(_rdp_epsilon(s, q, 1, delta_error / (8 * total), ints) for s, q, _ in history),
         )
-        grid = 2 * half_width * math.sqrt(steps * math.log(12 / delta_error) / 2) / eps_error
+        grid = 2 * half_width * math.sqrt(total * math.log(12 / delta_error) / 2) / eps_error
         problem = f"{grid:.3g} grid points needed" if grid > _PRV_MAX_GRID else ""
         if not problem:
-            accountant = PRVAccountant()  # fresh: one entry of (sigma, q, number of steps)
-            accountant.history = [(sigma, q, steps)]
-            try:  # the upper end of the error band: estimate + eps_error
-                return float(accountant.get_epsilon(delta, eps_error=eps_error))
+            prv = PRVAccountant()
+            prv.history = history
+            try:
+                return float(prv.get_epsilon(delta, eps_error=eps_error))
             except RuntimeError as error:
                 problem = str(error)
     raise RuntimeError(
-        f"Opacus's PRV accountant cannot handle noise_multiplier={sigma!r}, "
-        f"sample_rate={q!r}, steps={steps!r}, delta={delta!r} ({problem}); "
-        "such weak privacy (epsilon in the hundreds) needs accountant='rdp'."
+        f"Opacus's PRV accountant cannot compose mechanisms={history!r} at delta={delta!r} "
+        f"({problem}); such weak privacy (epsilon in the hundreds) needs accountant='rdp'."
     )
+
+
+def _prv_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    return _prv_composed([(sigma, q, steps)], delta)
 
 
 def _gdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
@@ -275,26 +282,4 @@ def compose(
     if accountant == "rdp":
         rdp = sum(_rdp.compute_rdp(q=q, noise_multiplier=s, steps=n, orders=orders) for s, q, n in history)
         return float(_rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
-    eps_error, delta_error = 0.01, delta / 1000  # as in _prv_epsilon, for several entries
-    total = sum(n for _, _, n in history)
-    with warnings.catch_warnings(), np.errstate(divide="ignore"):
-        warnings.filterwarnings("ignore", "Optimal order", UserWarning)
-        ints = [a for a in orders if a == int(a)]
-        rdp = sum(_rdp.compute_rdp(q=q, noise_multiplier=s, steps=n, orders=ints) for s, q, n in history)
-        half_width = 3 + max(
-            _rdp.get_privacy_spent(orders=ints, rdp=rdp, delta=delta_error / 4)[0],
-            *(_rdp_epsilon(s, q, 1, delta_error / (8 * total), ints) for s, q, _ in history),
-        )
-        grid = 2 * half_width * math.sqrt(total * math.log(12 / delta_error) / 2) / eps_error
-        problem = f"{grid:.3g} grid points needed" if grid > _PRV_MAX_GRID else ""
-        if not problem:
-            prv = PRVAccountant()
-            prv.history = history
-            try:
-                return float(prv.get_epsilon(delta, eps_error=eps_error))
-            except RuntimeError as error:
-                problem = str(error)
-    raise RuntimeError(
-        f"Opacus's PRV accountant cannot compose mechanisms={history!r} at delta={delta!r} "
-        f"({problem}); such weak privacy (epsilon in the hundreds) needs accountant='rdp'."
-    )
+    return _prv_composed(history, delta)

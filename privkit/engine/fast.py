@@ -50,8 +50,6 @@ def compile_by_default(device: torch.device) -> bool:
 class FastStack:
     """DP-SGD for K models of one architecture at once (``vmap`` over stacked parameters)."""
 
-    name = "fast"
-
     def __init__(
         self,
         models: Sequence[nn.Module],

@@ -201,6 +201,7 @@ def train_many(
     *,
     dataset: data.Dataset | None = None,
     members: Tensor | None = None,
+    sample_rates: Tensor | None = None,
     ledger: budget.Ledger | None = None,
     scopes: Sequence[str] | None = None,
     progress: bool = True,
@@ -215,6 +216,10 @@ def train_many(
         dataset: already loaded data (on the runs' device); loaded from ``configs`` otherwise.
         members: optional (K, n_train) bool, the training examples each model may use (as for
             the shadow models of a membership-inference attack); needs ``backend='fast'``.
+        sample_rates: optional (K, n_train), each example's Poisson rate in each model, in place
+            of ``batch_size / n`` (individualised DP-SGD). Each model's ``mechanism`` then
+            describes the uniform rate only: use :func:`privkit.individual.train`, which plans,
+            accounts and charges every group's rate. Needs ``backend='fast'`` and no ``ledger``.
         ledger: a privacy-budget ledger to charge, before any record is read, each model's
             mechanism; a run over budget raises ``budget.BudgetExceededError`` and reads nothing.
             Models charged before a refused one stay charged (conservative: never under-counts).
@@ -242,6 +247,16 @@ def train_many(
         raise ValueError(f"Expected members of shape ({len(configs)}, {n}), got {tuple(members.shape)}.")
     members = members.to(device)
     mechs = [plan(c, int(m.sum())) for c, m in zip(configs, members)]
+    batch_sizes = [float(c.batch_size) for c in configs]  # expected; the update divides by it
+    if sample_rates is None:
+        sample_rates = members * torch.tensor([m.sample_rate for m in mechs], device=device)[:, None]
+    elif first.backend != "fast" or ledger is not None:
+        raise ValueError("sample_rates= needs backend='fast' and no ledger (privkit.individual charges).")
+    elif tuple(sample_rates.shape) != (len(configs), n):
+        raise ValueError(f"Expected sample_rates of shape ({len(configs)}, {n}), got {tuple(sample_rates.shape)}.")
+    else:
+        sample_rates = sample_rates.to(device) * members
+        batch_sizes = sample_rates.sum(dim=1).tolist()
     if len({m.steps for m in mechs}) > 1:  # a stack steps together: each model's count must be its own
         raise ValueError(
             f"Models trained together must plan the same number of steps, got "
@@ -259,8 +274,12 @@ def train_many(
     models = [_init_model(c, dataset, device) for c in configs]
     generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
 
-    run = _train_fast if first.backend == "fast" else _train_sequentially
-    losses, epoch_seconds = run(configs, mechs, models, generators, dataset.train, members, progress)
+    if first.backend == "fast":
+        losses, epoch_seconds = _train_fast(
+            configs, mechs, models, generators, dataset.train, sample_rates, batch_sizes, progress
+        )
+    else:
+        losses, epoch_seconds = _train_sequentially(configs, mechs, models, generators, dataset.train, progress)
 
     info = dataset.info
     names = info.label_names if info.task == "multi-label" else None
@@ -317,7 +336,7 @@ def _epoch_timer(device: torch.device) -> Callable[[], float]:
 Losses = list[list[float]]  # per model, per epoch
 
 
-def _train_sequentially(configs, mechs, models, generators, split, members, progress) -> tuple[Losses, Losses]:
+def _train_sequentially(configs, mechs, models, generators, split, progress) -> tuple[Losses, Losses]:
     """One model after another, through a per-model backend (``opacus``)."""
     losses, times = [], []
     for config, mech, model, generator in zip(configs, mechs, models, generators):
@@ -350,16 +369,16 @@ def _train_sequentially(configs, mechs, models, generators, split, members, prog
     return losses, times
 
 
-def _train_fast(configs, mechs, models, generators, split, members, progress) -> tuple[Losses, Losses]:
+def _train_fast(configs, mechs, models, generators, split, sample_rates, batch_sizes, progress) -> tuple[Losses, Losses]:
     """All models at once: stacked parameters, padded Poisson batches (``engine/fast.py``)."""
-    first, device = configs[0], members.device
-    rates = torch.tensor([m.sample_rate for m in mechs], device=device)
-    max_batch = max(max_batch_size(int(k.sum()), m.sample_rate) for k, m in zip(members, mechs))
+    first, device = configs[0], sample_rates.device
+    used = (sample_rates > 0).sum(dim=1)  # (K,) examples each model may draw
+    max_batch = max(max_batch_size(int(k), b / int(k)) for k, b in zip(used, batch_sizes))
     stack = FastStack(
         models,
         noise_multipliers=[m.noise_multiplier for m in mechs],
         max_grad_norms=[c.max_grad_norm if c.private else math.inf for c in configs],
-        expected_batch_sizes=[c.batch_size for c in configs],
+        expected_batch_sizes=batch_sizes,
         lr=first.lr,
         momentum=first.momentum,
         generators=generators,
@@ -370,13 +389,14 @@ def _train_fast(configs, mechs, models, generators, split, members, progress) ->
     seconds: list[float] = []
     bar = _progress(configs, mechs[0].steps, progress)
     lap = _epoch_timer(device)
+    expected = torch.tensor(batch_sizes, device=device)
     for _ in range(first.epochs):
         total = torch.zeros(len(configs), device=device)
         for _ in range(steps_per_epoch):
-            idx, weights = padded_poisson(members, rates, generators, stack.max_batch)  # (K, W)
+            idx, weights = padded_poisson(sample_rates, generators, stack.max_batch)  # (K, W)
             total += stack.step(split.images[idx], split.labels[idx], weights)
             bar.update()
-        per_epoch.append(total / (steps_per_epoch * first.batch_size))
+        per_epoch.append(total / (steps_per_epoch * expected))
         seconds.append(lap())
         bar.set_postfix(loss=f"{per_epoch[-1].mean().item():.3f}")
     bar.close()

@@ -148,7 +148,7 @@ def test_padded_poisson_is_exact_poisson_of_members_without_truncation() -> None
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     sizes, seen = [[], []], torch.zeros(2, n)
     for _ in range(draws):
-        idx, w = padded_poisson(members, rates, gens, max_batch)
+        idx, w = padded_poisson(members * rates[:, None], gens, max_batch)
         assert idx.shape == w.shape and idx.shape[1] % max_batch == 0
         for k in range(2):
             chosen = idx[k][w[k] == 1]
@@ -162,8 +162,21 @@ def test_padded_poisson_is_exact_poisson_of_members_without_truncation() -> None
     # Same generator, same draws: the Poisson sample of model 0 equals poisson_indices'.
     from privkit.engine.sampling import poisson_indices
 
-    idx, w = padded_poisson(members[:1], rates[:1], [torch.Generator().manual_seed(7)], max_batch)
+    idx, w = padded_poisson(members[:1] * 0.05, [torch.Generator().manual_seed(7)], max_batch)
     assert sorted(idx[0][w[0] == 1].tolist()) == poisson_indices(n, 0.05, torch.Generator().manual_seed(7)).tolist()
+
+
+def test_padded_poisson_samples_each_example_at_its_own_rate() -> None:
+    n, draws = 400, 2000  # individualised privacy: a strict half sampled 4x less often
+    rates = torch.where(torch.arange(n) < n // 2, 0.02, 0.08)[None]
+    counts = torch.zeros(n)
+    gen = [torch.Generator().manual_seed(3)]
+    for _ in range(draws):
+        idx, w = padded_poisson(rates, gen, None)
+        counts[idx[0][w[0] == 1]] += 1
+    for part, q in ((slice(0, n // 2), 0.02), (slice(n // 2, n), 0.08)):
+        freq = counts[part].sum().item() / (draws * n // 2)
+        assert abs(freq - q) < 4 * math.sqrt(q * (1 - q) / (draws * n // 2)), (freq, q)
 
 
 def test_max_batch_leaves_a_second_chunk_rare() -> None:

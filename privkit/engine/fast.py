@@ -35,6 +35,9 @@ OVERFLOW_PROBABILITY = 1e-4  # per step and model, of a draw above max_batch (th
 def max_batch_size(n: int, sample_rate: float) -> int:
     """The padded batch size: a Poisson draw exceeds it with probability < 1e-4.
 
+    For examples with different rates (individualised privacy), give their mean rate: the
+    binomial's upper tail bounds that of the sum of unequal Bernoullis (Hoeffding 1956).
+
     >>> max_batch_size(4708, 256 / 4708)
     317
     """
@@ -146,17 +149,17 @@ class FastStack:
 
 
 def padded_poisson(
-    members: Tensor,
     sample_rates: Tensor,
     generators: Sequence[torch.Generator],
     max_batch: int | None,
 ) -> tuple[Tensor, Tensor]:
-    """Each model's Poisson sample of its members, padded to a multiple of ``max_batch``
-    (``None``: to the largest draw of the K models).
+    """Each model's Poisson sample, padded to a multiple of ``max_batch`` (``None``: to the
+    largest draw of the K models).
 
     Args:
-        members: (K, n) bool, which training examples each model may use.
-        sample_rates: (K,), each model's Poisson rate.
+        sample_rates: (K, n), the probability that model k's batch holds example i, drawn
+            independently per example: 0 for an example the model may not use, the same rate
+            for all others in plain DP-SGD, a rate per privacy group in individualised DP-SGD.
         generators: one per model; each draws ``n`` uniforms per step.
         max_batch: the padded width; a larger draw gets more chunks, never truncation.
             ``None`` pads only to the largest draw (for eager execution).
@@ -165,9 +168,9 @@ def padded_poisson(
         indices (K, W) into the training set and weights (K, W) in {0, 1}, W a multiple of
         ``max_batch``.
     """
-    n = members.shape[1]
-    draws = torch.stack([torch.rand(n, generator=g, device=members.device) for g in generators])
-    chosen = (draws < sample_rates[:, None]) & members  # (K, n)
+    n = sample_rates.shape[1]
+    draws = torch.stack([torch.rand(n, generator=g, device=sample_rates.device) for g in generators])
+    chosen = draws < sample_rates  # (K, n); a rate of 0 is never chosen (draws are in [0, 1))
     largest = int(chosen.sum(dim=1).max())  # the one host sync per step
     chunk = max_batch or max(1, largest)
     width = max(1, math.ceil(largest / chunk)) * chunk

@@ -38,6 +38,7 @@ from privkit.train import Mechanism, TrainConfig, TrainResult, plan as plan_run,
 
 _RELATIVE_TOLERANCE = 1e-3  # of each sample rate and of the expected batch size
 _MAX_NOISE = 1e3  # far beyond any useful noise multiplier
+_GROUPS_STREAM = 0x67726F757073  # "groups": assign_groups' random stream
 
 
 @dataclass(frozen=True)
@@ -159,11 +160,24 @@ def plan(
     _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=delta)
     _validate.one_of(accounting.ACCOUNTANTS, accountant=accountant)
 
-    @functools.lru_cache(maxsize=None)
-    def rates(sigma: float) -> list[tuple[float, float]]:
-        return [_largest_rate(sigma, t, steps=steps, delta=delta, accountant=accountant) for t in targets]
+    rates, sigma = _solve_plan(targets, sizes, batch_size, steps, delta, accountant)
+    return IndividualPlan(
+        groups=groups, sizes=sizes, targets=targets, sample_rates=tuple(q for q, _ in rates),
+        epsilons=tuple(e for _, e in rates), noise_multiplier=sigma, steps=steps, delta=delta,
+        accountant=accountant,
+    )  # fmt: skip
 
-    def batch(sigma_rates: list[tuple[float, float]]) -> float:
+
+@functools.lru_cache(maxsize=64)  # each evaluation runs the accountant: plan once per setting
+def _solve_plan(targets: tuple[float, ...], sizes: tuple[int, ...], batch_size: int, steps: int, delta: float,
+                accountant: str) -> tuple[tuple[tuple[float, float], ...], float]:
+    """Per-group (rate, epsilon) and the noise multiplier: the search behind :func:`plan`."""
+
+    @functools.lru_cache(maxsize=None)
+    def rates(sigma: float) -> tuple[tuple[float, float], ...]:
+        return tuple(_largest_rate(sigma, t, steps=steps, delta=delta, accountant=accountant) for t in targets)
+
+    def batch(sigma_rates: tuple[tuple[float, float], ...]) -> float:
         return sum(n * q for n, (q, _) in zip(sizes, sigma_rates))
 
     hi = 1.0  # bracket the noise multiplier: batch(lo) < batch_size <= batch(hi)
@@ -178,12 +192,7 @@ def plan(
     neg_sigma, _ = _solve(lambda x: math.log(batch_size / batch(rates(-x))), -hi, -lo,
                           tolerance=_RELATIVE_TOLERANCE)  # fmt: skip
     sigma = -neg_sigma
-    final = rates(sigma)
-    return IndividualPlan(
-        groups=groups, sizes=sizes, targets=targets, sample_rates=tuple(q for q, _ in final),
-        epsilons=tuple(e for _, e in final), noise_multiplier=sigma, steps=steps, delta=delta,
-        accountant=accountant,
-    )  # fmt: skip
+    return rates(sigma), sigma
 
 
 def assign_groups(n: int, fractions: Mapping[str, float], *, seed: int = 0) -> np.ndarray:
@@ -203,7 +212,8 @@ def assign_groups(n: int, fractions: Mapping[str, float], *, seed: int = 0) -> n
     counts = np.floor(np.array([fractions[g] for g in names]) * n).astype(int)
     counts[np.argmax(counts)] += n - counts.sum()  # rounding goes to the largest group
     labels = np.repeat(np.array(names, dtype=object), counts)
-    return np.random.default_rng(seed).permutation(labels)
+    # A stream of its own: a data file shuffled with default_rng(seed) must not line up with it.
+    return np.random.default_rng([seed, _GROUPS_STREAM]).permutation(labels)
 
 
 def train(
@@ -243,7 +253,7 @@ def train(
         raise ValueError(f"Expected group names of letters, digits, '_', '.', '-', got {bad}.")
     uniform = plan_run(dataclasses.replace(config, epsilon=None, noise_multiplier=1.0), n)  # checks delta < 1/n
     p = plan(
-        group_epsilons={g: group_epsilons[g] for g in names},
+        group_epsilons={g: group_epsilons[g] for g in names.tolist()},
         group_sizes=dict(zip(names.tolist(), counts.tolist())), batch_size=config.batch_size,
         steps=uniform.steps, delta=config.delta, accountant=config.accountant,
     )  # fmt: skip

@@ -145,3 +145,10 @@ def test_bad_groups_are_refused(synthetic_root: Path) -> None:
     with pytest.raises(ValueError, match="backend"):
         individual.train(TrainConfig(data_root=str(synthetic_root), backend="opacus", **QUICK),
                          groups=groups, group_epsilons={"s": 1.0, "r": 4.0})  # fmt: skip
+
+
+def test_assigned_groups_do_not_line_up_with_data_shuffled_by_the_same_seed() -> None:
+    sorted_labels = np.repeat([0, 1], [400, 600])
+    shuffled = np.random.default_rng(0).permutation(sorted_labels)  # how many npz files are made
+    groups = assign_groups(1000, {"a": 0.4, "b": 0.6}, seed=0)
+    assert abs(np.corrcoef(shuffled, groups == "a")[0, 1]) < 0.15

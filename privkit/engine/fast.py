@@ -169,8 +169,10 @@ def padded_poisson(
         ``max_batch``.
     """
     n = sample_rates.shape[1]
-    draws = torch.stack([torch.rand(n, generator=g, device=sample_rates.device) for g in generators])
-    chosen = draws < sample_rates  # (K, n); a rate of 0 is never chosen (draws are in [0, 1))
+    draws = torch.stack([  # float64: see privkit.engine.sampling
+        torch.rand(n, generator=g, device=sample_rates.device, dtype=torch.float64) for g in generators
+    ])
+    chosen = draws < sample_rates.to(torch.float64)  # (K, n); a rate of 0 is never chosen
     largest = int(chosen.sum(dim=1).max())  # the one host sync per step
     chunk = max_batch or max(1, largest)
     width = max(1, math.ceil(largest / chunk)) * chunk

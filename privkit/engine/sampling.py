@@ -3,6 +3,10 @@
 Each example joins each batch independently with probability ``sample_rate``, so batch sizes
 vary (Abadi et al. 2016; Mironov, Talwar & Zhang 2019). Shuffled fixed-size batches would be a
 different mechanism, for which the usual accountants under-report epsilon.
+
+Uniforms are drawn in float64. A float32 uniform takes 2^24 values, so ``rand < q`` would
+include an example with probability up to 2^-24 above ``q`` (``q`` itself rounded to float32),
+more than the accountant is told; in float64 the excess is at most 2^-53.
 """
 
 from __future__ import annotations
@@ -19,5 +23,5 @@ def poisson_indices(n: int, sample_rate: float, generator: torch.Generator) -> T
     >>> 900 < len(idx) < 1100
     True
     """
-    draws = torch.rand(n, generator=generator, device=generator.device)
+    draws = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
     return torch.nonzero(draws < sample_rate).squeeze(1)

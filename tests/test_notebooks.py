@@ -33,3 +33,13 @@ def test_privacy_budget_notebook(synthetic_root: Path, tmp_path: Path) -> None:
     assert (risk["tpr"] >= risk["fpr"]).all() and len(risk) == 2 * 2 * 2
     assert set(pd.read_csv(out / "individualised.csv")["metric"]) >= {"auc", "accuracy"}
     assert "exceeded" in (out / "privacy_budget.ipynb").read_text()  # a budget refused a run
+
+
+@pytest.mark.slow
+def test_privacy_budgets_tutorial(synthetic_root: Path, tmp_path: Path) -> None:
+    out = experiments.run_notebook(
+        REPO / "notebooks" / "tutorials" / "03_privacy_budgets.ipynb", tmp_path / "tutorial.ipynb",
+        {"data_root": str(synthetic_root), "epochs": 1, "batch_size": 32, "delta": 0.001}, progress=False,
+    )  # fmt: skip
+    text = out.read_text()
+    assert "REFUSED" in text and "individualised" in text

@@ -1,5 +1,9 @@
 """Classification metrics for binary and multi-label chest X-ray models: arrays in, named metrics out.
 
+Subgroup reports (per-group sensitivity, specificity, AUC and their gaps, with bootstrap CIs)
+live in ``privkit.fairness`` and calibration metrics (ECE, Brier score) in
+``privkit.calibration``; both are re-exported here.
+
 Pure functions: no files, no logging, no global state. Labels are 0/1, scores are predicted
 probabilities in [0, 1] (a sigmoid output, not a logit). ROC AUC comes from scikit-learn's
 ``roc_auc_score`` (Hanley & McNeil, 1982: the probability that a random positive scores above a
@@ -23,6 +27,10 @@ from privkit import _validate
 from privkit._arrays import as_array as _as_array
 from privkit._arrays import check_labels as _check_labels
 from privkit._arrays import check_scores as _check_scores
+from privkit.calibration import brier_score, expected_calibration_error
+from privkit.fairness import class_groups, subgroup_report
+
+__all__ = ["evaluate", "subgroup_report", "class_groups", "expected_calibration_error", "brier_score"]
 
 TASKS = ("binary", "multi-label")
 

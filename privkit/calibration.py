@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -335,12 +336,7 @@ def fit_temperature_dp(
         raise ValueError(f"Expected delta={delta} < 1/n = {1 / max(n, 1):.3g} (n = {n} held-out examples).")
     if ledger is not None and not scopes:
         raise ValueError(f"Expected scopes (e.g. ['dataset:pneumoniamnist']) with a ledger; got scopes={scopes!r}.")
-    sigma = accounting.calibrate_noise(
-        target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=steps, accountant=accountant
-    )
-    spent = accounting.epsilon(
-        noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=delta, accountant=accountant
-    )
+    sigma, spent = _noise(epsilon, delta, steps, accountant)
     if ledger is not None:  # before a single label is read
         ledger.charge(
             list(scopes), noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=delta,
@@ -361,6 +357,18 @@ def fit_temperature_dp(
         temperature=math.exp(-(a + b) / 2), epsilon=spent, delta=delta, noise_multiplier=sigma,
         steps=steps, accountant=accountant,
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _noise(epsilon: float, delta: float, steps: int, accountant: str) -> tuple[float, float]:
+    """Noise multiplier of ``steps`` full-batch Gaussian queries spending at most ``epsilon``, and the epsilon spent."""
+    sigma = accounting.calibrate_noise(
+        target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=steps, accountant=accountant
+    )
+    spent = accounting.epsilon(
+        noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=delta, accountant=accountant
+    )
+    return sigma, spent
 
 
 def confidence_statement(
@@ -391,5 +399,6 @@ def confidence_statement(
     positive = probability >= threshold
     confidence = probability if positive else 1.0 - probability
     name = class_names[1] if positive else class_names[0]
-    percent = "more than 99%" if confidence > 0.995 else f"{round(100 * confidence)}%"
+    percent = round(100 * confidence)
+    percent = "more than 99%" if percent >= 100 else f"{percent}%"
     return f"{name}, {percent} confident"

@@ -84,7 +84,9 @@ def scored_sweep(
     runs = []
     for config in configs:
         if data.info(config.dataset).task != "binary":
-            raise ValueError(f"Expected a binary dataset; got dataset={config.dataset!r} (per-case reports need one label).")
+            raise ValueError(
+                f"Expected a binary dataset; got dataset={config.dataset!r} (per-case reports need one label)."
+            )
         key = (config.dataset, config.data_root, str(resolve_device(config.device)))
         if key not in loaded:
             loaded[key] = data.load(config.dataset, root=config.data_root, device=key[2])
@@ -95,7 +97,8 @@ def scored_sweep(
         if run[0] in done:
             continue
         config = run[1]
-        limit = 1 if config.backend != "fast" else max_stack or (len(runs) if resolve_device(config.device).type == "cuda" else 1)
+        on_gpu = resolve_device(config.device).type == "cuda"
+        limit = 1 if config.backend != "fast" else max_stack or (len(runs) if on_gpu else 1)
         chain = groups.setdefault(stack_key(config) + (id(run[2]),), [[]])
         if len(chain[-1]) >= limit:
             chain.append([])
@@ -180,7 +183,8 @@ def subgroup_table(
             labels.to_numpy(), expit(wide.to_numpy()), fairness.class_groups(labels.to_numpy()),
             threshold=threshold, n_bootstrap=n_bootstrap, confidence=confidence, method=method, seed=seed,
         )  # fmt: skip
-        frames.append(report.assign(epsilon_target=eps, epsilon_spent=rows["epsilon_spent"].max(), n_models=wide.shape[1]))
+        spent = rows["epsilon_spent"].max()
+        frames.append(report.assign(epsilon_target=eps, epsilon_spent=spent, n_models=wide.shape[1]))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -199,11 +203,16 @@ def calibration_table(
     split without noise: the validation patients' privacy is spent and not accounted) or
     ``temperature_dp`` (``calibration.fit_temperature_dp`` on the validation split with
     (``temperature_epsilon``, ``temperature_delta``), seeded with ``seed`` plus the run's seed).
+    Each run's fit is a separate mechanism on the same validation patients: calibrating all
+    the runs of a sweep spends the composition of all their fits; a deployed model spends one.
 
     Returns:
         Tidy rows: ``run_id, seed, epsilon_target, epsilon_spent, calibration, temperature,
         temperature_epsilon, metric, value`` with metrics ``ece`` (equal-width, ``n_bins``
         bins, top-label, Guo et al. 2017), ``ece_equal_mass``, ``brier``, ``nll``.
+        ``temperature_epsilon`` is the validation split's privacy spent by the fit: 0 when
+        uncalibrated, inf for the noiseless fit (spent, unaccounted), the accountant's epsilon
+        for the DP fit.
     """
     rows = []
     for run, part in _runs(scores):
@@ -216,7 +225,7 @@ def calibration_table(
         )  # fmt: skip
         fits = {
             "uncalibrated": (1.0, 0.0),
-            "temperature": (calibration.fit_temperature(val["label"].to_numpy(), val["logit"].to_numpy()), math.inf),
+            "temperature": (calibration.fit_temperature(val["label"], val["logit"]), math.inf),  # unaccounted
             "temperature_dp": (private.temperature, private.epsilon),
         }
         y, z = test["label"].to_numpy(), test["logit"].to_numpy()
@@ -224,7 +233,9 @@ def calibration_table(
             p = calibration.apply_temperature(z, t)
             values = {
                 "ece": calibration.expected_calibration_error(y, p, n_bins=n_bins),
-                "ece_equal_mass": calibration.expected_calibration_error(y, p, n_bins=n_bins, binning="equal-mass"),
+                "ece_equal_mass": calibration.expected_calibration_error(
+                    y, p, n_bins=n_bins, binning="equal-mass"
+                ),
                 "brier": calibration.brier_score(y, p),
                 "nll": calibration.negative_log_likelihood(y, z, temperature=t),
             }

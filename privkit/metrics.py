@@ -1,5 +1,9 @@
 """Classification metrics for binary and multi-label chest X-ray models: arrays in, named metrics out.
 
+Subgroup reports (per-group sensitivity, specificity, AUC and their gaps, with bootstrap CIs)
+live in ``privkit.fairness`` and calibration metrics (ECE, Brier score) in
+``privkit.calibration``; both are re-exported here.
+
 Pure functions: no files, no logging, no global state. Labels are 0/1, scores are predicted
 probabilities in [0, 1] (a sigmoid output, not a logit). ROC AUC comes from scikit-learn's
 ``roc_auc_score`` (Hanley & McNeil, 1982: the probability that a random positive scores above a
@@ -20,6 +24,13 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from privkit import _validate
+from privkit._arrays import as_array as _as_array
+from privkit._arrays import check_labels as _check_labels
+from privkit._arrays import check_scores as _check_scores
+from privkit.calibration import brier_score, expected_calibration_error
+from privkit.fairness import class_groups, subgroup_report
+
+__all__ = ["evaluate", "subgroup_report", "class_groups", "expected_calibration_error", "brier_score"]
 
 TASKS = ("binary", "multi-label")
 
@@ -88,13 +99,6 @@ def evaluate(
     return _multi_label(y, p, threshold, label_names)  # (n, n_labels)
 
 
-def _as_array(x: Any) -> np.ndarray:
-    """A numpy array from a numpy array, a torch tensor (any device) or a nested sequence."""
-    if hasattr(x, "detach"):  # a torch tensor; duck-typed so this module does not import torch
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def _check_shapes(y: np.ndarray, p: np.ndarray, *, task: str) -> None:
     if y.shape != p.shape:
         raise ValueError(
@@ -109,33 +113,6 @@ def _check_shapes(y: np.ndarray, p: np.ndarray, *, task: str) -> None:
         raise ValueError(f"Expected labels.shape={y.shape} to be {allowed} for task={task!r}.")
     if y.shape[0] == 0:
         raise ValueError(f"Expected at least one example; got labels.shape={y.shape}.")
-
-
-def _check_labels(y: np.ndarray) -> np.ndarray:
-    """The labels as int 0/1, or raise listing the values that are not 0 or 1."""
-    if y.dtype == bool:
-        return y.astype(np.int64)
-    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise ValueError(f"Expected labels to be numbers 0 and 1; got dtype {y.dtype}.")
-    bad = (y != 0) & (y != 1)  # NaN is caught here too
-    if bad.any():
-        found = ", ".join(f"{v:g}" for v in np.unique(y[bad])[:5])
-        raise ValueError(f"Expected labels to hold only 0 and 1; found {found}.")
-    return y.astype(np.int64)
-
-
-def _check_scores(p: np.ndarray) -> None:
-    if not (np.issubdtype(p.dtype, np.integer) or np.issubdtype(p.dtype, np.floating)):
-        raise ValueError(f"Expected scores to be probabilities in [0, 1]; got dtype {p.dtype}.")
-    if np.isnan(p).any():
-        raise ValueError(
-            f"Expected scores to be probabilities in [0, 1]; found {int(np.isnan(p).sum())} NaN."
-        )
-    if p.min() < 0 or p.max() > 1:
-        raise ValueError(
-            f"Expected scores to be probabilities in [0, 1]; found min={p.min():g}, "
-            f"max={p.max():g} (pass sigmoid(logits), not logits)."
-        )
 
 
 def _binary(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:

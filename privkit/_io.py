@@ -18,10 +18,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     >>> _ = atomic_write(p, lambda tmp: tmp.write_text("hello"))
     >>> p.read_text()
     'hello'
+
+    The file gets the permissions of any new file (``0o666`` less the umask), not ``mkstemp``'s
+    private ``0o600``: a results folder shared by a team stays readable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -30,6 +34,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

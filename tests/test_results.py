@@ -114,3 +114,16 @@ def test_summary_gives_mean_and_sd_per_epsilon() -> None:
     assert s.loc[1.0, ("auc", "std")] == pytest.approx(0.1414, abs=1e-4)
     assert s.loc[1.0, ("epsilon_spent", "max")] == 0.95
     assert s.loc[1.0, ("runs", "n")] == 2
+
+
+def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path: Path) -> None:
+    import os
+
+    from privkit._io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "table.csv", "a,b\n")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0o600

@@ -119,7 +119,7 @@ def test_dp_noise_is_gaussian_with_std_sigma_times_c() -> None:
 def test_defenses_calibrate_noise_to_the_training_run() -> None:
     run = dict(delta=1e-5, sample_rate=256 / 4708, steps=180)
     settings = rec.defenses(max_grad_norm=1.0, epsilons=[8.0], noise_multipliers=[0.01], **run)
-    assert [s.name for s in settings] == ["none", "clip C=1", "DP ε=8", "DP σ=0.01"]
+    assert [s.name for s in settings] == ["none", "clip C=1", "DP ε=8", "DP ε≈9.8e+05"]
     none, clip, dp, fixed = settings
     assert (none.max_grad_norm, none.noise_multiplier) == (math.inf, 0.0)
     assert (clip.max_grad_norm, clip.noise_multiplier) == (1.0, 0.0)

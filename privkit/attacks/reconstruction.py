@@ -468,7 +468,8 @@ def defenses(
     The noise of ``epsilon`` is :func:`privkit.accounting.calibrate_noise` for a training run
     of ``steps`` Poisson-sampled steps at ``sample_rate``: the released update is one of that
     run's steps. A fixed ``noise_multiplier`` gets the epsilon the run would spend with it,
-    from ``accountant`` or, where it cannot handle so weak a guarantee, from ``"rdp"``.
+    from ``accountant`` or, where it cannot handle so weak a guarantee, from ``"rdp"``, and
+    is named by it (``"DP ε≈9.8e+05"``).
     """
     _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=max_grad_norm)
     settings = [Defense("none"), Defense(f"clip C={max_grad_norm:g}", max_grad_norm=max_grad_norm)]
@@ -487,7 +488,7 @@ def defenses(
             with warnings.catch_warnings():  # RDP's "optimal order is the smallest alpha"
                 warnings.filterwarnings("ignore", "Optimal order", UserWarning)
                 eps = accounting.epsilon(**mechanism, accountant="rdp")
-        settings.append(Defense(f"DP σ={sigma:g}", max_grad_norm, float(sigma), eps))
+        settings.append(Defense(f"DP ε≈{eps:.2g}", max_grad_norm, float(sigma), eps))
     return settings
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 from privkit.attacks.reconstruction import AttackResult
@@ -29,9 +30,9 @@ def reconstruction_grid(
 ) -> Figure:
     """One block per attacked batch: the true images in the top row, then one row per defence.
 
-    Each defence's row is labelled with its name and the mean PSNR (dB) and SSIM of its
-    reconstructions against the true images (each reconstruction is already matched to its
-    true image, so columns line up).
+    Each defence's row is labelled with its name, its noise multiplier sigma and the mean PSNR (dB) and SSIM of its reconstructions
+    against the true images (each reconstruction is already matched to its true image, so
+    columns line up).
 
     Args:
         results: one :class:`AttackResult` per batch (e.g. batch sizes 1 and 4), side by side;
@@ -58,20 +59,25 @@ def reconstruction_grid(
     blocks = fig.subfigures(1, len(results), width_ratios=widths, squeeze=False)[0]
     for block, result in zip(blocks, results):
         n = len(result.images)
-        means = result.table.groupby(["defense", "metric"])["value"].mean()
         axes = block.subplots(len(names) + 1, n, squeeze=False)
-        rows = [("original", result.images, "")]
-        rows += [
-            (name, result.reconstructions[name],
-             f"{means.get((name, 'psnr'), float('nan')):.1f} dB · SSIM {means.get((name, 'ssim'), float('nan')):.2f}")
-            for name in names
-        ]  # fmt: skip
-        for row, (label, images, scores) in zip(axes, rows):
+        rows = [("original", result.images)]
+        rows += [(_row_label(result.table, name), result.reconstructions[name]) for name in names]
+        for row, (label, images) in zip(axes, rows):
             for ax, image in zip(row, images):
                 ax.imshow(image[0].cpu().numpy(), cmap="gray", vmin=bounds[0], vmax=bounds[1])
                 ax.set_xticks([])
                 ax.set_yticks([])
-            row[0].set_ylabel(f"{label}\n{scores}" if scores else label, rotation=0,
-                              ha="right", va="center", fontsize=9)  # fmt: skip
+            row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
         block.suptitle(f"batch of {n} image{'s' if n > 1 else ''}", fontsize=11)
     return fig
+
+
+def _row_label(table: pd.DataFrame, name: str) -> str:
+    """``name``, its noise multiplier if any, the mean PSNR and SSIM of its images."""
+    rows = table[table["defense"] == name]
+    means = rows.groupby("metric")["value"].mean()
+    lines = [name]
+    if "noise_multiplier" in rows and rows["noise_multiplier"].max() > 0:
+        lines.append(f"σ={rows['noise_multiplier'].iloc[0]:.3g}")
+    lines.append(f"{means.get('psnr', float('nan')):.1f} dB · SSIM {means.get('ssim', float('nan')):.2f}")
+    return "\n".join(lines)

@@ -184,6 +184,21 @@ def test_match_finds_the_best_assignment() -> None:
         assert sorted(order.tolist()) == [0, 1, 2, 3]
 
 
+def test_identification_rank_against_sorting() -> None:
+    g = torch.Generator().manual_seed(0)
+    pool = torch.rand((30, 1, 4, 4), generator=g)
+    truth = [3, 17, 17, 29]
+    images = pool[truth] + 0.6 * torch.randn((4, 1, 4, 4), generator=g)
+    ranks = rec.identification_rank(images, pool, truth)
+    for image, t, rank in zip(images, truth, ranks):
+        order = sorted(range(30), key=lambda j: ((image - pool[j]) ** 2).sum().item())
+        assert rank == order.index(t) + 1
+    assert sorted(set(ranks.tolist())) != [1]  # noisy enough that some are not re-identified
+    assert rec.identification_rank(pool[truth], pool, truth).tolist() == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"truth in \[0, 30\)"):
+        rec.identification_rank(images, pool, [0, 1, 2, 30])
+
+
 def test_attack_is_seeded_and_shows_progress(capsys: pytest.CaptureFixture[str]) -> None:
     model, x, y = tiny_model(), smooth_images(2), torch.tensor([[1.0], [0.0]])
     update = rec.share_update(model, x, y)
@@ -204,12 +219,17 @@ def test_attack_defenses_table_and_figure() -> None:
     model, x, y = tiny_model(), smooth_images(1), torch.tensor([[1.0]])
     settings = [rec.Defense("none"), rec.Defense("DP", max_grad_norm=0.1, noise_multiplier=1.0, epsilon=3.0)]
     config = rec.AttackConfig(iterations=150, tv_weight=0.0)
-    result = rec.attack_defenses(model, x, y, settings, config=config, progress=False)
+    pool = torch.cat([smooth_images(20, seed=5), x])  # x is candidate 20
+    result = rec.attack_defenses(model, x, y, settings, config=config, candidates=pool,
+                                 truth=[20], progress=False)  # fmt: skip
     table = rec.summary(result.table).set_index("defense")
+    assert table.loc["none", "rank"] == 1
     assert table.loc["none", "psnr"] > 20 > table.loc["DP", "psnr"]
     assert table.loc["none", "update_cosine"] == pytest.approx(1.0)
     assert table.loc["DP", "update_cosine"] < 0.5
-    assert set(result.table.metric) == {"psnr", "ssim", "label_correct", "update_cosine", "matching_loss"}
+    assert set(result.table.metric) == {
+        "psnr", "ssim", "label_correct", "rank", "update_cosine", "matching_loss"
+    }  # fmt: skip
     fig = reconstruction_grid([result, result], bounds=(-1.0, 1.0))
     assert len([ax for ax in fig.axes if ax.images]) == 2 * 3  # 2 blocks of 3 rows
     assert "dB" in fig.axes[1].get_ylabel()

@@ -453,6 +453,39 @@ def match(images: Tensor, reference: Tensor) -> np.ndarray:
     return cols[np.argsort(rows)]
 
 
+def identification_rank(images: Tensor, candidates: Tensor, truth: Sequence[int] | Tensor) -> np.ndarray:
+    """Rank of each image's true source among ``candidates`` by mean squared error: (N,).
+
+    1 means the reconstruction is closer to its own X-ray than to any other candidate (the
+    patient is re-identified); about ``len(candidates) / 2`` means it says nothing about
+    which one it came from. Rank = 1 + the number of candidates strictly closer.
+
+    Args:
+        images: (N, C, H, W) reconstructions, each matched to its true image.
+        candidates: (M, C, H, W) the pool, e.g. the whole training split.
+        truth: N indices into ``candidates`` of the true images.
+
+    >>> pool = torch.stack([torch.full((1, 2, 2), v) for v in (0.0, 1.0, 2.0)])
+    >>> identification_rank(pool[[2, 0]] + 0.4, pool, [2, 0]).tolist()
+    [1, 1]
+    >>> identification_rank(pool[[2]] - 0.6, pool, [2]).tolist()
+    [2]
+    """
+    truth = torch.as_tensor(truth, dtype=torch.long).cpu()
+    pool = torch.as_tensor(candidates, dtype=torch.float64).detach().cpu()
+    x = torch.as_tensor(images, dtype=torch.float64).detach().cpu()
+    if x.dim() != 4 or pool.dim() != 4 or x.shape[1:] != pool.shape[1:] or truth.shape != (len(x),):
+        raise ValueError(
+            f"Expected images (N, C, H, W), candidates (M, C, H, W) and N indices in truth; "
+            f"got {tuple(x.shape)}, {tuple(pool.shape)} and {tuple(truth.shape)}."
+        )
+    if len(truth) and not 0 <= int(truth.min()) <= int(truth.max()) < len(pool):
+        raise ValueError(f"Expected truth in [0, {len(pool)}), got {truth.tolist()}.")
+    dist = torch.cdist(x.flatten(1), pool.flatten(1))  # (N, M)
+    own = dist.gather(1, truth[:, None])  # (N, 1)
+    return (1 + (dist < own).sum(dim=1)).numpy()
+
+
 def defenses(
     *,
     max_grad_norm: float,
@@ -498,7 +531,8 @@ class AttackResult:
 
     ``table`` has one row per (defense, image, metric) with columns ``batch_size, defense,
     max_grad_norm, noise_multiplier, epsilon, method, labels, seed, image, metric, value``;
-    metrics ``psnr`` (dB), ``ssim``, ``label_correct`` (0/1) and, per batch (``image`` = -1),
+    metrics ``psnr`` (dB), ``ssim``, ``label_correct`` (0/1), ``rank`` (if candidates were
+    given: :func:`identification_rank`) and, per batch (``image`` = -1),
     ``update_cosine`` (cosine of the released update to the noiseless one) and
     ``matching_loss``.
     """
@@ -515,15 +549,21 @@ def attack_defenses(
     settings: Sequence[Defense],
     *,
     config: AttackConfig = AttackConfig(),
+    candidates: Tensor | None = None,
+    truth: Sequence[int] | Tensor | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> AttackResult:
     """Release the batch's update under each defence, attack it, score the reconstructions.
 
     The noise of every setting is drawn from a generator seeded with ``seed``; the attack is
-    seeded with ``seed`` too, so a setting differs from another only in its defence.
+    seeded with ``seed`` too, so a setting differs from another only in its defence. Given
+    ``candidates`` (M, C, H, W) and the batch's indices ``truth`` among them, the table also
+    holds each reconstruction's :func:`identification_rank` (metric ``rank``).
     """
     _check_batch(images, labels)
+    if (candidates is None) != (truth is None):
+        raise ValueError("Expected both candidates and truth (for the rank), or neither.")
     names = [s.name for s in settings]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"Expected at least one setting, with distinct names; got {names}.")
@@ -555,6 +595,8 @@ def attack_defenses(
             "label_correct": (result.labels[torch.as_tensor(order)].cpu() == labels.cpu())
             .all(dim=1).double().numpy(),
         }
+        if candidates is not None:
+            per_image["rank"] = identification_rank(matched, candidates, truth)
         rows += [
             {**common, "image": i, "metric": metric, "value": float(values[i])}
             for metric, values in per_image.items()

@@ -1,6 +1,7 @@
-"""Tests for privkit.attacks.reconstruction against references that do not come from the code
-under test: scikit-image's SSIM, closed forms of PSNR and SSIM, brute-force matching,
-gradients of batches of one clipped by hand, and the Gaussian distribution of the noise."""
+"""Tests for privkit.attacks.reconstruction and image_similarity against references that do
+not come from the code under test: scikit-image's SSIM and PSNR, closed forms of PSNR and
+SSIM, brute-force matching and ranking, gradients of batches of one clipped by hand, and the
+Gaussian distribution of the noise."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import itertools
 import math
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats
 from torch import nn
 
 from privkit import accounting
+from privkit.attacks import image_similarity as sim
 from privkit.attacks import reconstruction as rec
 from privkit.attacks.reconstruction_plots import reconstruction_grid
 from privkit.engine import per_sample_loss
@@ -50,8 +51,8 @@ def test_inverting_gradients_recovers_a_single_image() -> None:
     found = rec.reconstruct(model, update, image_shape=(1, 12, 12), labels=y, config=config,
                             progress=False)  # fmt: skip
     start = torch.randn((1, 1, 12, 12), generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
-    assert rec.psnr(start, x)[0] < 12  # where the attack starts
-    assert rec.psnr(found.images, x)[0] > 35
+    assert sim.psnr(start, x)[0] < 12  # where the attack starts
+    assert sim.psnr(found.images, x)[0] > 35
     assert found.matching_loss < 1e-4
 
 
@@ -60,7 +61,7 @@ def test_dlg_recovers_a_single_image_and_its_label() -> None:
     update = rec.share_update(model, x, y)
     config = rec.AttackConfig(method="dlg", iterations=200, lr=1.0, labels="joint")
     found = rec.reconstruct(model, update, image_shape=(1, 12, 12), config=config, progress=False)
-    assert rec.psnr(found.images, x)[0] > 35
+    assert sim.psnr(found.images, x)[0] > 35
     assert found.labels.tolist() == [[0.0]]
 
 
@@ -73,7 +74,7 @@ def test_noise_kills_the_attack_that_works_without_it() -> None:
         update = rec.share_update(model, x, y, max_grad_norm=0.1, noise_multiplier=sigma, generator=g)
         found = rec.reconstruct(model, update, image_shape=(1, 12, 12), labels=y, config=config,
                                 progress=False)  # fmt: skip
-        psnrs.append(rec.psnr(found.images, x)[0])
+        psnrs.append(sim.psnr(found.images, x)[0])
     assert psnrs[0] > 30 > 15 > psnrs[1]
 
 
@@ -144,7 +145,7 @@ def test_ssim_matches_scikit_image() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand((3, 1, 28, 28), generator=g) * 2 - 1
     y = (x + 0.3 * torch.randn((3, 1, 28, 28), generator=g)).clamp(-1, 1)
-    ours = rec.ssim(y, x, data_range=2.0)
+    ours = sim.ssim(y, x, data_range=2.0)
     for i in range(3):
         ref = skimage_metrics.structural_similarity(
             x[i, 0].double().numpy(), y[i, 0].double().numpy(), data_range=2.0,
@@ -155,21 +156,21 @@ def test_ssim_matches_scikit_image() -> None:
         psnr_ref = skimage_metrics.peak_signal_noise_ratio(
             x[i, 0].double().numpy(), y[i, 0].double().numpy(), data_range=2.0
         )
-        assert rec.psnr(y, x, data_range=2.0)[i] == pytest.approx(psnr_ref, abs=1e-9)
+        assert sim.psnr(y, x, data_range=2.0)[i] == pytest.approx(psnr_ref, abs=1e-9)
 
 
 def test_psnr_and_ssim_closed_forms() -> None:
     x = torch.rand(2, 1, 12, 12) * 2 - 1
-    assert rec.psnr(x + 0.2, x, data_range=2.0) == pytest.approx([10 * math.log10(4 / 0.04)] * 2)
-    assert rec.psnr(x, x).tolist() == [math.inf, math.inf]
-    assert rec.ssim(x, x) == pytest.approx([1.0, 1.0])
+    assert sim.psnr(x + 0.2, x, data_range=2.0) == pytest.approx([10 * math.log10(4 / 0.04)] * 2)
+    assert sim.psnr(x, x).tolist() == [math.inf, math.inf]
+    assert sim.ssim(x, x) == pytest.approx([1.0, 1.0])
     a, b, r = 0.3, -0.5, 2.0  # constant images: only the luminance term remains
     c1 = (0.01 * r) ** 2
     expected = (2 * a * b + c1) / (a**2 + b**2 + c1)
     full = lambda v: torch.full((1, 1, 12, 12), v, dtype=torch.float64)  # noqa: E731
-    assert rec.ssim(full(a), full(b), data_range=r)[0] == pytest.approx(expected, rel=1e-9)
+    assert sim.ssim(full(a), full(b), data_range=r)[0] == pytest.approx(expected, rel=1e-9)
     y = torch.rand(2, 1, 12, 12)
-    assert rec.ssim(x, y) == pytest.approx(rec.ssim(y, x))
+    assert sim.ssim(x, y) == pytest.approx(sim.ssim(y, x))
 
 
 def test_match_finds_the_best_assignment() -> None:
@@ -177,7 +178,7 @@ def test_match_finds_the_best_assignment() -> None:
     for _ in range(5):
         truth = torch.rand((4, 1, 4, 4), generator=g)
         recs = truth[torch.randperm(4, generator=g)] + 0.6 * torch.rand((4, 1, 4, 4), generator=g)
-        order = rec.match(recs, truth)
+        order = sim.match(recs, truth)
         cost = lambda p: sum(((recs[j] - truth[i]) ** 2).sum().item() for i, j in enumerate(p))  # noqa: E731
         best = min(itertools.permutations(range(4)), key=cost)
         assert cost(order) == pytest.approx(cost(best))
@@ -189,14 +190,14 @@ def test_identification_rank_against_sorting() -> None:
     pool = torch.rand((30, 1, 4, 4), generator=g)
     truth = [3, 17, 17, 29]
     images = pool[truth] + 0.6 * torch.randn((4, 1, 4, 4), generator=g)
-    ranks = rec.identification_rank(images, pool, truth)
+    ranks = sim.identification_rank(images, pool, truth)
     for image, t, rank in zip(images, truth, ranks):
         order = sorted(range(30), key=lambda j: ((image - pool[j]) ** 2).sum().item())
         assert rank == order.index(t) + 1
     assert sorted(set(ranks.tolist())) != [1]  # noisy enough that some are not re-identified
-    assert rec.identification_rank(pool[truth], pool, truth).tolist() == [1, 1, 1, 1]
+    assert sim.identification_rank(pool[truth], pool, truth).tolist() == [1, 1, 1, 1]
     with pytest.raises(ValueError, match=r"truth in \[0, 30\)"):
-        rec.identification_rank(images, pool, [0, 1, 2, 30])
+        sim.identification_rank(images, pool, [0, 1, 2, 30])
 
 
 def test_attack_is_seeded_and_shows_progress(capsys: pytest.CaptureFixture[str]) -> None:
@@ -261,9 +262,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="image_shape"):
         rec.reconstruct(model, update, image_shape=(12, 12), labels=y, progress=False)
     with pytest.raises(ValueError, match="same shape"):
-        rec.psnr(x, x[:1])
+        sim.psnr(x, x[:1])
     with pytest.raises(ValueError, match="window_size=11"):
-        rec.ssim(x[..., :10, :], x[..., :10, :])
+        sim.ssim(x[..., :10, :], x[..., :10, :])
     with pytest.raises(ValueError, match="noise_multipliers=0"):
         rec.defenses(max_grad_norm=1.0, epsilons=[], noise_multipliers=[0.0], delta=1e-5,
                      sample_rate=0.01, steps=10)  # fmt: skip

@@ -19,9 +19,9 @@ The defences are DP-SGD's (Abadi et al. 2016): each example's gradient clipped t
 and ``N(0, sigma^2 C^2 I)`` added to their sum. The attacker is adaptive: it knows ``C`` (DP-SGD
 publishes it) and clips its dummies' gradients the same way; noise it cannot undo.
 
-Reconstructions are scored against the true images with PSNR and SSIM (Wang, Bovik, Sheikh &
-Simoncelli 2004) after matching each true image to its best reconstruction (a batch's gradient
-does not reveal the order of its images).
+Reconstructions are scored against the true images with PSNR, SSIM and re-identification
+rank (:mod:`privkit.attacks.image_similarity`), after matching each true image to its best
+reconstruction (a batch's gradient does not reveal the order of its images).
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from privkit import _validate, accounting
+from privkit.attacks.image_similarity import identification_rank, match, psnr, ssim
 from privkit.engine.per_sample import clipped_sum, per_sample_gradients
 
 Grads = dict[str, Tensor]  # parameter name -> tensor of the parameter's shape
@@ -249,8 +248,7 @@ def reconstruct(
         model: the model the update was computed on (parameters are not changed).
         update: the released update; its clipping norm is applied to the dummies too.
         image_shape: (C, H, W) of one image.
-        labels: (B, L) true labels, needed when ``config.labels == "known"``; for the other
-            sources only their width L is taken from the model's output.
+        labels: (B, L) true labels, used only when ``config.labels == "known"``.
         config: the attack's method and settings.
         seed: seeds the dummies' initialisation; the same seed gives the same result.
         progress: show a tqdm bar over the optimisation steps.
@@ -268,7 +266,7 @@ def reconstruct(
         if labels is None:
             raise ValueError("Expected labels (B, L) with config.labels='known'.")
         _check_batch(torch.empty(batch, *image_shape), labels)
-        fixed_labels: Tensor | None = labels.detach()
+        fixed_labels: Tensor | None = labels.detach().to(next(model.parameters()).device)
     elif config.labels == "idlg":
         fixed_labels = idlg_labels(model, update)
     else:
@@ -355,137 +353,6 @@ def _lbfgs(objective, variables: list[Tensor], config: AttackConfig, bar: tqdm) 
     return float(objective()[1].detach())
 
 
-def _pair(images: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
-    x = torch.as_tensor(images, dtype=torch.float64).detach().cpu()
-    y = torch.as_tensor(reference, dtype=torch.float64).detach().cpu()
-    if x.dim() != 4 or x.shape != y.shape:
-        raise ValueError(
-            f"Expected images and reference of the same shape (N, C, H, W), got "
-            f"{tuple(x.shape)} and {tuple(y.shape)}."
-        )
-    return x, y
-
-
-def psnr(images: Tensor, reference: Tensor, *, data_range: float = 2.0) -> np.ndarray:
-    """Peak signal-to-noise ratio of each image, ``10 log10(data_range^2 / MSE)`` dB: (N,).
-
-    ``data_range`` is the span of valid values (2 for privkit's [-1, 1]); identical images
-    give ``inf``.
-
-    >>> x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
-    >>> psnr(x + 0.1, x, data_range=1.0)  # MSE 0.01: 20 dB
-    array([20.])
-    """
-    x, y = _pair(images, reference)
-    _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, data_range=data_range)
-    mse = (x - y).pow(2).flatten(1).mean(1)
-    with np.errstate(divide="ignore"):
-        return 10 * np.log10(data_range**2 / mse.numpy())
-
-
-def _gaussian_window(size: int, sigma: float) -> Tensor:
-    k = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(k**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)  # (size, size), sums to 1
-
-
-def ssim(
-    images: Tensor,
-    reference: Tensor,
-    *,
-    data_range: float = 2.0,
-    window_size: int = 11,
-    sigma: float = 1.5,
-    k1: float = 0.01,
-    k2: float = 0.03,
-) -> np.ndarray:
-    """Mean structural similarity of each image to its reference (Wang et al. 2004): (N,).
-
-    Local means, variances and covariance are weighted by a normalised ``window_size`` square
-    Gaussian window of standard deviation ``sigma``, at every position where the window fits
-    (``valid``, as Wang et al.'s reference code); ``SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) /
-    ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2))`` with ``C_i = (k_i data_range)^2``,
-    averaged over positions and channels.
-
-    >>> x = torch.rand(2, 1, 16, 16)
-    >>> ssim(x, x, data_range=1.0)
-    array([1., 1.])
-    """
-    x, y = _pair(images, reference)
-    _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, data_range=data_range)
-    _validate.positive_int(window_size=window_size)
-    if min(x.shape[-2:]) < window_size:
-        raise ValueError(
-            f"Expected images of at least window_size={window_size} pixels a side, got "
-            f"{tuple(x.shape[-2:])}."
-        )
-    channels = x.shape[1]
-    window = _gaussian_window(window_size, sigma).expand(channels, 1, window_size, window_size)
-
-    def blur(z: Tensor) -> Tensor:
-        return nn.functional.conv2d(z, window, groups=channels)  # valid positions only
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    )
-    return ssim_map.flatten(1).mean(1).numpy()
-
-
-def match(images: Tensor, reference: Tensor) -> np.ndarray:
-    """For each reference image, the index of the reconstruction assigned to it: (N,).
-
-    The assignment minimises the total mean squared error over one-to-one pairings
-    (Hungarian algorithm, :func:`scipy.optimize.linear_sum_assignment`).
-
-    >>> a = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
-    >>> match(a.flip(0), a)
-    array([1, 0])
-    """
-    x, y = _pair(images, reference)
-    cost = torch.cdist(y.flatten(1), x.flatten(1)).pow(2)  # (N ref, N rec)
-    rows, cols = linear_sum_assignment(cost.numpy())
-    return cols[np.argsort(rows)]
-
-
-def identification_rank(images: Tensor, candidates: Tensor, truth: Sequence[int] | Tensor) -> np.ndarray:
-    """Rank of each image's true source among ``candidates`` by mean squared error: (N,).
-
-    1 means the reconstruction is closer to its own X-ray than to any other candidate (the
-    patient is re-identified); about ``len(candidates) / 2`` means it says nothing about
-    which one it came from. Rank = 1 + the number of candidates strictly closer.
-
-    Args:
-        images: (N, C, H, W) reconstructions, each matched to its true image.
-        candidates: (M, C, H, W) the pool, e.g. the whole training split.
-        truth: N indices into ``candidates`` of the true images.
-
-    >>> pool = torch.stack([torch.full((1, 2, 2), v) for v in (0.0, 1.0, 2.0)])
-    >>> identification_rank(pool[[2, 0]] + 0.4, pool, [2, 0]).tolist()
-    [1, 1]
-    >>> identification_rank(pool[[2]] - 0.6, pool, [2]).tolist()
-    [2]
-    """
-    truth = torch.as_tensor(truth, dtype=torch.long).cpu()
-    pool = torch.as_tensor(candidates, dtype=torch.float64).detach().cpu()
-    x = torch.as_tensor(images, dtype=torch.float64).detach().cpu()
-    if x.dim() != 4 or pool.dim() != 4 or x.shape[1:] != pool.shape[1:] or truth.shape != (len(x),):
-        raise ValueError(
-            f"Expected images (N, C, H, W), candidates (M, C, H, W) and N indices in truth; "
-            f"got {tuple(x.shape)}, {tuple(pool.shape)} and {tuple(truth.shape)}."
-        )
-    if len(truth) and not 0 <= int(truth.min()) <= int(truth.max()) < len(pool):
-        raise ValueError(f"Expected truth in [0, {len(pool)}), got {truth.tolist()}.")
-    dist = torch.cdist(x.flatten(1), pool.flatten(1))  # (N, M)
-    own = dist.gather(1, truth[:, None])  # (N, 1)
-    return (1 + (dist < own).sum(dim=1)).numpy()
-
-
 def defenses(
     *,
     max_grad_norm: float,
@@ -504,7 +371,9 @@ def defenses(
     from ``accountant`` or, where it cannot handle so weak a guarantee, from ``"rdp"``, and
     is named by it (``"DP ε≈9.8e+05"``).
     """
-    _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=max_grad_norm)
+    _validate.in_range(
+        0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=max_grad_norm
+    )
     settings = [Defense("none"), Defense(f"clip C={max_grad_norm:g}", max_grad_norm=max_grad_norm)]
     for eps in epsilons:
         sigma = accounting.calibrate_noise(
@@ -513,7 +382,9 @@ def defenses(
         )  # fmt: skip
         settings.append(Defense(f"DP ε={eps:g}", max_grad_norm, sigma, float(eps)))
     for sigma in noise_multipliers:
-        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, noise_multipliers=sigma)
+        _validate.in_range(
+            0, math.inf, low_inclusive=False, high_inclusive=False, noise_multipliers=sigma
+        )
         mechanism = dict(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta)
         try:
             eps = accounting.epsilon(**mechanism, accountant=accountant)

@@ -30,9 +30,9 @@ def reconstruction_grid(
 ) -> Figure:
     """One block per attacked batch: the true images in the top row, then one row per defence.
 
-    Each defence's row is labelled with its name, its noise multiplier sigma and the mean PSNR (dB) and SSIM of its reconstructions
-    against the true images (each reconstruction is already matched to its true image, so
-    columns line up).
+    Each defence's row is labelled with its name, its noise multiplier sigma and the mean PSNR
+    (dB) and SSIM of its reconstructions against the true images (each reconstruction is
+    already matched to its true image, so columns line up).
 
     Args:
         results: one :class:`AttackResult` per batch (e.g. batch sizes 1 and 4), side by side;
@@ -79,5 +79,6 @@ def _row_label(table: pd.DataFrame, name: str) -> str:
     lines = [name]
     if "noise_multiplier" in rows and rows["noise_multiplier"].max() > 0:
         lines.append(f"σ={rows['noise_multiplier'].iloc[0]:.3g}")
-    lines.append(f"{means.get('psnr', float('nan')):.1f} dB · SSIM {means.get('ssim', float('nan')):.2f}")
+    nan = float("nan")
+    lines.append(f"{means.get('psnr', nan):.1f} dB · SSIM {means.get('ssim', nan):.2f}")
     return "\n".join(lines)

@@ -110,7 +110,7 @@ def test_lira_needs_enough_shadows():
 
 def test_train_shadows_trains_each_model_on_its_half(synthetic_root):
     ds = data.load("pneumoniamnist", root=synthetic_root)
-    config = TrainConfig(epsilon=4.0, epochs=1, batch_size=16, data_root=str(synthetic_root))
+    config = TrainConfig(epsilon=4.0, epochs=1, batch_size=16, accountant="rdp", data_root=str(synthetic_root))
     shadows = membership.train_shadows(config, n_models=4, pool_size=64, dataset=ds, seed=3, progress=False)
     assert shadows.members.shape == (4, 64) and shadows.logits.shape == (4, 64, 1)
     assert len(set(shadows.pool)) == 64 and (shadows.members.sum(axis=0) == 2).all()

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 FPR_LABEL = "false-positive rate (non-members accused)"
 TPR_LABEL = "true-positive rate (members found)"
@@ -78,25 +79,30 @@ def tpr_against_epsilon(
     missing = {"epsilon", "tpr", "tpr_low", "tpr_high", "bound"} - set(table.columns)
     if missing:
         raise ValueError(f"Expected table columns {sorted(missing)} as well.")
-    fig, ax = _axes(ax, (5.2, 4.0))
+    fig, ax = _axes(ax, (5.2, 4.6))
     rows = table.sort_values("epsilon")
     private = rows[np.isfinite(rows["epsilon"].astype(float))]
     floor = fpr / 10  # a TPR of 0 still needs a place on the log axis
     if len(private):
-        ax.plot(private["epsilon"], private["bound"], "-", color="C3", marker="_",
+        ax.plot(private["epsilon"], private["bound"], "-", color="C3", marker="_", ms=12,
                 label="DP bound (highest TPR any attack can reach)")
         y = np.maximum(private["tpr"], floor)
         err = [y - np.maximum(private["tpr_low"], floor), private["tpr_high"] - y]
         ax.errorbar(private["epsilon"], y, yerr=err, fmt="o", color="C0", capsize=3,
-                    label="attack TPR (95% Clopper-Pearson)")
+                    label=f"attack TPR, 95% interval (0 drawn at {floor:g})")
+        ticks = sorted(set(private["epsilon"].astype(float)))
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks]))
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.axhline(fpr, ls="--", color="0.5", lw=1, label=f"random guess (TPR = FPR = {fpr:g})")
     nonprivate = rows[~np.isfinite(rows["epsilon"].astype(float))]
     if len(nonprivate):
         ax.axhline(float(nonprivate["tpr"].iloc[0]), color="0.25", ls=":",
                    label="attack TPR, non-private model")
-    ax.set(xscale="log", yscale="log", xlabel="privacy budget ε (log scale)",
-           ylabel=f"TPR at FPR {fpr:g}", title=f"Membership inference at FPR {fpr:g}")
-    ax.legend(loc="best", fontsize="small")
+    ax.set(yscale="log", xlabel="privacy budget ε (log scale)", ylabel=f"TPR at FPR {fpr:g}",
+           title=f"Membership inference at FPR {fpr:g}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small", ncol=1)
     return fig
 
 

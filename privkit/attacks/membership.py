@@ -142,9 +142,8 @@ def lira_scores(
 
     Every record's fit uses the same number of shadows per group (the fewest any record has;
     the others are left out), as in Carlini et al.'s code. ``fixed_variance`` replaces the
-    per-record variances by one pooled over all records (the
-    spread of phi around each record's own mean), which the paper recommends with few shadows
-    (Sec. VI-A: under 64).
+    per-record variances by one pooled over all records (the spread of phi around each
+    record's own mean), which the paper recommends with few shadows (Sec. VI-A: under 64).
 
     Args:
         target_phi: (n,) the target model's ``phi`` (:func:`logit_confidence`).
@@ -158,7 +157,8 @@ def lira_scores(
 
     Raises:
         ValueError: If shapes disagree, or a record has too few shadows for the fit: per-record
-            variances need 2 "out" shadows (and 2 "in" online), a fixed variance 1 each.
+            variances need 2 "out" shadows (and 2 "in" online); a fixed variance needs 1 each
+            and some record with 2 in a group.
     """
     phi = _numpy(target_phi)
     shadows = _numpy(shadow_phi)

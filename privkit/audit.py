@@ -97,10 +97,8 @@ def one_run_epsilon(*, m: int, r: int, v: int, delta: float, confidence: float =
     if not rejected(0.0):
         return 0.0
     low, high = 0.0, 1.0  # invariant: rejected(low), not rejected(high)
-    while rejected(high):
+    while rejected(high):  # ends: as epsilon grows the p-value tends to 1
         low, high = high, 2 * high
-        if high > 1e3:  # p-value below any level: v = r guesses all right at huge r
-            return high
     while high - low > 1e-6:
         mid = (low + high) / 2
         low, high = (mid, high) if rejected(mid) else (low, mid)
@@ -144,7 +142,9 @@ def one_run_audit(
     s = np.asarray(scores, dtype=np.float64).ravel()
     inc = np.asarray(included, dtype=bool).ravel()
     if s.shape != inc.shape or s.size == 0:
-        raise ValueError(f"Expected scores and included of equal, non-zero size; got {s.size} and {inc.size}.")
+        raise ValueError(
+            f"Expected scores and included of equal, non-zero size; got {s.size} and {inc.size}."
+        )
     m = s.size
     if not k_values:
         raise ValueError("Expected at least one k in k_values.")
@@ -152,7 +152,9 @@ def one_run_audit(
         raise ValueError(f"Expected k_neg={k_neg!r} to be an integer in [0, {m - 1}].")
     for k in k_values:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= m - k_neg:
-            raise ValueError(f"Expected each k in k_values={list(k_values)} to be an integer in [1, {m - k_neg}].")
+            raise ValueError(
+                f"Expected each k in k_values={list(k_values)} to be an integer in [1, {m - k_neg}]."
+            )
     order = np.argsort(-s, kind="stable")  # highest score first
     level = 1 - (1 - confidence) / len(k_values)
     best = {"epsilon_lower_bound": 0.0, "k": 0, "guesses": 0, "correct": 0}
@@ -271,7 +273,10 @@ class AuditRun:
 
     def audit(self, *, k_values: Sequence[int] = (10, 20, 50, 100), k_neg: int = 0,
               confidence: float = 0.95) -> dict[str, float]:
-        """:func:`one_run_audit` of this run at its own delta, with its accountant's epsilon."""
+        """:func:`one_run_audit` of this run at its own delta, with its accountant's epsilon.
+
+        k values above the number of canaries (less ``k_neg``) are capped there.
+        """
         m = len(self.scores)
         ks = sorted({min(k, m - k_neg) for k in k_values})
         out = one_run_audit(self.scores, self.included, delta=self.result.mechanism.delta,
@@ -312,7 +317,9 @@ def train_with_canaries(
         _validate.in_range(1, n, train_records=train_records)
     mixed = dataclasses.replace(
         dataset,
-        train=data.Split(torch.cat([train.images, canaries.images]), torch.cat([train.labels, canaries.labels])),
+        train=data.Split(
+            torch.cat([train.images, canaries.images]), torch.cat([train.labels, canaries.labels])
+        ),
     )
     included = np.stack([np.random.default_rng(seed + k).random(m) < 0.5 for k in range(len(configs))])
     members = torch.ones(len(configs), n + m, dtype=torch.bool)
@@ -321,6 +328,10 @@ def train_with_canaries(
     members[:, n:] = torch.as_tensor(included)
     results = train_many(configs, dataset=mixed, members=members, progress=progress)
     return [
-        AuditRun(result=r, included=inc, scores=loss_scores(model_logits(r.model, canaries.images), canaries.labels))
+        AuditRun(
+            result=r,
+            included=inc,
+            scores=loss_scores(model_logits(r.model, canaries.images), canaries.labels),
+        )
         for r, inc in zip(results, included)
     ]

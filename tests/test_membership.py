@@ -58,7 +58,8 @@ def test_lira_scores_match_gaussian_fits():
     offline = membership.lira_scores(target, shadow, inside, online=False)
     for j in range(5):
         a, b = shadow[inside[:, j], j], shadow[~inside[:, j], j]
-        expected = norm.logpdf(target[j], a.mean(), a.std(ddof=1)) - norm.logpdf(target[j], b.mean(), b.std(ddof=1))
+        expected = (norm.logpdf(target[j], a.mean(), a.std(ddof=1))
+                    - norm.logpdf(target[j], b.mean(), b.std(ddof=1)))
         assert online[j] == pytest.approx(expected)
         assert offline[j] == pytest.approx((target[j] - b.mean()) / b.std(ddof=1))
     fixed = membership.lira_scores(target, shadow, inside, fixed_variance=True)
@@ -110,7 +111,9 @@ def test_lira_needs_enough_shadows():
 
 def test_train_shadows_trains_each_model_on_its_half(synthetic_root):
     ds = data.load("pneumoniamnist", root=synthetic_root)
-    config = TrainConfig(epsilon=4.0, epochs=1, batch_size=16, accountant="rdp", data_root=str(synthetic_root))
+    config = TrainConfig(
+        epsilon=4.0, epochs=1, batch_size=16, accountant="rdp", data_root=str(synthetic_root)
+    )
     shadows = membership.train_shadows(config, n_models=4, pool_size=64, dataset=ds, seed=3, progress=False)
     assert shadows.members.shape == (4, 64) and shadows.logits.shape == (4, 64, 1)
     assert len(set(shadows.pool)) == 64 and (shadows.members.sum(axis=0) == 2).all()

@@ -237,7 +237,9 @@ def lira_leave_one_out(
     phi = _numpy(phi)
     members = np.asarray(members, dtype=bool)
     if phi.ndim != 2 or phi.shape != members.shape:
-        raise ValueError(f"Expected phi and members of equal shape (M, n), got {phi.shape} and {members.shape}.")
+        raise ValueError(
+            f"Expected phi and members of equal shape (M, n), got {phi.shape} and {members.shape}."
+        )
     everyone = np.arange(len(phi))
     return np.stack([
         lira_scores(phi[t], phi[everyone != t], members[everyone != t],

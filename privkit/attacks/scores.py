@@ -128,7 +128,8 @@ def clopper_pearson(successes: int, trials: int, *, confidence: float = 0.95) ->
     """
     _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, confidence=confidence)
     _validate.positive_int(trials=trials)
-    if isinstance(successes, bool) or not isinstance(successes, (int, np.integer)) or not 0 <= successes <= trials:
+    integer = isinstance(successes, (int, np.integer)) and not isinstance(successes, bool)
+    if not integer or not 0 <= successes <= trials:
         raise ValueError(f"Expected successes={successes!r} to be an integer in [0, {trials}].")
     alpha = 1 - confidence
     low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))

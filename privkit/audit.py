@@ -39,7 +39,7 @@ from torch import Tensor
 from privkit import _validate, data
 from privkit.attacks.membership import loss_scores, model_logits
 from privkit.attacks.scores import clopper_pearson
-from privkit.train import TrainConfig, TrainResult, train_many
+from privkit.train import TrainConfig, TrainResult, plan, train_many
 
 CANARY_KINDS = ("mislabeled", "ood")
 
@@ -297,8 +297,9 @@ def train_with_canaries(
 
     Each canary is included independently with probability 1/2, separately for each run
     (run k draws with ``seed + k``), as Steinke et al. (2023) require; the records the
-    canaries were made from are left out. The runs train together (``train_many``), so they
-    must share ``privkit.train.STACK_FIELDS`` and use ``backend='fast'``.
+    canaries were made from are left out. Runs that plan the same number of steps train
+    together (``train_many``), so all must share ``privkit.train.STACK_FIELDS`` and use
+    ``backend='fast'``.
 
     Args:
         configs: the runs to audit.
@@ -326,7 +327,19 @@ def train_with_canaries(
     members[:, train_records or n : n] = False
     members[:, torch.as_tensor(canaries.source, dtype=torch.long)] = False
     members[:, n:] = torch.as_tensor(included)
-    results = train_many(configs, dataset=mixed, members=members, progress=progress)
+    # Runs that include different numbers of canaries may plan different step counts, and a
+    # stack steps together: train each step count as its own stack.
+    sizes = members.sum(dim=1).tolist()
+    steps = [plan(dataclasses.replace(c, epsilon=math.inf, noise_multiplier=None), n).steps
+             for c, n in zip(configs, sizes)]  # fmt: skip
+    results: list[TrainResult | None] = [None] * len(configs)
+    for count in sorted(set(steps)):
+        group = [k for k, s in enumerate(steps) if s == count]
+        trained = train_many(
+            [configs[k] for k in group], dataset=mixed, members=members[group], progress=progress
+        )
+        for k, result in zip(group, trained):
+            results[k] = result
     return [
         AuditRun(
             result=r,

@@ -101,6 +101,19 @@ def test_canaries(synthetic_root, kind):
         assert len(c.source) == 0 and set(c.images.unique().tolist()) == {-1.0, 1.0}
 
 
+def test_runs_including_different_numbers_of_canaries_train(small_audit_data):
+    ds, canaries = small_audit_data
+    configs = [
+        TrainConfig(noise_multiplier=1.0, epsilon=None, epochs=1, batch_size=8, seed=k) for k in range(3)
+    ]
+    runs = audit.train_with_canaries(configs, canaries=canaries, dataset=ds, seed=5, progress=False)
+    sizes = [64 + int(r.included.sum()) for r in runs]
+    assert [r.result.mechanism.steps for r in runs] == [round(n / 8) for n in sizes]
+    assert len({r.result.mechanism.steps for r in runs}) > 1  # they could not share one stack
+    assert [r.result.config.seed for r in runs] == [0, 1, 2]
+    assert not (runs[0].included == runs[1].included).all()
+
+
 # DP-SGD with a deliberate bug. The accountant only sees the noise multiplier, so it keeps
 # reporting a small epsilon (0.28) for runs that are far less private.
 _BROKEN = {

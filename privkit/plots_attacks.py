@@ -127,7 +127,7 @@ def audit_epsilons(table: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
             label="audit's lower bound (95%)")
     for value in table.loc[~np.isfinite(eps), "epsilon_lower_bound"]:
         ax.axhline(value, color="0.25", ls=":", label="lower bound, non-private model")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="accountant's ε",
+    ax.set(xlim=(0, top), ylim=(-0.03 * top, top), xlabel="accountant's ε",
            ylabel="empirical ε lower bound", title="Privacy audit (one training run)")
     ax.legend(loc="upper left", fontsize="small")
     return fig

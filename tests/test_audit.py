@@ -141,7 +141,7 @@ def small_audit_data(tmp_path_factory):
 def test_audit_catches_a_broken_mechanism_and_passes_the_intact_one(small_audit_data, monkeypatch, bug):
     ds, canaries = small_audit_data
     clip, break_it = _BROKEN[bug]
-    config = TrainConfig(epsilon=None, noise_multiplier=50.0, max_grad_norm=clip, epochs=30, batch_size=32)
+    config = TrainConfig(epsilon=None, noise_multiplier=50.0, max_grad_norm=clip, epochs=20, batch_size=32)
 
     def audited() -> dict[str, float]:
         run = audit.train_with_canaries([config], canaries=canaries, dataset=ds, progress=False)[0]

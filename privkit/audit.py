@@ -47,9 +47,9 @@ CANARY_KINDS = ("mislabeled", "ood")
 def one_run_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     """Chance of >= v correct guesses out of r if training was (epsilon, delta)-DP.
 
-    Steinke, Nasr & Jagielski 2023, Theorem 5.2 (their Algorithm 2 evaluates it): with m
-    canaries each included with probability 1/2 and r guesses, the number W of correct guesses
-    satisfies ``P[W >= v] <= P[Bin(r, q) >= v] + 2 m delta alpha``, ``q = e^eps / (1 + e^eps)``
+    The (epsilon, delta) bound of Steinke, Nasr & Jagielski 2023, as their Algorithm 2
+    evaluates it: with m canaries each included with probability 1/2 and r guesses, the
+    number W of correct guesses satisfies ``P[W >= v] <= P[Bin(r, q) >= v] + 2 m delta alpha``, ``q = e^eps / (1 + e^eps)``
     (the accuracy of eps-randomised response) and
     ``alpha = max_{1 <= i <= v} P[v - i <= Bin(r, q) < v] / i``.
 
@@ -233,7 +233,8 @@ def make_canaries(dataset: data.Dataset, *, m: int, kind: str = "ood", seed: int
     * ``mislabeled``: m training records with every label flipped (Jagielski et al. 2020 use
       such "poisoned" records): the model can fit them only by memorising each one.
     * ``ood``: images of independent random pixels in {-1, +1} (the data's range) with random
-      labels: far from every X-ray, so nothing but the canary itself moves its prediction.
+      labels: far from every X-ray, so the model can only fit them by memorising them, and
+      their gradients do not average out with the X-rays'.
 
     Args:
         dataset: the data the canaries will be mixed into.

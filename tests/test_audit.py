@@ -18,7 +18,7 @@ from privkit.train import TrainConfig
 
 
 def _p_value_exact(m: int, r: int, v: int, eps: float, delta: float) -> float:
-    """Steinke et al. 2023, Thm 5.2, in exact binomial sums over math.comb (no scipy)."""
+    """Steinke et al. 2023's (epsilon, delta) bound in exact binomial sums over math.comb (no scipy)."""
     q = Fraction(1) / (1 + Fraction(math.exp(-eps)))
     pmf = [math.comb(r, j) * q**j * (1 - q) ** (r - j) for j in range(r + 1)]
     tail = sum(pmf[v:])

@@ -49,8 +49,8 @@ def one_run_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> 
 
     The (epsilon, delta) bound of Steinke, Nasr & Jagielski 2023, as their Algorithm 2
     evaluates it: with m canaries each included with probability 1/2 and r guesses, the
-    number W of correct guesses satisfies ``P[W >= v] <= P[Bin(r, q) >= v] + 2 m delta alpha``, ``q = e^eps / (1 + e^eps)``
-    (the accuracy of eps-randomised response) and
+    number W of correct guesses satisfies ``P[W >= v] <= P[Bin(r, q) >= v] + 2 m delta alpha``
+    with ``q = e^eps / (1 + e^eps)`` (the accuracy of eps-randomised response) and
     ``alpha = max_{1 <= i <= v} P[v - i <= Bin(r, q) < v] / i``.
 
     Args:

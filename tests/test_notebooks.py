@@ -43,3 +43,13 @@ def test_privacy_budgets_tutorial(synthetic_root: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     text = out.read_text()
     assert "REFUSED" in text and "individualised" in text
+
+
+@pytest.mark.slow
+def test_membership_inference_tutorial(synthetic_root: Path, tmp_path: Path) -> None:
+    out = experiments.run_notebook(
+        REPO / "notebooks" / "tutorials" / "02_membership_inference.ipynb", tmp_path / "tutorial.ipynb",
+        {"data_root": str(synthetic_root), "n_models": 6, "pool_size": 128, "epochs": 2, "batch_size": 16,
+         "delta": 0.001}, progress=False,
+    )  # fmt: skip
+    assert "DP bound" in out.read_text()

@@ -220,12 +220,13 @@ def train_federated(
     ]  # fmt: skip
     server = plan_server(config, len(sites))
     skipped = _charge(ledger, config, sites, plans, server, dataset_name or evaluation.info.name, on_over_budget)
-    active = [(s, p) for s, p in zip(sites, plans) if s.name not in skipped]
+    gens = [torch.Generator(device=torch.device(config.device)).manual_seed(k) for k in site_seeds(config.seed, len(sites))]
+    active = [(s, p, g) for s, p, g in zip(sites, plans, gens) if s.name not in skipped]
     if not active:
         raise ValueError(f"Every site was over its budget and skipped: {skipped}; nothing to train.")
     if config.secure_aggregation and len(active) < 2:
         raise ValueError(f"secure_aggregation=True needs at least 2 sites to hide an update in a sum; "
-                         f"got {[s.name for s, _ in active]}.")  # fmt: skip
+                         f"got {[s.name for s, _, _ in active]}.")  # fmt: skip
 
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
@@ -241,7 +242,7 @@ def train_federated(
         split: evaluate(part.labels, predict(model, part.images.to(device)), task=info.task, label_names=label_names)
         for split, part in (("val", evaluation.val), ("test", evaluation.test))
     }
-    return FederatedResult(config, [p for _, p in active], skipped, server, metrics, losses, model,
+    return FederatedResult(config, [p for _, p, _ in active], skipped, server, metrics, losses, model,
                            time.perf_counter() - start)  # fmt: skip
 
 
@@ -278,12 +279,19 @@ def _charge(
     return skipped
 
 
-def _generators(config: FederatedConfig, n: int) -> tuple[torch.Generator, list[torch.Generator]]:
-    """The server's generator and one per site, all derived from ``config.seed``."""
-    device = torch.device(config.device)
-    seeds = np.random.SeedSequence(config.seed).generate_state(n + 1)
-    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    return gens[0], gens[1:]
+def site_seeds(seed: int, n_sites: int) -> list[int]:
+    """Each site's random seed (Poisson draws, noise), derived from the run's ``seed``; the
+    server's own is ``SeedSequence(seed).generate_state(n_sites + 1)[0]``.
+
+    >>> len(set(site_seeds(0, 5)))
+    5
+    """
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_sites + 1)[1:]]
+
+
+def _server_generator(config: FederatedConfig, n_sites: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence(config.seed).generate_state(n_sites + 1)[0])
+    return torch.Generator(device=torch.device(config.device)).manual_seed(seed)
 
 
 def flatten(params: Params) -> torch.Tensor:
@@ -306,7 +314,7 @@ def clip_update(update: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
-    server_gen, site_gens = _generators(config, len(active))
+    server_gen = _server_generator(config, n_sites)
     velocity, losses = None, []
     for r in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
         if server is not None and server.sample_rate < 1:
@@ -317,9 +325,9 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
         total_records = sum(len(active[i][0]) for i in chosen)
         contributions, round_loss = {}, 0.0
         for i in chosen:  # at each site: train, and send only the (weighted, clipped) update
-            site, plan = active[i]
+            site, plan, generator = active[i]
             new, _, loss = local_training(model, params, site, plan, lr=config.lr, momentum=config.momentum,
-                                          generator=site_gens[i])  # fmt: skip
+                                          generator=generator)  # fmt: skip
             update = flatten(new) - flatten(params)
             if server is not None:  # DP-FedAvg: clip, fixed denominator q * N
                 weight = 1.0 / (server.sample_rate * n_sites)
@@ -349,12 +357,11 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
 
 
 def _cyclic(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
-    _, site_gens = _generators(config, len(active))
     momentum, losses = None, []
-    total_records = sum(len(s) for s, _ in active)
+    total_records = sum(len(s) for s, _, _ in active)
     for _ in tqdm(range(config.rounds), desc=f"cyclic, {len(active)} sites", disable=not progress, leave=False):
         round_loss = 0.0
-        for (site, plan), gen in zip(active, site_gens):  # the model visits each site in turn
+        for site, plan, gen in active:  # the model visits each site in turn
             params, momentum, loss = local_training(model, params, site, plan, lr=config.lr,
                                                     momentum=config.momentum, generator=gen,
                                                     momentum_buffer=momentum)  # fmt: skip

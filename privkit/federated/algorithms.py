@@ -155,6 +155,23 @@ class FederatedResult:
         return max(p.epsilon for p in self.sites)
 
 
+def site_batch_size(algorithm: str, batch_size: int, n_sites: int) -> int:
+    """Each site's expected batch that matches centralised training with ``batch_size``.
+
+    FedAvg averages one step of every site, so each site takes ``batch_size / n_sites``: the
+    averaged step then sees ``batch_size`` records, and an epoch has as many steps as a
+    centralised one (each site samples at the centralised rate ``batch_size / n``). Cyclic
+    training takes one site's step at a time, so each site takes the whole ``batch_size``.
+
+    >>> site_batch_size("fedavg", 256, 5), site_batch_size("cyclic", 256, 5)
+    (51, 256)
+    """
+    _validate.one_of(ALGORITHMS, algorithm=algorithm)
+    _validate.positive_int(batch_size=batch_size)
+    _validate.positive_int(n_sites=n_sites)
+    return max(1, batch_size // n_sites) if algorithm == "fedavg" else batch_size
+
+
 def plan_server(config: FederatedConfig, n_sites: int) -> ServerPlan | None:
     """The site-level mechanism, noise calibrated to ``site_level_epsilon`` after all rounds."""
     if not config.site_level:

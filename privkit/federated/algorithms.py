@@ -72,7 +72,7 @@ class FederatedConfig:
     model: str = "cnn"
     rounds: int = 10
     local_epochs: int = 1
-    batch_size: int = 256  # expected Poisson batch at each site
+    batch_size: int = 256  # expected Poisson batch at each site; see site_batch_size
     lr: float = 0.1
     momentum: float = 0.9
     server_lr: float = 1.0
@@ -84,7 +84,7 @@ class FederatedConfig:
     site_level_epsilon: float = math.inf
     site_level_delta: float = 1e-5
     update_clip: float = 1.0  # L2 bound of a site's update under site-level DP
-    site_sample_rate: float = 1.0
+    site_sample_rate: float = 1.0  # chance that a site joins a round (McMahan 2017: fraction C)
     secure_aggregation: bool = False
     accountant: str = "prv"
     seed: int = 0
@@ -334,12 +334,12 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
     server_gen = _server_generator(config, n_sites)
     velocity, losses = None, []
     for r in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
-        if server is not None and server.sample_rate < 1:
+        if config.site_sample_rate < 1:  # each site joins the round with this probability
             draws = torch.rand(len(active), generator=server_gen, device=server_gen.device)
             chosen = [i for i in range(len(active)) if draws[i] < server.sample_rate]
         else:
             chosen = list(range(len(active)))
-        total_records = sum(len(active[i][0]) for i in chosen)
+        total_records = max(1, sum(len(active[i][0]) for i in chosen))
         contributions, round_loss = {}, 0.0
         for i in chosen:  # at each site: train, and send only the (weighted, clipped) update
             site, plan, generator = active[i]

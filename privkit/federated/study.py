@@ -89,7 +89,7 @@ def run_study(
         alpha: Dirichlet concentration of ``label_skew`` and ``size_skew``.
         min_size: the fewest records a site may hold.
         ledger: charge every run here before it reads records.
-        progress: progress bars.
+        progress: a progress bar over the runs.
     """
     out_dir = Path(out_dir)
     table_path, sites_path = out_dir / "metrics.csv", out_dir / "site_budgets.csv"
@@ -102,7 +102,7 @@ def run_study(
             continue
         rows, site_rows = _train_one(dataset, run, rid, rounds=rounds, batch_size=batch_size, lr=lr,
                                      momentum=momentum, delta=delta, alpha=alpha, min_size=min_size,
-                                     ledger=ledger, progress=progress)  # fmt: skip
+                                     ledger=ledger)  # fmt: skip
         _append(sites_path, site_rows, SITE_COLUMNS)
         _append(table_path, rows, COLUMNS)  # last: a run in this table is complete
     table, sites = _read(table_path, COLUMNS), _read(sites_path, SITE_COLUMNS)
@@ -110,13 +110,13 @@ def run_study(
             sites[sites["run_id"].isin(ids)].drop_duplicates().reset_index(drop=True))  # fmt: skip
 
 
-def _train_one(dataset, run, rid, *, rounds, batch_size, lr, momentum, delta, alpha, min_size, ledger, progress):
+def _train_one(dataset, run, rid, *, rounds, batch_size, lr, momentum, delta, alpha, min_size, ledger):
     key = dict(run_id=rid, method=run["method"], partition=run["partition"], n_sites=run["n_sites"],
                seed=run["seed"], epsilon_target=run["epsilon"])  # fmt: skip
     if run["method"] == "centralised":
         config = TrainConfig(epsilon=run["epsilon"], delta=delta, epochs=rounds, batch_size=batch_size, lr=lr,
                              momentum=momentum, seed=run["seed"], device="cpu")  # fmt: skip
-        result = train(config, dataset=dataset, ledger=ledger, progress=progress)
+        result = train(config, dataset=dataset, ledger=ledger, progress=False)
         mech = result.mechanism
         site_rows = [{**key, "site": "pooled", "n_records": len(dataset.train),
                       "positive_fraction": float(dataset.train.labels.mean()), "noise_multiplier": mech.noise_multiplier,
@@ -128,7 +128,7 @@ def _train_one(dataset, run, rid, *, rounds, batch_size, lr, momentum, delta, al
         config = FederatedConfig(algorithm=run["method"], rounds=rounds, lr=lr, momentum=momentum,
                                  batch_size=site_batch_size(run["method"], batch_size, run["n_sites"]),
                                  epsilon=run["epsilon"], delta=delta, seed=run["seed"])  # fmt: skip
-        result = train_federated(config, sites, evaluation=dataset, ledger=ledger, progress=progress)
+        result = train_federated(config, sites, evaluation=dataset, ledger=ledger, progress=False)
         site_rows = [{**key, "site": site.name, "n_records": len(site),
                       "positive_fraction": float(site.train.labels.mean()), "noise_multiplier": p.noise_multiplier,
                       "sample_rate": p.sample_rate, "steps": p.steps, "epsilon_spent": p.epsilon}

@@ -1,0 +1,388 @@
+"""The server's side: FedAvg and cyclic training over sites that keep their records.
+
+* ``"fedavg"`` (McMahan et al. 2017, "Communication-efficient learning of deep networks from
+  decentralized data"): each round every site trains the current model locally and returns
+  its update (new - old weights); the server averages the updates, weighted by the sites'
+  record counts, and applies the average (times ``server_lr``; with ``server_momentum``,
+  FedAvgM of Hsu, Qi & Brown 2019).
+* ``"cyclic"`` (cyclic institutional incremental learning, Chang et al. 2018, "Distributed
+  deep learning networks among institutions for medical imaging"; Sheller et al. 2020): the
+  model visits the sites in turn, each training it for ``local_epochs`` before passing it on;
+  one round is one visit to every site. The momentum buffer travels with the model.
+
+Two kinds of privacy, each accounted for what it protects:
+
+* **Sample-level DP at each site** (``epsilon``, ``site_epsilons``): every site runs DP-SGD
+  on its records with its own budget (:mod:`privkit.federated.local`); a patient's guarantee
+  is their site's epsilon. Charged before training, one spend per site, to the ledger scope
+  ``dataset:<name>/institution:<site>``.
+* **Site-level DP at the server** (``site_level_epsilon``; DP-FedAvg of McMahan et al. 2018,
+  "Learning differentially private recurrent language models"): each round the server samples
+  every site with probability ``site_sample_rate``, each participant clips its update to L2
+  norm ``update_clip``, and the server adds Gaussian noise of standard deviation
+  ``noise_multiplier * update_clip`` to the sum and divides by the expected number of
+  participants ``site_sample_rate * n_sites`` (their fixed-denominator estimator). This is the
+  Poisson-subsampled Gaussian mechanism over sites, ``rounds`` steps: it protects a whole
+  hospital's data, hence each of its patients. With ``site_sample_rate = 1`` there is no
+  amplification by sampling. When it is the only protection, it is charged as one spend on
+  every participating site's scope; with sample-level DP too, the site spends are what is
+  charged (a patient's loss is bounded by either guarantee, so charging both would count it
+  twice) and the site-level epsilon is reported in the result.
+
+With ``secure_aggregation=True`` the server receives each update masked
+(:mod:`privkit.federated.secure_aggregation`) and learns only their sum; sample-level DP
+noise is added at the sites and site-level noise to the revealed sum.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from privkit import _validate, accounting, budget, data
+from privkit.engine.per_sample import Params
+from privkit.federated import secure_aggregation as secagg
+from privkit.federated.local import SitePlan, local_training, plan_site
+from privkit.federated.sites import Site
+from privkit.metrics import evaluate
+from privkit.models import MODELS, create_model
+from privkit.train import predict
+
+ALGORITHMS = ("fedavg", "cyclic")
+OVER_BUDGET = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Everything that determines a federated run; validated on construction.
+
+    ``epsilon = inf`` (and no ``site_epsilons``) trains without sample-level privacy;
+    ``site_level_epsilon = inf`` without site-level privacy.
+    """
+
+    algorithm: str = "fedavg"
+    model: str = "cnn"
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 256  # expected Poisson batch at each site; see site_batch_size
+    lr: float = 0.1
+    momentum: float = 0.9
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    epsilon: float = math.inf  # sample-level budget of every site
+    site_epsilons: Mapping[str, float] | None = None  # per-site budgets, overriding epsilon
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    site_level_epsilon: float = math.inf
+    site_level_delta: float = 1e-5
+    update_clip: float = 1.0  # L2 bound of a site's update under site-level DP
+    site_sample_rate: float = 1.0  # chance that a site joins a round (McMahan 2017: fraction C)
+    secure_aggregation: bool = False
+    accountant: str = "prv"
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _validate.one_of(ALGORITHMS, algorithm=self.algorithm)
+        _validate.one_of(MODELS, model=self.model)
+        for name in ("rounds", "local_epochs", "batch_size"):
+            _validate.positive_int(**{name: getattr(self, name)})
+        _validate.positive(lr=self.lr)
+        _validate.positive(server_lr=self.server_lr)
+        _validate.in_range(0, 1, high_inclusive=False, momentum=self.momentum)
+        _validate.in_range(0, 1, high_inclusive=False, server_momentum=self.server_momentum)
+        _validate.positive(epsilon=self.epsilon)
+        for site, eps in (self.site_epsilons or {}).items():
+            _validate.positive(**{f"site_epsilons[{site!r}]": eps})
+        _validate.positive(site_level_epsilon=self.site_level_epsilon)
+        for name in ("delta", "site_level_delta"):
+            _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, **{name: getattr(self, name)})
+        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=self.max_grad_norm)
+        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, update_clip=self.update_clip)
+        _validate.in_range(0, 1, low_inclusive=False, site_sample_rate=self.site_sample_rate)
+        _validate.one_of(accounting.ACCOUNTANTS[:2], accountant=self.accountant)
+        if self.algorithm == "cyclic" and (self.site_level or self.secure_aggregation):
+            raise ValueError(
+                f"algorithm='cyclic' passes one model from site to site, with nothing to aggregate: "
+                f"site_level_epsilon={self.site_level_epsilon} and secure_aggregation="
+                f"{self.secure_aggregation} need algorithm='fedavg'."
+            )
+        if self.algorithm == "cyclic" and self.site_sample_rate != 1:
+            raise ValueError(f"Expected site_sample_rate=1 for algorithm='cyclic', got {self.site_sample_rate}.")
+
+    @property
+    def site_level(self) -> bool:
+        return math.isfinite(self.site_level_epsilon)
+
+    def site_epsilon(self, site: str) -> float:
+        return (self.site_epsilons or {}).get(site, self.epsilon)
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """Site-level DP-FedAvg as the accountant sees it: Poisson sampling of sites, Gaussian sum."""
+
+    noise_multiplier: float
+    sample_rate: float
+    rounds: int
+    update_clip: float
+    delta: float
+    epsilon: float
+
+
+@dataclass
+class FederatedResult:
+    config: FederatedConfig
+    sites: list[SitePlan]  # the sites that trained, with the mechanism each ran
+    skipped: list[str]  # sites refused by the ledger (on_over_budget='skip'); never read
+    server: ServerPlan | None  # site-level DP, if any
+    metrics: dict[str, dict[str, float]]  # split -> metric -> value
+    loss_per_round: list[float]
+    model: nn.Module = field(repr=False)
+    seconds: float = 0.0
+
+    @property
+    def epsilon(self) -> float:
+        """The sample-level epsilon of the worst-off patient (the largest over sites)."""
+        return max(p.epsilon for p in self.sites)
+
+
+def site_batch_size(algorithm: str, batch_size: int, n_sites: int) -> int:
+    """Each site's expected batch that matches centralised training with ``batch_size``.
+
+    FedAvg averages one step of every site, so each site takes ``batch_size / n_sites``: the
+    averaged step then sees ``batch_size`` records, and an epoch has as many steps as a
+    centralised one (each site samples at the centralised rate ``batch_size / n``). Cyclic
+    training takes one site's step at a time, so each site takes the whole ``batch_size``.
+
+    >>> site_batch_size("fedavg", 256, 5), site_batch_size("cyclic", 256, 5)
+    (51, 256)
+    """
+    _validate.one_of(ALGORITHMS, algorithm=algorithm)
+    _validate.positive_int(batch_size=batch_size)
+    _validate.positive_int(n_sites=n_sites)
+    return max(1, batch_size // n_sites) if algorithm == "fedavg" else batch_size
+
+
+def plan_server(config: FederatedConfig, n_sites: int) -> ServerPlan | None:
+    """The site-level mechanism, noise calibrated to ``site_level_epsilon`` after all rounds."""
+    if not config.site_level:
+        return None
+    if config.site_level_delta >= 1 / n_sites:
+        raise ValueError(f"Expected site_level_delta={config.site_level_delta} < 1/{n_sites} (one per site).")
+    q, steps = config.site_sample_rate, config.rounds
+    sigma = accounting.calibrate_noise(target_epsilon=config.site_level_epsilon, target_delta=config.site_level_delta,
+                                       sample_rate=q, steps=steps, accountant=config.accountant)  # fmt: skip
+    eps = accounting.epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=config.site_level_delta,
+                             accountant=config.accountant)  # fmt: skip
+    return ServerPlan(sigma, q, steps, config.update_clip, config.site_level_delta, eps)
+
+
+def train_federated(
+    config: FederatedConfig,
+    sites: Sequence[Site],
+    *,
+    evaluation: data.Dataset,
+    ledger: budget.Ledger | None = None,
+    dataset_name: str | None = None,
+    on_over_budget: str = "raise",
+    progress: bool = True,
+) -> FederatedResult:
+    """Train one model across ``sites`` and evaluate it on ``evaluation``'s val and test splits.
+
+    Args:
+        config: the run; see :class:`FederatedConfig`.
+        sites: the hospitals (:func:`privkit.federated.sites.split_sites`), distinct names.
+        evaluation: a dataset whose ``val`` and ``test`` splits (and ``info``) the server uses;
+            its ``train`` split is not read here (the sites hold their own records).
+            Under secure aggregation with ``site_sample_rate < 1``, a round that samples
+            fewer than 2 sites releases nothing (one update cannot hide in a sum).
+        ledger: charge every site's mechanism here before any site's records are read.
+        dataset_name: the ledger's dataset name; default ``evaluation.info.name``.
+        on_over_budget: ``"raise"`` (a site over its budget stops the run with
+            ``budget.BudgetExceededError``; sites charged before it stay charged, as in
+            ``train_many``) or ``"skip"`` (that site takes no part, its records are never
+            read, and it is listed in ``result.skipped``).
+        progress: show a progress bar over the rounds.
+
+    Raises:
+        ValueError: no sites, repeated names, ``site_epsilons`` naming unknown sites, a
+            site's delta >= 1/n, or every site skipped.
+        budget.BudgetExceededError: a site over its budget with ``on_over_budget='raise'``.
+    """
+    start = time.perf_counter()
+    _validate.one_of(OVER_BUDGET, on_over_budget=on_over_budget)
+    sites = list(sites)
+    names = [s.name for s in sites]
+    if not sites or not all(isinstance(s, Site) for s in sites):
+        raise ValueError(f"Expected sites to be a non-empty list of Site, got {sites!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"Expected distinct site names, got {names}.")
+    unknown = sorted(set(config.site_epsilons or {}) - set(names))
+    if unknown:
+        raise ValueError(f"site_epsilons names unknown site(s) {unknown}; the sites are {names}.")
+    plans = [
+        plan_site(s.name, len(s), epsilon=config.site_epsilon(s.name), delta=config.delta,
+                  batch_size=config.batch_size, local_epochs=config.local_epochs, rounds=config.rounds,
+                  max_grad_norm=config.max_grad_norm, accountant=config.accountant)
+        for s in sites
+    ]  # fmt: skip
+    server = plan_server(config, len(sites))
+    skipped = _charge(ledger, config, sites, plans, server, dataset_name or evaluation.info.name, on_over_budget)
+    gens = [torch.Generator(device=torch.device(config.device)).manual_seed(k) for k in site_seeds(config.seed, len(sites))]
+    active = [(s, p, g) for s, p, g in zip(sites, plans, gens) if s.name not in skipped]
+    if not active:
+        raise ValueError(f"Every site was over its budget and skipped: {skipped}; nothing to train.")
+    if config.secure_aggregation and len(active) < 2:
+        raise ValueError(f"secure_aggregation=True needs at least 2 sites to hide an update in a sum; "
+                         f"got {[s.name for s, _, _ in active]}.")  # fmt: skip
+
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, in_channels=evaluation.info.n_channels, n_outputs=evaluation.info.n_labels,
+                         image_size=evaluation.val.images.shape[-1]).to(device)  # fmt: skip
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    run = _fedavg if config.algorithm == "fedavg" else _cyclic
+    params, losses = run(config, model, params, active, server, len(sites), progress)
+    model.load_state_dict(params, strict=False)
+    info = evaluation.info
+    label_names = info.label_names if info.task == "multi-label" else None
+    metrics = {
+        split: evaluate(part.labels, predict(model, part.images.to(device)), task=info.task, label_names=label_names)
+        for split, part in (("val", evaluation.val), ("test", evaluation.test))
+    }
+    return FederatedResult(config, [p for _, p, _ in active], skipped, server, metrics, losses, model,
+                           time.perf_counter() - start)  # fmt: skip
+
+
+def _charge(
+    ledger: budget.Ledger | None,
+    config: FederatedConfig,
+    sites: list[Site],
+    plans: list[SitePlan],
+    server: ServerPlan | None,
+    dataset_name: str,
+    on_over_budget: str,
+) -> list[str]:
+    """Charge before any record is read; return the sites skipped for want of budget."""
+    if ledger is None:
+        return []
+    scope = lambda site: f"dataset:{dataset_name}/institution:{site}"  # noqa: E731
+    run = f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
+    actor = budget.default_actor()
+    if server is not None and not any(p.private for p in plans):  # site-level DP only
+        ledger.charge([scope(s.name) for s in sites], noise_multiplier=server.noise_multiplier,
+                      sample_rate=server.sample_rate, steps=server.rounds, delta=server.delta,
+                      run_id=f"{run}-server", actor=actor, accountant=config.accountant)  # fmt: skip
+        return []
+    skipped = []
+    for site, plan in zip(sites, plans):
+        try:
+            ledger.charge([scope(site.name)], noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                          steps=plan.steps, delta=plan.delta, run_id=f"{run}-{site.name}", actor=actor,
+                          accountant=config.accountant)  # fmt: skip
+        except budget.BudgetExceededError:
+            if on_over_budget == "raise":
+                raise
+            skipped.append(site.name)
+    return skipped
+
+
+def site_seeds(seed: int, n_sites: int) -> list[int]:
+    """Each site's random seed (Poisson draws, noise), derived from the run's ``seed``; the
+    server's own is ``SeedSequence(seed).generate_state(n_sites + 1)[0]``.
+
+    >>> len(set(site_seeds(0, 5)))
+    5
+    """
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_sites + 1)[1:]]
+
+
+def _server_generator(config: FederatedConfig, n_sites: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence(config.seed).generate_state(n_sites + 1)[0])
+    return torch.Generator(device=torch.device(config.device)).manual_seed(seed)
+
+
+def flatten(params: Params) -> torch.Tensor:
+    """All parameters as one vector, in the order of ``params``."""
+    return torch.cat([v.reshape(-1) for v in params.values()])
+
+
+def unflatten(vector: torch.Tensor, like: Params) -> Params:
+    sizes = [v.numel() for v in like.values()]
+    return {k: part.view_as(v) for (k, v), part in zip(like.items(), torch.split(vector, sizes))}
+
+
+def clip_update(update: torch.Tensor, bound: float) -> torch.Tensor:
+    """Scale ``update`` to L2 norm at most ``bound`` (McMahan et al. 2018, flat clipping).
+
+    >>> clip_update(torch.tensor([3.0, 4.0]), 1.0)
+    tensor([0.6000, 0.8000])
+    """
+    return update * min(1.0, bound / (float(update.norm()) + 1e-12))
+
+
+def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
+    server_gen = _server_generator(config, n_sites)
+    velocity, losses = None, []
+    for r in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
+        if config.site_sample_rate < 1:  # each site joins the round with this probability
+            draws = torch.rand(len(active), generator=server_gen, device=server_gen.device)
+            chosen = [i for i in range(len(active)) if draws[i] < server.sample_rate]
+        else:
+            chosen = list(range(len(active)))
+        total_records = max(1, sum(len(active[i][0]) for i in chosen))
+        contributions, round_loss = {}, 0.0
+        for i in chosen:  # at each site: train, and send only the (weighted, clipped) update
+            site, plan, generator = active[i]
+            new, _, loss = local_training(model, params, site, plan, lr=config.lr, momentum=config.momentum,
+                                          generator=generator)  # fmt: skip
+            update = flatten(new) - flatten(params)
+            if server is not None:  # DP-FedAvg: clip, fixed denominator q * N
+                weight = 1.0 / (server.sample_rate * n_sites)
+                update = clip_update(update, server.update_clip)
+            else:
+                weight = len(site) / total_records
+            contributions[site.name] = (weight * update).double().cpu().numpy()
+            round_loss += loss * len(site) / total_records
+        length = sum(v.numel() for v in params.values())
+        if not config.secure_aggregation:
+            summed = sum(contributions.values(), np.zeros(length))
+        elif len(contributions) >= 2:  # this round's participants agree on pairwise seeds
+            keys = secagg.setup(list(contributions), seed=int(np.random.SeedSequence((config.seed, r)).generate_state(1)[0]))
+            masked = {n: secagg.mask(c, keys[n], round_index=r) for n, c in contributions.items()}
+            summed = secagg.aggregate(masked, keys, round_index=r, length=length)
+        else:  # one update alone cannot be hidden in a sum: this round releases nothing
+            losses.append(round_loss)
+            continue
+        average = torch.as_tensor(summed, dtype=torch.float32, device=flatten(params).device)
+        if server is not None:  # noise on the sum, over the expected number of sites
+            noise = torch.randn(length, generator=server_gen, device=server_gen.device)
+            average = average + noise * server.noise_multiplier * server.update_clip / (server.sample_rate * n_sites)
+        velocity = average if velocity is None else config.server_momentum * velocity + average
+        params = unflatten(flatten(params) + config.server_lr * velocity, params)
+        losses.append(round_loss)
+    return params, losses
+
+
+def _cyclic(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
+    momentum, losses = None, []
+    total_records = sum(len(s) for s, _, _ in active)
+    for _ in tqdm(range(config.rounds), desc=f"cyclic, {len(active)} sites", disable=not progress, leave=False):
+        round_loss = 0.0
+        for site, plan, gen in active:  # the model visits each site in turn
+            params, momentum, loss = local_training(model, params, site, plan, lr=config.lr,
+                                                    momentum=config.momentum, generator=gen,
+                                                    momentum_buffer=momentum)  # fmt: skip
+            round_loss += loss * len(site) / total_records
+        losses.append(round_loss)
+    return params, losses
+

@@ -1,0 +1,155 @@
+"""Centralised DP against FedAvg + DP and cyclic + DP: one tidy table, finished runs reused.
+
+Every (method, partition, number of sites, epsilon, seed) is one run. Centralised runs train
+on the pooled records with :func:`privkit.train.train` (partition ``"pooled"``, one site);
+federated runs split the same records with :func:`privkit.federated.sites.split_sites` and
+train with :func:`privkit.federated.algorithms.train_federated`. Rows are appended to
+``<out_dir>/metrics.csv`` as each run finishes (columns :data:`COLUMNS`) and each site's
+mechanism to ``<out_dir>/site_budgets.csv`` (:data:`SITE_COLUMNS`); a run whose id is in the
+table is never trained again. With a ledger, every run is charged (centralised runs on
+``dataset:<name>``, each site on its institution scope), so the ledger shows what the whole
+study spent per site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from privkit import _validate, budget, data
+from privkit._io import atomic_write, locked
+from privkit.federated.algorithms import ALGORITHMS, FederatedConfig, site_batch_size, train_federated
+from privkit.federated.sites import SCHEMES, split_sites
+from privkit.train import TrainConfig, train
+
+METHODS = ("centralised", *ALGORITHMS)
+COLUMNS = ["run_id", "method", "partition", "n_sites", "seed", "epsilon_target", "epsilon_spent", "delta",
+           "rounds", "split", "metric", "value"]  # fmt: skip
+SITE_COLUMNS = ["run_id", "method", "partition", "n_sites", "seed", "epsilon_target", "site", "n_records",
+                "positive_fraction", "noise_multiplier", "sample_rate", "steps", "epsilon_spent"]  # fmt: skip
+
+
+def settings(
+    *, methods: Sequence[str], partitions: Sequence[str], site_counts: Sequence[int], epsilons: Sequence[float],
+    seeds: Sequence[int],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every run of the study; centralised runs once per (epsilon, seed), on pooled records.
+
+    >>> len(settings(methods=["centralised", "fedavg"], partitions=["iid", "label_skew"],
+    ...              site_counts=[3, 5], epsilons=[8.0, math.inf], seeds=[0]))
+    10
+    """
+    for m in methods:
+        _validate.one_of(METHODS, method=m)
+    for p in partitions:
+        _validate.one_of(SCHEMES, partition=p)
+    out = []
+    for method, eps, seed in itertools.product(methods, epsilons, seeds):
+        if method == "centralised":
+            out.append(dict(method=method, partition="pooled", n_sites=1, epsilon=float(eps), seed=seed))
+        else:
+            out += [dict(method=method, partition=p, n_sites=n, epsilon=float(eps), seed=seed)
+                    for p, n in itertools.product(partitions, site_counts)]  # fmt: skip
+    return out
+
+
+def run_study(
+    dataset: data.Dataset,
+    runs: Sequence[dict[str, Any]],
+    *,
+    out_dir: str | Path,
+    rounds: int = 10,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    delta: float = 1e-5,
+    alpha: float = 0.5,
+    min_size: int = 10,
+    ledger: budget.Ledger | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train every run not yet in ``<out_dir>/metrics.csv``; return the study's metric and site tables.
+
+    Args:
+        dataset: the loaded dataset (train split divided among sites; val and test evaluate).
+        runs: from :func:`settings`.
+        out_dir: where the tables go.
+        rounds: federated rounds, and epochs of centralised training.
+        batch_size: centralised expected batch; sites get :func:`site_batch_size` of it.
+        lr, momentum: SGD, the same at every site and centrally.
+        delta: delta of every (epsilon, delta) guarantee.
+        alpha: Dirichlet concentration of ``label_skew`` and ``size_skew``.
+        min_size: the fewest records a site may hold.
+        ledger: charge every run here before it reads records.
+        progress: a progress bar over the runs.
+    """
+    out_dir = Path(out_dir)
+    table_path, sites_path = out_dir / "metrics.csv", out_dir / "site_budgets.csv"
+    common = dict(rounds=rounds, batch_size=batch_size, lr=lr, momentum=momentum, delta=delta, alpha=alpha,
+                  min_size=min_size, data=dataset.sha256)  # fmt: skip
+    ids = [_run_id({**run, **common}) for run in runs]
+    done = set(_read(table_path, COLUMNS)["run_id"])
+    for run, rid in tqdm(list(zip(runs, ids)), desc="federated study", disable=not progress):
+        if rid in done:
+            continue
+        rows, site_rows = _train_one(dataset, run, rid, rounds=rounds, batch_size=batch_size, lr=lr,
+                                     momentum=momentum, delta=delta, alpha=alpha, min_size=min_size,
+                                     ledger=ledger)  # fmt: skip
+        _append(sites_path, site_rows, SITE_COLUMNS)
+        _append(table_path, rows, COLUMNS)  # last: a run in this table is complete
+    table, sites = _read(table_path, COLUMNS), _read(sites_path, SITE_COLUMNS)
+    return (table[table["run_id"].isin(ids)].reset_index(drop=True),
+            sites[sites["run_id"].isin(ids)].drop_duplicates().reset_index(drop=True))  # fmt: skip
+
+
+def _train_one(dataset, run, rid, *, rounds, batch_size, lr, momentum, delta, alpha, min_size, ledger):
+    key = dict(run_id=rid, method=run["method"], partition=run["partition"], n_sites=run["n_sites"],
+               seed=run["seed"], epsilon_target=run["epsilon"])  # fmt: skip
+    if run["method"] == "centralised":
+        config = TrainConfig(epsilon=run["epsilon"], delta=delta, epochs=rounds, batch_size=batch_size, lr=lr,
+                             momentum=momentum, seed=run["seed"], device="cpu")  # fmt: skip
+        result = train(config, dataset=dataset, ledger=ledger, progress=False)
+        mech = result.mechanism
+        site_rows = [{**key, "site": "pooled", "n_records": len(dataset.train),
+                      "positive_fraction": float(dataset.train.labels.mean()), "noise_multiplier": mech.noise_multiplier,
+                      "sample_rate": mech.sample_rate, "steps": mech.steps, "epsilon_spent": mech.epsilon}]  # fmt: skip
+        spent, metrics = mech.epsilon, result.metrics
+    else:
+        sites = split_sites(dataset.train, n_sites=run["n_sites"], scheme=run["partition"], alpha=alpha,
+                            min_size=min_size, seed=run["seed"], prefix=f"{run['partition']}-{run['n_sites']}sites-h")  # fmt: skip
+        config = FederatedConfig(algorithm=run["method"], rounds=rounds, lr=lr, momentum=momentum,
+                                 batch_size=site_batch_size(run["method"], batch_size, run["n_sites"]),
+                                 epsilon=run["epsilon"], delta=delta, seed=run["seed"])  # fmt: skip
+        result = train_federated(config, sites, evaluation=dataset, ledger=ledger, progress=False)
+        site_rows = [{**key, "site": site.name, "n_records": len(site),
+                      "positive_fraction": float(site.train.labels.mean()), "noise_multiplier": p.noise_multiplier,
+                      "sample_rate": p.sample_rate, "steps": p.steps, "epsilon_spent": p.epsilon}
+                     for site, p in zip(sites, result.sites)]  # fmt: skip
+        spent, metrics = result.epsilon, result.metrics
+    rows = [{**key, "epsilon_spent": spent, "delta": delta, "rounds": rounds, "split": split, "metric": m, "value": v}
+            for split, values in metrics.items() for m, v in values.items()]  # fmt: skip
+    return rows, site_rows
+
+
+def _run_id(values: dict[str, Any]) -> str:
+    blob = json.dumps({k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+                       for k, v in sorted(values.items())})  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=columns)
+
+
+def _append(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with locked(path):
+        table = pd.concat([_read(path, columns), pd.DataFrame(rows, columns=columns)], ignore_index=True)
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))

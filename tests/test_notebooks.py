@@ -53,3 +53,13 @@ def test_membership_inference_tutorial(synthetic_root: Path, tmp_path: Path) -> 
          "delta": 0.001}, progress=False,
     )  # fmt: skip
     assert "DP bound" in out.read_text()
+
+
+@pytest.mark.slow
+def test_federated_hospitals_tutorial(synthetic_root: Path, tmp_path: Path) -> None:
+    out = experiments.run_notebook(
+        REPO / "notebooks" / "tutorials" / "04_federated_hospitals.ipynb", tmp_path / "tutorial.ipynb",
+        {"data_root": str(synthetic_root), "n_sites": 3, "rounds": 1, "batch_size": 32, "delta": 0.001,
+         "alpha": 1.0}, progress=False,
+    )  # fmt: skip
+    assert "sum of the survivors" in out.read_text()

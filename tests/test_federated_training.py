@@ -147,11 +147,13 @@ def test_secure_aggregation_changes_nothing_but_rounding(dataset: data.Dataset) 
 def test_federated_training_learns(dataset: data.Dataset) -> None:
     sites = split_sites(dataset.train, n_sites=3, scheme="label_skew", alpha=1.0, seed=0)
     iid = split_sites(dataset.train, n_sites=3, seed=0)
-    for algorithm, where in (("fedavg", sites), ("cyclic", iid)):
+    for algorithm, where in (("fedavg", sites), ("fedavg", iid), ("cyclic", iid)):
         config = FederatedConfig(algorithm=algorithm, rounds=4, batch_size=16)
         result = train_federated(config, where, evaluation=dataset, progress=False)
         assert result.metrics["test"]["auc"] > 0.9, algorithm
-        assert len(result.loss_per_round) == 4 and result.loss_per_round[-1] < result.loss_per_round[0]
+        assert len(result.loss_per_round) == 4
+        if where is iid:  # under label skew, local losses need not fall round by round
+            assert result.loss_per_round[-1] < result.loss_per_round[0], algorithm
 
 
 def test_site_level_dp_clips_and_adds_noise_of_the_calibrated_scale(dataset: data.Dataset) -> None:

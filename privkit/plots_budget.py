@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator
 
 from privkit.plots import X_LABEL
 
@@ -136,6 +136,10 @@ def risk_curves(table: pd.DataFrame) -> Figure:
             ax.axhline(fpr, color="0.4", ls=":", label="guessing (TPR = FPR)")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            epsilons = sorted(rows["epsilon"].unique())
+            ax.xaxis.set_major_locator(FixedLocator(epsilons))
+            ax.xaxis.set_major_formatter(FixedFormatter([f"{e:g}" for e in epsilons]))
+            ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xlabel(X_LABEL)
             ax.set_title(f"at FPR = {fpr:.1%}", fontsize="medium")
         axes[0].set_ylabel("attack TPR, upper bound (log)")

@@ -30,6 +30,8 @@ def test_risk_curves_one_panel_per_fpr_on_log_axes() -> None:
     assert [ax.get_title() for ax in fig.axes] == ["at FPR = 0.1%", "at FPR = 1.0%"]
     assert fig.axes[0].get_xscale() == "log" == fig.axes[0].get_yscale()
     assert list(fig.axes[0].lines[0].get_xdata()) == [0.5, 1, 8]
+    fig.canvas.draw()  # tick labels are the epsilons, not overlapping minor log labels
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.5", "1", "8"]
 
 
 def test_individual_vs_uniform_keeps_the_method_order() -> None:

@@ -35,31 +35,20 @@ def test_privacy_budget_notebook(synthetic_root: Path, tmp_path: Path) -> None:
     assert "exceeded" in (out / "privacy_budget.ipynb").read_text()  # a budget refused a run
 
 
-@pytest.mark.slow
-def test_privacy_budgets_tutorial(synthetic_root: Path, tmp_path: Path) -> None:
-    out = experiments.run_notebook(
-        REPO / "notebooks" / "tutorials" / "03_privacy_budgets.ipynb", tmp_path / "tutorial.ipynb",
-        {"data_root": str(synthetic_root), "epochs": 1, "batch_size": 32, "delta": 0.001}, progress=False,
-    )  # fmt: skip
-    text = out.read_text()
-    assert "REFUSED" in text and "individualised" in text
+# Each tutorial with tiny parameters, and a line of output that shows it ran to its point.
+TUTORIALS = {
+    "02_membership_inference": ({"n_models": 6, "pool_size": 128, "epochs": 2, "batch_size": 16}, "DP bound"),
+    "03_privacy_budgets": ({"epochs": 1, "batch_size": 32}, "REFUSED"),
+    "04_federated_hospitals": ({"n_sites": 3, "rounds": 1, "batch_size": 32, "alpha": 1.0}, "sum of the survivors"),
+}
 
 
 @pytest.mark.slow
-def test_membership_inference_tutorial(synthetic_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_tutorial_runs_on_a_cpu(name: str, synthetic_root: Path, tmp_path: Path) -> None:
+    parameters, expected = TUTORIALS[name]
     out = experiments.run_notebook(
-        REPO / "notebooks" / "tutorials" / "02_membership_inference.ipynb", tmp_path / "tutorial.ipynb",
-        {"data_root": str(synthetic_root), "n_models": 6, "pool_size": 128, "epochs": 2, "batch_size": 16,
-         "delta": 0.001}, progress=False,
+        REPO / "notebooks" / "tutorials" / f"{name}.ipynb", tmp_path / "tutorial.ipynb",
+        {"data_root": str(synthetic_root), "delta": 0.001, **parameters}, progress=False,
     )  # fmt: skip
-    assert "DP bound" in out.read_text()
-
-
-@pytest.mark.slow
-def test_federated_hospitals_tutorial(synthetic_root: Path, tmp_path: Path) -> None:
-    out = experiments.run_notebook(
-        REPO / "notebooks" / "tutorials" / "04_federated_hospitals.ipynb", tmp_path / "tutorial.ipynb",
-        {"data_root": str(synthetic_root), "n_sites": 3, "rounds": 1, "batch_size": 32, "delta": 0.001,
-         "alpha": 1.0}, progress=False,
-    )  # fmt: skip
-    assert "sum of the survivors" in out.read_text()
+    assert expected in out.read_text()

@@ -48,6 +48,45 @@ def epsilon_sweep(
     return [replace(base, epsilon=e, noise_multiplier=None, seed=s) for e in eps for s in seeds]
 
 
+Run = tuple[str, TrainConfig, data.Dataset]  # run id, config, its loaded data
+
+
+def load_runs(configs: Sequence[TrainConfig]) -> list[Run]:
+    """Each config with its run id and its data, every dataset loaded once per device."""
+    datasets: dict[tuple, data.Dataset] = {}
+    runs: list[Run] = []
+    for config in configs:
+        device = resolve_device(config.device)
+        key = (config.dataset, config.data_root, str(device))
+        if key not in datasets:
+            datasets[key] = data.load(config.dataset, root=config.data_root, device=device)
+        runs.append((results.run_id(config, datasets[key].sha256), config, datasets[key]))
+    return runs
+
+
+def stack_groups(runs: Sequence[Run], *, done: set[str], max_stack: int | None) -> list[list[Run]]:
+    """The runs not in ``done``, grouped into stacks that ``train_many`` trains together.
+
+    Up to ``max_stack`` models per stack; by default all of them on a GPU and one at a time on
+    a CPU (see :func:`sweep`); backends other than ``fast`` train one at a time.
+    """
+    groups: list[list[Run]] = []
+    open_groups: dict[tuple, list] = {}
+    for run in runs:
+        if run[0] in done:
+            continue
+        config = run[1]
+        limit = 1 if config.backend != "fast" else max_stack or (
+            len(runs) if resolve_device(config.device).type == "cuda" else 1
+        )
+        group = open_groups.get(stack_key(config))
+        if group is None or len(group) >= limit:
+            group = open_groups[stack_key(config)] = []
+            groups.append(group)
+        group.append(run)
+    return groups
+
+
 def sweep(
     configs: Sequence[TrainConfig],
     *,
@@ -70,30 +109,8 @@ def sweep(
     """
     out_dir = Path(out_dir)
     table_path = out_dir / "metrics.csv"
-    datasets: dict[tuple, data.Dataset] = {}
-    runs: list[tuple[str, TrainConfig, data.Dataset]] = []
-    for config in configs:
-        device = resolve_device(config.device)
-        key = (config.dataset, config.data_root, str(device))
-        if key not in datasets:
-            datasets[key] = data.load(config.dataset, root=config.data_root, device=device)
-        runs.append((results.run_id(config, datasets[key].sha256), config, datasets[key]))
-
-    done = set(results.read_table(table_path)["run_id"])
-    groups: list[list[tuple[str, TrainConfig, data.Dataset]]] = []
-    open_groups: dict[tuple, list] = {}
-    for run in runs:
-        if run[0] in done:
-            continue
-        config = run[1]
-        limit = 1 if config.backend != "fast" else max_stack or (
-            len(runs) if resolve_device(config.device).type == "cuda" else 1
-        )
-        group = open_groups.get(stack_key(config))
-        if group is None or len(group) >= limit:
-            group = open_groups[stack_key(config)] = []
-            groups.append(group)
-        group.append(run)
+    runs = load_runs(configs)
+    groups = stack_groups(runs, done=set(results.read_table(table_path)["run_id"]), max_stack=max_stack)
     for group in tqdm(groups, desc=experiment, disable=not progress):
         trained = train_many([c for _, c, _ in group], dataset=group[0][2], ledger=ledger, progress=progress)
         rows = []

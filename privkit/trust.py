@@ -29,10 +29,10 @@ from scipy.special import expit
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from privkit import _validate, budget, calibration, data, fairness, results
+from privkit import _validate, budget, calibration, data, experiments, fairness, results
 from privkit._io import atomic_write, locked
 from privkit.metrics import evaluate
-from privkit.train import TrainConfig, resolve_device, stack_key, train_many
+from privkit.train import TrainConfig, train_many
 
 SCORE_COLUMNS = [
     "run_id", "experiment", "dataset", "model", "seed", "epsilon_target", "epsilon_spent",
@@ -80,30 +80,13 @@ def scored_sweep(
     """
     out_dir = Path(out_dir)
     path = out_dir / "scores.csv"
-    loaded: dict[tuple, data.Dataset] = {}
-    runs = []
     for config in configs:
         if data.info(config.dataset).task != "binary":
             raise ValueError(
                 f"Expected a binary dataset; got dataset={config.dataset!r} (per-case reports need one label)."
             )
-        key = (config.dataset, config.data_root, str(resolve_device(config.device)))
-        if key not in loaded:
-            loaded[key] = data.load(config.dataset, root=config.data_root, device=key[2])
-        runs.append((results.run_id(config, loaded[key].sha256), config, loaded[key]))
-    done = set(read_scores(path)["run_id"])
-    groups: dict[tuple, list[list]] = {}
-    for run in runs:
-        if run[0] in done:
-            continue
-        config = run[1]
-        on_gpu = resolve_device(config.device).type == "cuda"
-        limit = 1 if config.backend != "fast" else max_stack or (len(runs) if on_gpu else 1)
-        chain = groups.setdefault(stack_key(config) + (id(run[2]),), [[]])
-        if len(chain[-1]) >= limit:
-            chain.append([])
-        chain[-1].append(run)
-    batches = [group for chain in groups.values() for group in chain if group]
+    runs = experiments.load_runs(configs)
+    batches = experiments.stack_groups(runs, done=set(read_scores(path)["run_id"]), max_stack=max_stack)
     for group in tqdm(batches, desc=experiment, disable=not progress):
         dataset = group[0][2]
         trained = train_many([c for _, c, _ in group], dataset=dataset, ledger=ledger, progress=progress)

@@ -26,7 +26,7 @@ from privkit.engine import DP_BACKENDS, create_backend
 from privkit.engine.fast import FastStack, max_batch_size, padded_poisson
 from privkit.engine.sampling import poisson_indices
 from privkit.metrics import evaluate
-from privkit.models import MODELS, create_model
+from privkit.models import MODELS, FixedFeatures, create_model
 
 
 @dataclass(frozen=True)
@@ -274,13 +274,14 @@ def train_many(
         dataset = data.load(first.dataset, root=first.data_root, device=device)
     models = [_init_model(c, dataset, device) for c in configs]
     generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+    trainable, split = _trainable_parts(models, dataset.train)
 
     if first.backend == "fast":
         losses, epoch_seconds = _train_fast(
-            configs, mechs, models, generators, dataset.train, sample_rates, batch_sizes, progress
+            configs, mechs, trainable, generators, split, sample_rates, batch_sizes, progress
         )
     else:
-        losses, epoch_seconds = _train_sequentially(configs, mechs, models, generators, dataset.train, progress)
+        losses, epoch_seconds = _train_sequentially(configs, mechs, trainable, generators, split, progress)
 
     info = dataset.info
     names = info.label_names if info.task == "multi-label" else None
@@ -312,6 +313,17 @@ def _init_model(config: TrainConfig, dataset: data.Dataset, device: torch.device
         n_outputs=dataset.info.n_labels,
         image_size=dataset.train.images.shape[-1],
     ).to(device)
+
+
+def _trainable_parts(models: list[nn.Module], split: data.Split) -> tuple[list[nn.Module], data.Split]:
+    """What DP-SGD updates, and on which inputs: for ``FixedFeatures`` models (ScatterNet) the
+    heads, on features computed once per image (the same gradients, as features have no
+    parameters); for any other model, the model on the images."""
+    if not isinstance(models[0], FixedFeatures):
+        return models, split
+    with torch.no_grad():
+        features = torch.cat([models[0].features(split.images[i : i + 512]) for i in range(0, len(split), 512)])
+    return [m.head for m in models], data.Split(images=features, labels=split.labels)
 
 
 def _progress(configs: Sequence[TrainConfig], total: int, progress: bool) -> tqdm:

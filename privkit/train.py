@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from privkit import _validate, accounting, budget, data
 from privkit.engine import DP_BACKENDS, create_backend
+from privkit.engine.averaging import ParameterAverage
 from privkit.engine.fast import FastStack, max_batch_size, padded_poisson
 from privkit.engine.sampling import poisson_indices
 from privkit.metrics import evaluate
@@ -49,6 +50,7 @@ class TrainConfig:
     batch_size: int = 256  # expected Poisson batch size: sample_rate = batch_size / n_train
     lr: float = 0.1  # chosen on the validation split of PneumoniaMNIST (README: tuning)
     momentum: float = 0.9
+    ema: float = 0.0  # decay of a moving average of the parameters, evaluated instead (0: off)
     accountant: str = "prv"
     seed: int = 0
     device: str = "auto"
@@ -74,6 +76,7 @@ class TrainConfig:
         _validate.positive_int(batch_size=self.batch_size)
         _validate.positive(lr=self.lr)
         _validate.in_range(0, 1, high_inclusive=False, momentum=self.momentum)
+        _validate.in_range(0, 1, high_inclusive=False, ema=self.ema)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"Expected seed={self.seed!r} to be an integer.")
 
@@ -188,7 +191,7 @@ def train(
 
 
 # Settings that models trained together in one stack must share.
-STACK_FIELDS = ("dataset", "model", "backend", "epochs", "batch_size", "lr", "momentum", "device", "data_root")
+STACK_FIELDS = ("dataset", "model", "backend", "epochs", "batch_size", "lr", "momentum", "ema", "device", "data_root")
 
 
 def stack_key(config: TrainConfig) -> tuple:
@@ -364,6 +367,7 @@ def _train_sequentially(configs, mechs, models, generators, split, progress) -> 
             generator=generator,
         )
         per_epoch, seconds = [], []
+        average = ParameterAverage(config.ema) if config.ema else None
         bar = _progress([config], mech.steps, progress)
         lap = _epoch_timer(split.images.device)
         for _ in range(config.epochs):
@@ -372,11 +376,15 @@ def _train_sequentially(configs, mechs, models, generators, split, progress) -> 
             for _ in range(mech.steps // config.epochs):
                 idx = poisson_indices(len(split), mech.sample_rate, generator)
                 total += backend.step(split.images[idx], split.labels[idx])
+                if average:
+                    average.update(dict(model.named_parameters()))
                 bar.update()
             per_epoch.append(total / mech.steps * config.epochs / config.batch_size)
             seconds.append(lap())
             bar.set_postfix(loss=f"{per_epoch[-1]:.3f}")
         bar.close()
+        if average and average.value:
+            model.load_state_dict(average.value, strict=False)
         losses.append(per_epoch)
         times.append(seconds)
     return losses, times
@@ -396,6 +404,7 @@ def _train_fast(configs, mechs, models, generators, split, sample_rates, batch_s
         momentum=first.momentum,
         generators=generators,
         max_batch=max_batch,
+        ema=first.ema,
     )
     steps_per_epoch = mechs[0].steps // first.epochs
     per_epoch: list[Tensor] = []

@@ -4,6 +4,7 @@ trained alone, and the statistics of padded Poisson sampling."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,59 @@ def test_noise_has_standard_deviation_sigma_c_over_batch_per_model() -> None:
     delta = torch.cat([d.flatten(1) for d in _delta(stack, before).values()], dim=1)  # (2, P)
     assert abs(delta[0].std().item() / (1.3 * 0.7 / 16) - 1) < 0.03
     assert torch.count_nonzero(delta[1]) == 0  # non-private member: no noise at all
+
+
+def test_ema_evaluates_the_moving_average_of_the_iterates() -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn")
+    stack = FastStack(
+        [model], noise_multipliers=[1.0], max_grad_norms=[0.5], expected_batch_sizes=[4.0], lr=0.1,
+        momentum=0.9, generators=[torch.Generator().manual_seed(0)], max_batch=8, ema=0.8, compile=False,
+    )  # fmt: skip
+    iterates = []
+    for seed in range(5):
+        x, y = _batch(4, seed=seed)
+        stack.step(x[None], y[None], torch.ones(1, 4))
+        iterates.append({k: v[0].clone() for k, v in stack.params.items()})
+    average = dict(iterates[0])
+    for t, params in enumerate(iterates[1:], start=1):  # warm-up: min(decay, (1 + t) / (10 + t))
+        d = min(0.8, (1 + t) / (10 + t))
+        average = {k: d * average[k] + (1 - d) * params[k] for k in average}
+    last = iterates[-1]
+    stack.unstacked()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), average[name])
+        assert not torch.allclose(p.detach(), last[name])  # not simply the last iterate
+
+
+def test_ema_in_the_opacus_path_averages_its_iterates(synthetic_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import privkit.train
+
+    dataset = data.load("pneumoniamnist", root=synthetic_root)
+    iterates: list[dict[str, torch.Tensor]] = []
+
+    def recording(*args, **kwargs):  # the real backend, remembering each iterate
+        backend = create_backend(*args, **kwargs)
+        step = backend.step
+
+        def step_and_record(images, labels):
+            loss = step(images, labels)
+            iterates.append({k: p.detach().clone() for k, p in backend.model.named_parameters()})
+            return loss
+
+        backend.step = step_and_record
+        return backend
+
+    monkeypatch.setattr(privkit.train, "create_backend", recording)
+    config = TrainConfig(backend="opacus", epsilon=4.0, ema=0.7, **{**QUICK, "epochs": 1})
+    trained = train(config, dataset=dataset, progress=False).model
+    assert len(iterates) > 2
+    average = dict(iterates[0])
+    for t, params in enumerate(iterates[1:], start=1):
+        d = min(0.7, (1 + t) / (10 + t))
+        average = {k: d * average[k] + (1 - d) * params[k] for k in average}
+    for name, p in trained.named_parameters():
+        torch.testing.assert_close(p.detach(), average[name.removeprefix("_module.")])
 
 
 def test_model_trained_alone_equals_the_same_model_in_a_stack(synthetic_root: Path) -> None:

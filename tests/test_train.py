@@ -105,6 +105,7 @@ def test_device_auto_uses_cuda_only_when_present(pneumonia: data.Dataset) -> Non
         ({"noise_multiplier": 1.0}, r"exactly one of epsilon=8.0 and noise_multiplier=1.0"),
         ({"max_grad_norm": 0}, r"max_grad_norm=0 in \(0, inf\)"),
         ({"max_grad_norm": math.inf}, r"max_grad_norm=inf in \(0, inf\)"),
+        ({"ema": 1.0}, r"ema=1.0 in \[0, 1\)"),
     ],
 )
 def test_bad_config_names_argument_and_allowed_values(kwargs: dict, message: str) -> None:

@@ -27,6 +27,7 @@ from scipy.stats import binom
 from torch import Tensor, nn
 from torch.func import stack_module_state, vmap
 
+from privkit.engine.averaging import ParameterAverage
 from privkit.engine.per_sample import Params, clipped_sum, per_sample_grad_fn
 
 OVERFLOW_PROBABILITY = 1e-4  # per step and model, of a draw above max_batch (then: 2 chunks)
@@ -64,6 +65,7 @@ class FastStack:
         momentum: float,
         generators: Sequence[torch.Generator],
         max_batch: int,
+        ema: float = 0.0,
         compile: bool | None = None,
     ) -> None:
         self.models = list(models)
@@ -74,6 +76,7 @@ class FastStack:
         self.params, self.buffers = stack_module_state(self.models)  # name -> (K, ...)
         self.params = {k: v.detach() for k, v in self.params.items()}
         self.momentum_buffers: Params | None = None
+        self.average = ParameterAverage(ema) if ema else None  # evaluated instead of the last iterate
         self.lr, self.momentum = lr, momentum
         self.generators = list(generators)
         as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=self.device)  # noqa: E731
@@ -130,6 +133,8 @@ class FastStack:
                 k: self.momentum * self.momentum_buffers[k] + grads[k] for k in grads
             }
         self.params = {k: p - self.lr * self.momentum_buffers[k] for k, p in self.params.items()}
+        if self.average:
+            self.average.update(self.params)
         return loss
 
     def _noise(self) -> Params:
@@ -142,9 +147,10 @@ class FastStack:
         return {k: part.view_as(v) for (k, v), part in zip(self.params.items(), parts)}
 
     def unstacked(self) -> list[nn.Module]:
-        """The K trained models as ordinary modules."""
+        """The K trained models as ordinary modules (their parameter averages with ``ema``)."""
+        params = self.average.value if self.average and self.average.value else self.params
         for i, model in enumerate(self.models):
-            model.load_state_dict({k: v[i] for k, v in self.params.items()}, strict=False)
+            model.load_state_dict({k: v[i] for k, v in params.items()}, strict=False)
         return self.models
 
 

@@ -55,6 +55,7 @@ def privacy_utility(
     *,
     metrics: Sequence[str] = ("auc", "accuracy"),
     split: str = "test",
+    by: str | None = None,
     ax: Axes | Sequence[Axes] | None = None,
     panel_size: tuple[float, float] = (4.6, 3.6),
 ) -> Figure:
@@ -77,6 +78,8 @@ def privacy_utility(
             writes); optional ``dataset``, ``model``, ``delta`` go into the title.
         metrics: the metrics to plot, one panel each, in order.
         split: the split whose rows are plotted (``"test"`` or ``"val"``).
+        by: a column (such as ``"model"``) whose values are drawn side by side, one colour each,
+            every one with its own curve and non-private level; ``None`` draws all rows as one.
         ax: axes to draw into, one per metric; by default a new figure is made.
         panel_size: width and height in inches of one panel of a new figure.
 
@@ -115,8 +118,11 @@ def privacy_utility(
             f"the table has: {', '.join(present)}."
         )
     rows = rows[rows["metric"].isin(metrics)]
-    private = rows[np.isfinite(rows["_epsilon"])]  # every row is private or not: see _with_epsilon
-    nonprivate = rows[np.isinf(rows["_epsilon"])]
+    if by is not None and by not in rows.columns:
+        raise ValueError(f"Unknown by={by!r}; the table's columns are: {', '.join(map(str, rows.columns))}.")
+    groups = [("", rows)] if by is None else [(str(v), g) for v, g in rows.groupby(by, sort=False)]
+    colours = [(_PRIVATE_COLOR, _NONPRIVATE_COLOR)] if by is None else [(c, c) for c in sns.color_palette("colorblind", len(groups))]
+    epsilons = sorted(rows.loc[np.isfinite(rows["_epsilon"]), "_epsilon"].unique())
 
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
         if ax is None:
@@ -130,23 +136,25 @@ def privacy_utility(
                     f"Expected one axes per metric ({len(metrics)}); got {len(axes)} in ax."
                 )
             fig = axes[0].figure
-        epsilons = sorted(private["_epsilon"].unique())
-        n_seeds = {
-            "private": private["seed"].nunique(),
-            "nonprivate": nonprivate["seed"].nunique(),
-        }
+        handles: list = []
+        for (name, group), colour in zip(groups, colours):
+            private = group[np.isfinite(group["_epsilon"])]  # every row is private or not
+            nonprivate = group[np.isinf(group["_epsilon"])]
+            for metric, panel in zip(metrics, axes):
+                _panel(
+                    panel,
+                    private[private["metric"] == metric],
+                    nonprivate[nonprivate["metric"] == metric],
+                    colour,
+                )
+            seeds = {"private": private["seed"].nunique(), "nonprivate": nonprivate["seed"].nunique()}
+            handles += _legend_handles(seeds, colour, name)
         for metric, panel in zip(metrics, axes):
-            _panel(
-                panel,
-                private[private["metric"] == metric],
-                nonprivate[nonprivate["metric"] == metric],
-                epsilons,
-                ylabel=f"{split} {_metric_label(metric)}",
-            )
-        handles = _legend_handles(n_seeds)
+            _axes(panel, epsilons, ylabel=f"{split} {_metric_label(metric)}")
         title = _title(rows)
         if ax is None:
-            fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+            ncol = len(handles) if by is None else math.ceil(len(handles) / len(groups))
+            fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
             if title:
                 fig.suptitle(title)
         else:
@@ -215,24 +223,26 @@ def _per_seed(rows: pd.DataFrame) -> pd.DataFrame:
     return seeds.groupby("_epsilon")["value"].agg(["mean", "std"]).reset_index()  # sd: ddof=1
 
 
-def _panel(
-    ax: Axes, private: pd.DataFrame, nonprivate: pd.DataFrame, epsilons: list[float], *, ylabel: str
-) -> None:
+def _panel(ax: Axes, private: pd.DataFrame, nonprivate: pd.DataFrame, colours: tuple) -> None:
+    private_colour, nonprivate_colour = colours
     if not nonprivate.empty:
         level = _per_seed(nonprivate.assign(_epsilon=0.0)).iloc[0]
         if not math.isnan(level["std"]):
             ax.axhspan(
                 level["mean"] - level["std"], level["mean"] + level["std"],
-                color=_NONPRIVATE_COLOR, alpha=0.12, linewidth=0,
+                color=nonprivate_colour, alpha=0.12, linewidth=0,
             )  # fmt: skip
-        ax.axhline(level["mean"], color=_NONPRIVATE_COLOR, linestyle="--", linewidth=1.6)
+        ax.axhline(level["mean"], color=nonprivate_colour, linestyle="--", linewidth=1.6)
     if not private.empty:
         stats = _per_seed(private)
         ax.errorbar(
             stats["_epsilon"].to_numpy(float), stats["mean"].to_numpy(float),
             yerr=stats["std"].fillna(0.0).to_numpy(float),  # one seed: no bar
-            color=_PRIVATE_COLOR, marker="o", markersize=6, linewidth=2, capsize=4,
+            color=private_colour, marker="o", markersize=6, linewidth=2, capsize=4,
         )  # fmt: skip
+
+
+def _axes(ax: Axes, epsilons: list[float], *, ylabel: str) -> None:
     ax.set_xscale("log", base=2)
     if epsilons:
         ax.set_xlim(min(epsilons) / 2**0.4, max(epsilons) * 2**0.4)
@@ -246,18 +256,20 @@ def _panel(
     ax.set_ylabel(ylabel)
 
 
-def _legend_handles(n_seeds: dict[str, int]) -> list:
+def _legend_handles(n_seeds: dict[str, int], colours: tuple, name: str = "") -> list:
+    private_colour, nonprivate_colour = colours
+    prefix = f"{name}: " if name else ""
     handles: list = []
     if n_seeds["private"]:
         n = n_seeds["private"]
         label = f"DP-SGD (mean ± sd over {n} seeds)" if n > 1 else "DP-SGD (1 seed)"
-        handles.append(Line2D([], [], color=_PRIVATE_COLOR, marker="o", linewidth=2, label=label))
+        handles.append(Line2D([], [], color=private_colour, marker="o", linewidth=2, label=prefix + label))
     if n_seeds["nonprivate"]:
-        line = Line2D([], [], color=_NONPRIVATE_COLOR, linestyle="--", linewidth=1.6, label="non-private")
+        line = Line2D([], [], color=nonprivate_colour, linestyle="--", linewidth=1.6, label=prefix + "non-private")
         handles.append(line)
         if n_seeds["nonprivate"] > 1:
             label = f"non-private ± sd ({n_seeds['nonprivate']} seeds)"
-            handles.append(Patch(color=_NONPRIVATE_COLOR, alpha=0.12, label=label))
+            handles.append(Patch(color=nonprivate_colour, alpha=0.12, label=prefix + label))
     return handles
 
 

@@ -155,3 +155,20 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
 def test_bad_tables_raise(change, kwargs, match):
     with pytest.raises(ValueError, match=match):
         privacy_utility(change(tidy_table()), **kwargs)
+
+
+def test_by_draws_each_recipe_with_its_own_curve_level_and_colour():
+    old = tidy_table()
+    new = tidy_table().assign(model="scatternet", value=lambda t: t["value"] + 0.02)
+    fig = privacy_utility(pd.concat([new, old]), metrics=["auc"], by="model")
+    ax = fig.axes[0]
+    curves = [c.lines[0] for c in ax.containers]
+    assert len(curves) == 2 and curves[0].get_color() != curves[1].get_color()
+    np.testing.assert_allclose(curves[0].get_ydata(), [AUC[e] + 0.02 for e in EPSILONS])
+    np.testing.assert_allclose(curves[1].get_ydata(), [AUC[e] for e in EPSILONS])
+    assert horizontal_levels(ax) == [pytest.approx(0.98), pytest.approx(0.96)]
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "scatternet: non-private" in labels and "cnn: non-private" in labels
+    assert fig.get_suptitle() == "pneumoniamnist · δ = 1e-05"  # the model is no longer one value
+    with pytest.raises(ValueError, match="Unknown by='recipe'"):
+        privacy_utility(old, by="recipe")

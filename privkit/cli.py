@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="expected Poisson batch size")
     t.add_argument("--lr", type=_float, default=d.lr)
     t.add_argument("--momentum", type=_float, default=d.momentum)
+    t.add_argument("--ema", type=_float, default=d.ema, help="decay of a moving average of the parameters (0: off)")
     t.add_argument("--accountant", default=d.accountant, choices=accounting.ACCOUNTANTS)
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
@@ -158,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
         epsilon=None if args.noise_multiplier is not None else args.epsilon,
         noise_multiplier=args.noise_multiplier, delta=args.delta,
         max_grad_norm=args.max_grad_norm, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, momentum=args.momentum, accountant=args.accountant, seed=args.seed,
+        lr=args.lr, momentum=args.momentum, ema=args.ema, accountant=args.accountant, seed=args.seed,
         device=args.device, data_root=args.data_root,
     )  # fmt: skip
     path = args.ledger or os.environ.get("PRIVKIT_LEDGER")

@@ -47,8 +47,8 @@ def _write_experiment(tmp_path: Path, text: str) -> Path:
     [
         ("notebook: privacy_utility.ipynb\nparameter: {}\n", r"unknown key\(s\) \['parameter'\]"),
         ("parameters: {}\n", r"missing key 'notebook'"),
-        ("notebook: privacy_utility.ipynb\nparameters: {epoch: 3}\n",
-         r"parameters has unknown parameter\(s\) \['epoch'\].*epochs"),
+        ("notebook: privacy_utility.ipynb\nparameters: {epsilon: 3}\n",
+         r"parameters has unknown parameter\(s\) \['epsilon'\].*epsilons"),
         ("notebook: privacy_utility.ipynb\nprofiles: {quick: {sed: [1]}}\n",
          r"profiles.quick has unknown parameter\(s\) \['sed'\]"),
     ],
@@ -69,8 +69,7 @@ TINY = """notebook: privacy_utility.ipynb
 parameters:
   epsilons: [8.0]
   seeds: [0]
-  epochs: 1
-  batch_size: 32
+  overrides: {{epochs: 1, batch_size: 32}}
   delta: 0.001
   device: cpu
   data_root: {root}

@@ -11,7 +11,8 @@ import torch
 
 from privkit import accounting, data
 from privkit.engine import DP_BACKENDS
-from privkit.train import TrainConfig, config_from_dict, train
+from privkit.metrics import evaluate
+from privkit.train import TrainConfig, config_from_dict, predict, train
 
 QUICK = dict(epochs=3, batch_size=32, lr=1.0, device="cpu", delta=1e-3)
 
@@ -135,3 +136,14 @@ def test_real_pneumoniamnist_smoke() -> None:
     result = train(TrainConfig(epsilon=8.0, epochs=2, lr=0.25, device="cpu"), progress=False)
     assert result.mechanism.epsilon <= 8.0
     assert result.metrics["test"]["auc"] > 0.85
+
+
+def test_predict_keeps_confident_scores_apart() -> None:
+    """Logits of 17 to 30 all round to probability 1 in float32; the AUC must not see ties."""
+    logits = torch.tensor([[17.0], [20.0], [25.0], [30.0], [-3.0]])
+    labels = torch.tensor([[0.0], [1.0], [0.0], [1.0], [0.0]])
+    model = torch.nn.Sequential(torch.nn.Flatten(0), torch.nn.Unflatten(0, (-1, 1)))  # images are the logits
+    p = predict(model, logits)
+    assert torch.sigmoid(logits[:4]).unique().numel() == 1  # the float32 trap
+    assert p[:4].unique().numel() == 4
+    assert evaluate(labels, p, task="binary")["auc"] == pytest.approx(5 / 6)

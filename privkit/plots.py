@@ -153,7 +153,7 @@ def privacy_utility(
             _axes(panel, epsilons, ylabel=f"{split} {_metric_label(metric)}")
         title = _title(rows)
         if ax is None:
-            ncol = len(handles) if by is None else math.ceil(len(handles) / len(groups))
+            ncol = len(handles) if by is None else len(groups)  # one column per group
             fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
             if title:
                 fig.suptitle(title)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from privkit import data
+from privkit import data, recipes
 from privkit._io import atomic_write_text
-from privkit.train import TrainConfig, config_from_dict, resolve_device, train_many
+from privkit.train import TrainConfig, resolve_device, train_many
 
 
 @dataclass(frozen=True)
@@ -115,14 +115,13 @@ def time_sweep(experiment: str | Path, *, device: str = "auto", data_root: str |
     defaults = {k: v["default"] for k, v in experiments.notebook_parameters(exp.notebook).items()}
     p = {k: _literal(v) for k, v in defaults.items()} | exp.parameters
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    train_params = {k: v for k, v in p.items() if k in fields}
-    base = config_from_dict(train_params | {"device": device, "data_root": data_root})
-    configs = experiments.epsilon_sweep(base, epsilons=p["epsilons"], seeds=p["seeds"])
+    shared = {k: v for k, v in p.items() if k in fields} | p["overrides"] | {"device": device, "data_root": data_root}
+    configs = recipes.sweep_recipes(p["recipes"], p["epsilons"], p["seeds"], **shared)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         experiments.sweep(configs, experiment="bench", out_dir=out, progress=progress)
     return {"experiment": str(experiment), "profile": profile, "models": len(configs),
-            "epochs": p["epochs"], "seconds": time.perf_counter() - start}  # fmt: skip
+            "epochs": sorted({c.epochs for c in configs}), "seconds": time.perf_counter() - start}  # fmt: skip
 
 
 def _literal(text: str):

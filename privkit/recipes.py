@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from privkit import _validate
-from privkit.train import TrainConfig
+from privkit.train import TrainConfig, config_from_dict
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Recipe:
 
     def config(self, epsilon: float, **overrides: Any) -> TrainConfig:
         """The recipe's run at ``epsilon``; ``overrides`` set anything else (seed, device, ...)."""
-        return TrainConfig(**{**self.settings, "lr": self.lr(epsilon), "epsilon": epsilon, **overrides})
+        return config_from_dict({**self.settings, "lr": self.lr(epsilon), "epsilon": epsilon, **overrides})
 
     def sweep(self, epsilons: Iterable[float], seeds: Iterable[int], *, nonprivate: bool = True, **overrides: Any) -> list[TrainConfig]:
         """One run per (epsilon, seed), plus the non-private baseline per seed."""
@@ -78,6 +78,13 @@ RECIPES: dict[str, Recipe] = {
         learning_rates={8.0: 0.1, math.inf: 0.1},
     ),
 }
+
+
+def sweep_recipes(names: Iterable[str], epsilons: Iterable[float], seeds: Iterable[int], **overrides: Any) -> list[TrainConfig]:
+    """Every named recipe's sweep (``Recipe.sweep``), one after another, as the privacy-utility
+    notebook trains them."""
+    epsilons, seeds = list(epsilons), list(seeds)
+    return [config for name in names for config in get_recipe(name).sweep(epsilons, seeds, **overrides)]
 
 
 def get_recipe(name: str) -> Recipe:

@@ -39,7 +39,8 @@ def test_time_sweep_runs_the_experiments_sweep(synthetic_root: Path, tmp_path: P
     spec = tmp_path / "experiments" / "privacy_utility.yaml"
     spec.parent.mkdir()
     spec.write_text("notebook: privacy_utility.ipynb\nparameters: {epsilons: [4.0], seeds: [0, 1], "
-                    "epochs: 1, batch_size: 32, delta: 0.001}\n")  # fmt: skip
+                    "overrides: {epochs: 1, batch_size: 32}, delta: 0.001}\n")  # fmt: skip
     (tmp_path / "notebooks").symlink_to(repo / "notebooks")
     timing = bench.time_sweep(spec, device="cpu", data_root=str(synthetic_root), progress=False)
-    assert timing["models"] == 4 and timing["epochs"] == 1 and timing["seconds"] > 0
+    # Both recipes of the notebook, each at epsilon 4 and without privacy, two seeds.
+    assert timing["models"] == 8 and timing["epochs"] == [1] and timing["seconds"] > 0

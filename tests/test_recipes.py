@@ -46,3 +46,8 @@ def test_unknown_recipe_and_bad_epsilon_are_named() -> None:
         get_recipe("vgg")
     with pytest.raises(ValueError, match="epsilon=-1"):
         get_recipe("cnn").lr(-1)
+
+
+def test_an_unknown_override_is_named() -> None:
+    with pytest.raises(ValueError, match=r"Unknown training parameter\(s\) \['epoch'\]"):
+        get_recipe("scatternet").config(1.0, epoch=3)

@@ -37,9 +37,10 @@ from scipy.stats import binom
 from torch import Tensor
 
 from privkit import _validate, data
-from privkit.attacks.membership import loss_scores, model_logits
+from privkit.attacks.membership import loss_scores
 from privkit.attacks.scores import clopper_pearson
 from privkit.train import TrainConfig, TrainResult, plan, train_many
+from privkit.train import logits as model_logits
 
 CANARY_KINDS = ("mislabeled", "ood")
 

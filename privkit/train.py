@@ -160,15 +160,19 @@ def plan(config: TrainConfig, n_train: int) -> Mechanism:
 
 
 @torch.no_grad()
+def logits(model: nn.Module, images: Tensor, batch_size: int = 1024) -> Tensor:
+    """The model's logits (before the sigmoid), in evaluation mode: (N, C, H, W) -> (N, L)."""
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
 def predict(model: nn.Module, images: Tensor, batch_size: int = 1024) -> Tensor:
     """Probabilities, one per label: (N, C, H, W) -> (N, L), in float64.
 
     In float32 the sigmoid rounds every logit above about 16.6 to exactly 1, so a confident
     model's positives tie and its AUC is under-reported; float64 keeps them apart up to ~36.
     """
-    model.eval()
-    out = [torch.sigmoid(model(images[i : i + batch_size]).double()) for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
+    return torch.sigmoid(logits(model, images, batch_size).double())
 
 
 def train(

@@ -24,15 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.special import expit
-from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from privkit import _validate, budget, calibration, data, experiments, fairness, results
 from privkit._io import atomic_write, locked
 from privkit.metrics import evaluate
-from privkit.train import TrainConfig, train_many
+from privkit.train import TrainConfig, logits, train_many
 
 SCORE_COLUMNS = [
     "run_id", "experiment", "dataset", "model", "seed", "epsilon_target", "epsilon_spent",
@@ -40,13 +38,6 @@ SCORE_COLUMNS = [
 ]  # fmt: skip
 SPLITS = ("val", "test")
 CALIBRATIONS = ("uncalibrated", "temperature", "temperature_dp")
-
-
-@torch.no_grad()
-def logits(model: nn.Module, images: Tensor, batch_size: int = 1024) -> Tensor:
-    """The model's logits (before the sigmoid): (N, C, H, W) -> (N, L)."""
-    model.eval()
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def read_scores(path: str | Path) -> pd.DataFrame:
@@ -92,9 +83,7 @@ def scored_sweep(
         trained = train_many([c for _, c, _ in group], dataset=dataset, ledger=ledger, progress=progress)
         frames = []
         for (run, config, _), result in zip(group, trained):
-            record = results.provenance(config, data_sha256=dataset.sha256, device=result.device)
-            record["seconds"] = result.seconds
-            results.write_provenance(out_dir, run, record)
+            results.write_provenance(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))
             for split in SPLITS:
                 part = dataset.split(split)
                 z = logits(result.model, part.images)[:, 0].double().cpu().numpy()  # (n,)

@@ -4,7 +4,6 @@ trained alone, and the statistics of padded Poisson sampling."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -12,7 +12,7 @@ from scipy.stats import norm
 from privkit import data
 from privkit.attacks import membership, scores
 from privkit.engine import per_sample_loss
-from privkit.train import TrainConfig
+from privkit.train import TrainConfig, logits
 
 
 def test_logit_confidence_is_log_odds_of_the_true_label():
@@ -122,7 +122,7 @@ def test_train_shadows_trains_each_model_on_its_half(synthetic_root):
     assert {m.sample_rate for m in mechs} == {16 / 32} and len({m.noise_multiplier for m in mechs}) == 1
     assert all(m.epsilon <= 4.0 for m in mechs)
     pool_images = ds.train.images[torch.as_tensor(shadows.pool)]
-    again = membership.model_logits(shadows.results[2].model, pool_images).numpy()
+    again = logits(shadows.results[2].model, pool_images).numpy()
     assert shadows.logits[2] == pytest.approx(again)
     assert shadows.phi.shape == shadows.loss_scores.shape == (4, 64)
     with pytest.raises(ValueError, match="n_models=5"):

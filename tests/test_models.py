@@ -4,7 +4,6 @@ in-place operations, so a model zoo must be checked against each)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch

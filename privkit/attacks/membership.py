@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.special import log_expit
-from torch import Tensor, nn
+from torch import Tensor
 
 from privkit import _validate, data
 from privkit.train import TrainConfig, TrainResult, plan, resolve_device, train_many
+from privkit.train import logits as model_logits
 
 
 def log_likelihood(logits: Any, labels: Any) -> np.ndarray:
@@ -246,13 +247,6 @@ def lira_leave_one_out(
                     online=online, fixed_variance=fixed_variance)
         for t in everyone
     ])  # fmt: skip
-
-
-@torch.no_grad()
-def model_logits(model: nn.Module, images: Tensor, *, batch_size: int = 1024) -> Tensor:
-    """The model's logits on ``images`` (n, C, H, W) -> (n, L), in evaluation mode."""
-    model.eval()
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 @dataclass

@@ -114,11 +114,8 @@ def sweep(
     for group in tqdm(groups, desc=experiment, disable=not progress):
         trained = train_many([c for _, c, _ in group], dataset=group[0][2], ledger=ledger, progress=progress)
         rows = []
-        for (run, config, dataset), result in zip(group, trained):
-            record = results.provenance(config, data_sha256=dataset.sha256, device=result.device)
-            record["seconds"] = result.seconds
-            record["trained_together_with"] = len(group)
-            results.write_provenance(out_dir, run, record)
+        for (run, _, dataset), result in zip(group, trained):
+            results.write_provenance(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))
             rows += results.result_rows(result, experiment=experiment, run=run)
         results.append_rows(table_path, rows)
     table = results.read_table(table_path)

@@ -118,7 +118,11 @@ def provenance(config: TrainConfig, *, data_sha256: str, device: str) -> dict[st
     }
 
 
-def write_provenance(out_dir: str | Path, run: str, record: dict[str, Any]) -> Path:
+def write_provenance(out_dir: str | Path, run: str, result: TrainResult, *, data_sha256: str, trained_together_with: int) -> Path:
+    """``<out_dir>/runs/<run>.json``: the run's provenance, its wall time and its stack size."""
+    record = provenance(result.config, data_sha256=data_sha256, device=result.device)
+    record["seconds"] = result.seconds
+    record["trained_together_with"] = trained_together_with
     return atomic_write_text(Path(out_dir) / "runs" / f"{run}.json", json.dumps(record, indent=2, default=str))
 
 

@@ -10,7 +10,8 @@ the small CNN of Tramèr & Boneh as in Opacus's MNIST example.
 
 The learning rates were chosen on PneumoniaMNIST's validation split (mean AUC of seeds 10 to 12,
 not the reported 0 to 2) from 0.25 to 8 for each epsilon and 0.01 to 0.25 without privacy; the
-rest of the recipe after about 20 earlier comparisons of batch size, epochs, head and EMA. That choice read private data and is not in the epsilon a run reports
+rest of the recipe after about 40 earlier configurations (batch size, epochs, learning rate,
+head, EMA). That choice read private data and is not in the epsilon a run reports
 (Papernot & Steinke 2022): see ``privkit.tuning`` and the README's "Tuning costs privacy too".
 """
 

@@ -115,7 +115,7 @@ def sweep(
         trained = train_many([c for _, c, _ in group], dataset=group[0][2], ledger=ledger, progress=progress)
         rows = []
         for (run, _, dataset), result in zip(group, trained):
-            results.write_provenance(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))
+            results.write_run_record(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))
             rows += results.result_rows(result, experiment=experiment, run=run)
         results.append_rows(table_path, rows)
     table = results.read_table(table_path)

@@ -118,12 +118,16 @@ def provenance(config: TrainConfig, *, data_sha256: str, device: str) -> dict[st
     }
 
 
-def write_provenance(out_dir: str | Path, run: str, result: TrainResult, *, data_sha256: str, trained_together_with: int) -> Path:
-    """``<out_dir>/runs/<run>.json``: the run's provenance, its wall time and its stack size."""
+def write_provenance(out_dir: str | Path, run: str, record: dict[str, Any]) -> Path:
+    return atomic_write_text(Path(out_dir) / "runs" / f"{run}.json", json.dumps(record, indent=2, default=str))
+
+
+def write_run_record(out_dir: str | Path, run: str, result: TrainResult, *, data_sha256: str, trained_together_with: int) -> Path:
+    """``<out_dir>/runs/<run>.json`` for a trained run: provenance, wall time and stack size."""
     record = provenance(result.config, data_sha256=data_sha256, device=result.device)
     record["seconds"] = result.seconds
     record["trained_together_with"] = trained_together_with
-    return atomic_write_text(Path(out_dir) / "runs" / f"{run}.json", json.dumps(record, indent=2, default=str))
+    return write_provenance(out_dir, run, record)
 
 
 def _version(name: str) -> str:

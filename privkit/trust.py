@@ -83,7 +83,7 @@ def scored_sweep(
         trained = train_many([c for _, c, _ in group], dataset=dataset, ledger=ledger, progress=progress)
         frames = []
         for (run, config, _), result in zip(group, trained):
-            results.write_provenance(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))
+            results.write_run_record(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))
             for split in SPLITS:
                 part = dataset.split(split)
                 z = logits(result.model, part.images)[:, 0].double().cpu().numpy()  # (n,)

@@ -34,6 +34,7 @@ from opacus.accountants.analysis import rdp as _rdp
 from privkit._validate import in_range, one_of, positive, positive_int
 
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp", "gdp")
+UPPER_BOUNDS: tuple[str, ...] = ("prv", "rdp")  # what a result reports and a ledger charges as spent
 MAX_NOISE_MULTIPLIER: float = 1e4  # calibrate_noise gives up above this sigma
 
 _PRV_MAX_GRID = 2e7  # PRV grid points; each million costs ~1 s and 8 MB per array

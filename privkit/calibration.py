@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from scipy.optimize import brentq
 from scipy.special import expit
 
 from privkit import _validate, accounting, budget
+from privkit.randomness import MODES, ledger_tag, numpy_generator
 from privkit._arrays import as_array, binary_pair, check_labels
 from privkit.fairness import CLASS_NAMES
 
@@ -276,9 +278,11 @@ def fit_temperature_dp(
     steps: int = 8,
     accountant: str = "prv",
     bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+    randomness: str = "secure",
     seed: int = 0,
     ledger: budget.Ledger | None = None,
     scopes: Sequence[str] | None = None,
+    allow_seeded: bool = False,
 ) -> PrivateTemperature:
     """Temperature scaling with (epsilon, delta)-differential privacy for the held-out examples.
 
@@ -313,23 +317,28 @@ def fit_temperature_dp(
         steps: number of noisy bisection steps (queries), >= 1.
         accountant: ``"prv"`` or ``"rdp"`` (see ``privkit.accounting``).
         bounds: the smallest and largest temperature allowed.
-        seed: seed of the noise.
+        randomness: ``"secure"`` (noise from the OS) or ``"seeded"`` (replayable research
+            mode: the noise follows from ``seed``, the mechanism and the inputs; see
+            :mod:`privkit.randomness`).
+        seed: seed of the noise with ``randomness="seeded"``; unused otherwise.
         ledger: charge the mechanism here before reading ``labels`` (refusal raises
             ``budget.BudgetExceededError`` and reads nothing).
         scopes: the ledger scopes charged; required with ``ledger``.
+        allow_seeded: let the ledger charge a seeded fit (public data only).
 
     Returns:
         A :class:`PrivateTemperature`.
 
     >>> y, z = [0, 1, 1, 0] * 100, [-2.0, 2.0, 1.0, 1.0] * 100
-    >>> fit = fit_temperature_dp(y, z, epsilon=2.0, delta=1e-5)
+    >>> fit = fit_temperature_dp(y, z, epsilon=2.0, delta=1e-5, randomness="seeded")
     >>> round(fit.epsilon, 2), round(fit.noise_multiplier, 1), round(fit.temperature, 1)
     (1.99, 5.7, 1.4)
     """
     _validate.positive(epsilon=epsilon)
     _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=delta)
     _validate.positive_int(steps=steps)
-    _validate.one_of(("prv", "rdp"), accountant=accountant)
+    _validate.one_of(accounting.UPPER_BOUNDS, accountant=accountant)
+    _validate.one_of(MODES, randomness=randomness)
     low, high = _check_bounds(bounds)
     n = len(as_array(labels))
     if delta >= 1 / max(n, 1):
@@ -337,15 +346,20 @@ def fit_temperature_dp(
     if ledger is not None and not scopes:
         raise ValueError(f"Expected scopes (e.g. ['dataset:pneumoniamnist']) with a ledger; got scopes={scopes!r}.")
     sigma, spent = _noise(epsilon, delta, steps, accountant)
-    if ledger is not None:  # before a single label is read
+    y, z = _labels_logits(labels, logits)
+    identity = {
+        "stream": "temperature", "seed": seed, "epsilon": epsilon, "delta": delta, "steps": steps,
+        "bounds": [low, high], "inputs": hashlib.sha256(y.tobytes() + z.tobytes()).hexdigest(),
+    }  # seeded: two fits on different scores or budgets never share their noise
+    if ledger is not None:  # before the fit uses a single label
         ledger.charge(
             list(scopes), noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=delta,
             run_id=f"temperature-{uuid.uuid4().hex[:8]}", actor=budget.default_actor(),
-            accountant=accountant,
-        )  # fmt: skip
-    y, z = _labels_logits(labels, logits)
+            accountant=accountant, randomness=ledger_tag(randomness=randomness, identity=identity),
+            allow_seeded=allow_seeded,
+        )
     terms = _slope("confidence", y, z)
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(randomness=randomness, identity=identity)
     a, b = -math.log(high), -math.log(low)  # bracket of log(1/T)
     for _ in range(steps):
         mid = (a + b) / 2

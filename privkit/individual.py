@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privkit import _validate, accounting, budget, data
-from privkit.train import Mechanism, TrainConfig, TrainResult, plan as plan_run, train_many
+from privkit import _validate, accounting, budget, data, randomness
+from privkit.train import Mechanism, TrainConfig, TrainResult, stream_identity, train_many
+from privkit.train import plan as plan_run
 
 _RELATIVE_TOLERANCE = 1e-3  # of each sample rate and of the expected batch size
 _MAX_NOISE = 1e3  # far beyond any useful noise multiplier
@@ -223,6 +224,7 @@ def train(
     group_epsilons: Mapping[str, float],
     dataset: data.Dataset | None = None,
     ledger: budget.Ledger | None = None,
+    allow_seeded: bool = False,
     progress: bool = True,
 ) -> IndividualResult:
     """Train one model with individualised DP-SGD (backend ``fast``).
@@ -237,6 +239,7 @@ def train(
         group_epsilons: each group's epsilon budget (the groups' delta is ``config.delta``).
         dataset: already loaded data; loaded from ``config`` otherwise (after the charges).
         ledger: the privacy-budget ledger to charge, if any.
+        allow_seeded: let the ledger charge a ``randomness="seeded"`` config (public data only).
         progress: show a progress bar.
     """
     _validate.one_of(("fast",), backend=config.backend)
@@ -257,15 +260,17 @@ def train(
         group_sizes=dict(zip(names.tolist(), counts.tolist())), batch_size=config.batch_size,
         steps=uniform.steps, delta=config.delta, accountant=config.accountant,
     )  # fmt: skip
+    run = dataclasses.replace(config, epsilon=None, noise_multiplier=p.noise_multiplier)
     if ledger is not None:
         run_id = f"{config.model}-individual-seed{config.seed}-{uuid.uuid4().hex[:8]}"
+        tag = randomness.ledger_tag(randomness=run.randomness, identity=stream_identity(run))
         for g, q in zip(p.groups, p.sample_rates):
             ledger.charge([f"dataset:{config.dataset}/group:{g}"], noise_multiplier=p.noise_multiplier,
                           sample_rate=q, steps=p.steps, delta=p.delta, run_id=run_id,
-                          actor=budget.default_actor())  # fmt: skip
+                          actor=budget.default_actor(), accountant=config.accountant, randomness=tag,
+                          allow_seeded=allow_seeded)  # fmt: skip
     rate_of = dict(zip(p.groups, p.sample_rates))
     rates = torch.tensor([rate_of[g] for g in labels], dtype=torch.float64)[None]  # (1, n)
-    run = dataclasses.replace(config, epsilon=None, noise_multiplier=p.noise_multiplier)
     [result] = train_many([run], dataset=dataset, sample_rates=rates, progress=progress)
     result.mechanism = p.mechanism(p.groups[-1], config.max_grad_norm)
     return IndividualResult(result=result, plan=p)

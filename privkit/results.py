@@ -24,7 +24,7 @@ from privkit._io import atomic_write, atomic_write_text, locked
 from privkit.train import TrainConfig, TrainResult
 
 COLUMNS = [
-    "run_id", "experiment", "dataset", "model", "backend", "seed", "epsilon_target",
+    "run_id", "experiment", "dataset", "model", "backend", "seed", "randomness", "epsilon_target",
     "epsilon_spent", "delta", "accountant", "noise_multiplier", "sample_rate", "steps",
     "max_grad_norm", "split", "metric", "value",
 ]  # fmt: skip
@@ -56,6 +56,7 @@ def result_rows(result: TrainResult, *, experiment: str, run: str) -> list[dict[
         "model": cfg.model,
         "backend": result.backend,
         "seed": cfg.seed,
+        "randomness": cfg.randomness,
         "epsilon_target": cfg.epsilon if cfg.epsilon is not None else float("nan"),
         "epsilon_spent": mech.epsilon,
         "delta": mech.delta,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from privkit import _validate, accounting, budget, data
+from privkit import _validate, accounting, budget, data, randomness
 from privkit.engine import DP_BACKENDS, create_backend
 from privkit.engine.averaging import ParameterAverage
 from privkit.engine.fast import FastStack, max_batch_size, padded_poisson
@@ -52,7 +52,8 @@ class TrainConfig:
     momentum: float = 0.9
     ema: float = 0.0  # decay of a moving average of the parameters, evaluated instead (0: off)
     accountant: str = "prv"
-    seed: int = 0
+    seed: int = 0  # initialisation; also the noise and Poisson draws with randomness="seeded"
+    randomness: str = "secure"  # noise and Poisson draws: OS entropy, or "seeded" (privkit.randomness)
     device: str = "auto"
     data_root: str | None = None
 
@@ -60,7 +61,14 @@ class TrainConfig:
         _validate.one_of(data.DATASETS, dataset=self.dataset)
         _validate.one_of(MODELS, model=self.model)
         _validate.one_of(DP_BACKENDS, backend=self.backend)
-        _validate.one_of(accounting.ACCOUNTANTS, accountant=self.accountant)
+        if self.accountant == "gdp":
+            raise ValueError(
+                "accountant='gdp' can under-report epsilon (a central-limit approximation), so a run "
+                "never reports it as spent; expected one of: 'prv', 'rdp' (privkit.accounting.epsilon "
+                "still computes GDP for comparison)."
+            )
+        _validate.one_of(accounting.UPPER_BOUNDS, accountant=self.accountant)
+        _validate.one_of(randomness.MODES, randomness=self.randomness)
         if (self.epsilon is None) == (self.noise_multiplier is None):
             raise ValueError(
                 f"Give exactly one of epsilon={self.epsilon!r} and "
@@ -181,6 +189,7 @@ def train(
     dataset: data.Dataset | None = None,
     ledger: budget.Ledger | None = None,
     scopes: Sequence[str] | None = None,
+    allow_seeded: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Train one model and evaluate it on the validation and test splits.
@@ -189,13 +198,16 @@ def train(
         config: the run; see ``TrainConfig``.
         dataset: already loaded data (on the run's device); loaded from ``config`` otherwise.
         ledger: charge the run's mechanism here before reading data (see ``train_many``).
-        scopes: the ledger scopes to charge; default ``dataset:<name>``.
+        scopes: ledger scopes charged in addition to ``dataset:<name>`` (see ``train_many``).
+        allow_seeded: let the ledger charge a ``randomness="seeded"`` run (see ``train_many``).
         progress: show a progress bar over the steps.
 
     Returns:
         A ``TrainResult`` with the executed mechanism (the epsilon actually spent) and metrics.
     """
-    return train_many([config], dataset=dataset, ledger=ledger, scopes=scopes, progress=progress)[0]
+    return train_many(
+        [config], dataset=dataset, ledger=ledger, scopes=scopes, allow_seeded=allow_seeded, progress=progress
+    )[0]
 
 
 # Settings that models trained together in one stack must share.
@@ -215,12 +227,15 @@ def train_many(
     sample_rates: Tensor | None = None,
     ledger: budget.Ledger | None = None,
     scopes: Sequence[str] | None = None,
+    allow_seeded: bool = False,
     progress: bool = True,
 ) -> list[TrainResult]:
     """Train several models that share ``STACK_FIELDS``; with ``fast``, all at once.
 
-    Each model keeps its own seed, privacy parameters, clipping norm and Poisson draws, so a
-    model trained in a stack equals the same model trained alone.
+    Each model keeps its own privacy parameters, clipping norm, noise and Poisson draws: with
+    ``randomness="secure"`` from its own generator seeded by the OS, with ``"seeded"`` from a
+    stream derived from its configuration (:func:`stream_identity`), so that a seeded model
+    trained in a stack equals the same model trained alone, and no two models share a stream.
 
     Args:
         configs: the runs; they may differ in epsilon or noise, delta, clipping, seed, accountant.
@@ -234,7 +249,11 @@ def train_many(
         ledger: a privacy-budget ledger to charge, before any record is read, each model's
             mechanism; a run over budget raises ``budget.BudgetExceededError`` and reads nothing.
             Models charged before a refused one stay charged (conservative: never under-counts).
-        scopes: the ledger scopes to charge; default ``dataset:<name>``.
+        scopes: ledger scopes charged in addition to ``dataset:<name>``, the records read
+            (always charged); each must lie inside that dataset (an institution, a group).
+        allow_seeded: a ledger refuses ``randomness="seeded"`` runs (replayable by anyone who
+            reads the configuration) unless this is True, for public benchmark data only; the
+            spend then records the seeded stream.
         progress: show a progress bar over the steps.
 
     Returns:
@@ -274,17 +293,25 @@ def train_many(
             f"Models trained together must plan the same number of steps, got "
             f"{sorted({m.steps for m in mechs})}: give members of (nearly) equal size."
         )
+    generators = _generators(configs, device)
     if ledger is not None:  # before a single record is read; refused -> BudgetExceededError
+        charged = charged_scopes(first.dataset, scopes)
         for c, m in zip(configs, mechs):
             ledger.charge(
-                list(scopes or [f"dataset:{c.dataset}"]), noise_multiplier=m.noise_multiplier,
-                sample_rate=m.sample_rate, steps=int(m.steps), delta=m.delta,
-                run_id=f"{c.model}-seed{c.seed}-{uuid.uuid4().hex[:8]}", actor=budget.default_actor(),
-            )  # fmt: skip
+                charged,
+                noise_multiplier=m.noise_multiplier,
+                sample_rate=m.sample_rate,
+                steps=int(m.steps),
+                delta=m.delta,
+                accountant=c.accountant,
+                run_id=f"{c.model}-seed{c.seed}-{uuid.uuid4().hex[:8]}",
+                actor=budget.default_actor(),
+                randomness=randomness.ledger_tag(randomness=c.randomness, identity=stream_identity(c)),
+                allow_seeded=allow_seeded,
+            )
     if dataset is None:
         dataset = data.load(first.dataset, root=first.data_root, device=device)
     models = [_init_model(c, dataset, device) for c in configs]
-    generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
     trainable, split = _trainable_parts(models, dataset.train)
 
     if first.backend == "fast":
@@ -314,6 +341,49 @@ def train_many(
         )
         for c, m, model, loss, times in zip(configs, mechs, models, losses, epoch_seconds)
     ]
+
+
+def stream_identity(config: TrainConfig) -> dict[str, Any]:
+    """What names a run's seeded noise stream: every field that defines the run, epsilon and
+    seed included, but not where it runs (device, data folder)."""
+    values = dataclasses.asdict(config)
+    del values["device"], values["data_root"]
+    return {"stream": "train", **values}
+
+
+def _generators(configs: Sequence[TrainConfig], device: torch.device) -> list[torch.Generator]:
+    """One generator per model (noise and Poisson draws); seeded models must not share one."""
+    seen: dict[str, int] = {}
+    for i, c in enumerate(configs):
+        if c.randomness == "seeded":
+            j = seen.setdefault(randomness.stream_id(stream_identity(c)), i)
+            if j != i:
+                raise ValueError(
+                    f"configs[{j}] and configs[{i}] are the same seeded run and would share their "
+                    f"noise; give them different seeds (seed={c.seed})."
+                )
+    return [
+        randomness.torch_generator(randomness=c.randomness, identity=stream_identity(c), device=device)
+        for c in configs
+    ]
+
+
+def charged_scopes(dataset: str, scopes: Sequence[str] | None) -> list[str]:
+    """The scopes a run on ``dataset`` charges: the dataset itself, then ``scopes``, each of
+    which must lie inside it (a run cannot charge another dataset's budget for its reads).
+
+    >>> charged_scopes("pneumoniamnist", ["dataset:pneumoniamnist/institution:h1"])
+    ['dataset:pneumoniamnist', 'dataset:pneumoniamnist/institution:h1']
+    """
+    whole = budget.Scope(dataset)
+    extra = [budget.parse_scope(s) for s in scopes or []]
+    foreign = [str(s) for s in extra if not whole.contains(s)]
+    if foreign:
+        raise ValueError(
+            f"scopes={foreign} lie outside dataset:{dataset}, the records this run reads; a run "
+            f"charges the dataset it reads, and extra scopes only inside it."
+        )
+    return list(dict.fromkeys([str(whole), *map(str, extra)]))
 
 
 def _init_model(config: TrainConfig, dataset: data.Dataset, device: torch.device) -> nn.Module:

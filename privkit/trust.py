@@ -33,7 +33,7 @@ from privkit.metrics import evaluate
 from privkit.train import TrainConfig, logits, train_many
 
 SCORE_COLUMNS = [
-    "run_id", "experiment", "dataset", "model", "seed", "epsilon_target", "epsilon_spent",
+    "run_id", "experiment", "dataset", "model", "seed", "randomness", "epsilon_target", "epsilon_spent",
     "delta", "noise_multiplier", "split", "index", "label", "logit",
 ]  # fmt: skip
 SPLITS = ("val", "test")
@@ -89,7 +89,7 @@ def scored_sweep(
                 z = logits(result.model, part.images)[:, 0].double().cpu().numpy()  # (n,)
                 frames.append(pd.DataFrame({
                     "run_id": run, "experiment": experiment, "dataset": config.dataset,
-                    "model": config.model, "seed": config.seed,
+                    "model": config.model, "seed": config.seed, "randomness": config.randomness,
                     "epsilon_target": config.epsilon if config.epsilon is not None else math.nan,
                     "epsilon_spent": result.mechanism.epsilon, "delta": result.mechanism.delta,
                     "noise_multiplier": result.mechanism.noise_multiplier, "split": split,
@@ -118,7 +118,7 @@ def metrics_table(scores: pd.DataFrame) -> pd.DataFrame:
         first = part.iloc[0]
         for split, rows_split in part.groupby("split"):
             values = evaluate(rows_split["label"].to_numpy(), expit(rows_split["logit"].to_numpy()), task="binary")
-            common = {c: first[c] for c in ("run_id", "experiment", "dataset", "model", "seed",
+            common = {c: first[c] for c in ("run_id", "experiment", "dataset", "model", "seed", "randomness",
                                              "epsilon_target", "epsilon_spent", "delta")}  # fmt: skip
             rows += [{**common, "split": split, "metric": m, "value": v} for m, v in values.items()]
     return pd.DataFrame(rows)
@@ -167,6 +167,7 @@ def calibration_table(
     temperature_epsilon: float = 1.0,
     temperature_delta: float = 1e-5,
     temperature_steps: int = 8,
+    randomness: str = "secure",
     seed: int = 0,
 ) -> pd.DataFrame:
     """Calibration of every run on the test split, before and after temperature scaling.
@@ -174,7 +175,8 @@ def calibration_table(
     ``calibration`` is ``uncalibrated`` (T = 1), ``temperature`` (T fitted on the validation
     split without noise: the validation patients' privacy is spent and not accounted) or
     ``temperature_dp`` (``calibration.fit_temperature_dp`` on the validation split with
-    (``temperature_epsilon``, ``temperature_delta``), seeded with ``seed`` plus the run's seed).
+    (``temperature_epsilon``, ``temperature_delta``), its noise from the OS, or with
+    ``randomness="seeded"`` from ``seed`` plus the run's seed and the run's scores).
     Each run's fit is a separate mechanism on the same validation patients: calibrating all
     the runs of a sweep spends the composition of all their fits; a deployed model spends one.
 
@@ -192,7 +194,7 @@ def calibration_table(
         first = part.iloc[0]
         private = calibration.fit_temperature_dp(
             val["label"].to_numpy(), val["logit"].to_numpy(), epsilon=temperature_epsilon,
-            delta=temperature_delta, steps=temperature_steps,
+            delta=temperature_delta, steps=temperature_steps, randomness=randomness,
             seed=seed + int(first["seed"]),
         )  # fmt: skip
         fits = {

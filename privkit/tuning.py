@@ -24,6 +24,7 @@ import numpy as np
 from opacus.accountants.analysis import rdp as _rdp
 
 from privkit import _validate, data
+from privkit.randomness import numpy_generator
 from privkit.train import TrainConfig, TrainResult, plan, train
 
 # Renyi orders: Opacus's default grid, extended (long searches push the optimum up).
@@ -90,11 +91,20 @@ class SearchResult:
     mean_trials: float
 
 
+def draw_trials(n_candidates: int, *, mean_trials: float) -> list[int]:
+    """The candidates a search trains: K ~ Poisson(``mean_trials``) indices drawn uniformly,
+    from the OS's entropy (Papernot & Steinke 2022 need K random and unknown to the attacker).
+    """
+    _validate.positive_int(n_candidates=n_candidates)
+    _validate.positive(mean_trials=mean_trials)
+    rng = numpy_generator(randomness="secure", identity={})  # never from a recorded seed
+    return [int(i) for i in rng.integers(n_candidates, size=rng.poisson(mean_trials))]
+
+
 def random_search(
     candidates: Sequence[TrainConfig],
     *,
     mean_trials: float,
-    seed: int = 0,
     metric: str = "auc",
     dataset: data.Dataset | None = None,
     progress: bool = True,
@@ -103,10 +113,19 @@ def random_search(
     drawn uniformly, the best by validation ``metric`` kept, epsilon by :func:`tuning_epsilon`.
 
     Candidates must share ``dataset``, ``delta`` and ``data_root``; each plans its own noise
-    (give ``epsilon`` to calibrate every trial to the same per-run budget).
+    (give ``epsilon`` to calibrate every trial to the same per-run budget). The bound holds
+    only while K and the trials' noise are unknown to the attacker: K and the choice of
+    candidates are drawn from the OS's entropy, and every candidate must train with
+    ``randomness="secure"`` (a seeded candidate drawn twice would repeat its noise).
     """
     if not candidates:
         raise ValueError("Expected at least one candidate TrainConfig.")
+    seeded = [i for i, c in enumerate(candidates) if c.randomness != "secure"]
+    if seeded:
+        raise ValueError(
+            f"candidates {seeded} have randomness='seeded'; a private search needs independent, secret "
+            "trials: expected randomness='secure' for every candidate."
+        )
     shared = {(c.dataset, c.delta, c.data_root) for c in candidates}
     if len(shared) > 1:
         raise ValueError(f"Candidates must share dataset, delta and data_root, got {sorted(shared, key=str)}.")
@@ -116,8 +135,7 @@ def random_search(
     epsilon = tuning_epsilon(
         [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms], delta=first.delta, mean_trials=mean_trials
     )
-    rng = np.random.default_rng([seed, 0x7475])  # a stream of its own, not the trials' seeds
-    k = int(rng.poisson(mean_trials))
-    trials = [train(candidates[int(rng.integers(len(candidates)))], dataset=dataset, progress=progress) for _ in range(k)]
+    drawn = draw_trials(len(candidates), mean_trials=mean_trials)
+    trials = [train(candidates[i], dataset=dataset, progress=progress) for i in drawn]
     best = max(trials, key=lambda r: r.metrics["val"][metric], default=None)
     return SearchResult(best, trials, epsilon, first.delta, mean_trials)

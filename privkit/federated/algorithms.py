@@ -32,10 +32,24 @@ Two kinds of privacy, each accounted for what it protects:
 With ``secure_aggregation=True`` the server receives each update masked
 (:mod:`privkit.federated.secure_aggregation`) and learns only their sum; sample-level DP
 noise is added at the sites and site-level noise to the revealed sum.
+
+**What leaves a hospital** is its update and, with ``weighting="records"`` (FedAvg's
+weights), its record count n. Under add/remove-one neighbouring the exact count is a
+query of sensitivity 1 that no noise covers, so it is treated as public by agreement, as
+DP-SGD itself treats it: the sample rate q = B/n of the accounted mechanism states it.
+A hospital for which n is sensitive uses ``weighting="equal"``: every participant weighs the
+same and no count leaves it. Training losses never leave a hospital on the network path
+(:mod:`privkit.federated.flower`); the simulation reports them for the researcher.
+
+**Randomness**: every site's Poisson draws and noise, and the server's, come from the OS's
+entropy (``randomness="secure"``), so that the coordinator, who holds the configuration,
+cannot replay a site's training; ``"seeded"`` derives them from the configuration and the
+party's name, for repeatable research on public data (:mod:`privkit.randomness`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -47,7 +61,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from privkit import _validate, accounting, budget, data
+from privkit import _validate, accounting, budget, data, randomness
 from privkit.engine.per_sample import Params
 from privkit.federated import secure_aggregation as secagg
 from privkit.federated.local import SitePlan, local_training, plan_site
@@ -58,6 +72,7 @@ from privkit.train import predict
 
 ALGORITHMS = ("fedavg", "cyclic")
 OVER_BUDGET = ("raise", "skip")
+WEIGHTINGS = ("records", "equal")  # FedAvg's weight of a site: its record count, or 1 each
 
 
 @dataclass(frozen=True)
@@ -86,8 +101,10 @@ class FederatedConfig:
     update_clip: float = 1.0  # L2 bound of a site's update under site-level DP
     site_sample_rate: float = 1.0  # chance that a site joins a round (McMahan 2017: fraction C)
     secure_aggregation: bool = False
+    weighting: str = "records"  # "equal": no record count leaves a hospital (see the module)
     accountant: str = "prv"
-    seed: int = 0
+    seed: int = 0  # initialisation; also the noise and draws with randomness="seeded"
+    randomness: str = "secure"  # noise and draws from OS entropy, or "seeded" (privkit.randomness)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -108,7 +125,9 @@ class FederatedConfig:
         _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=self.max_grad_norm)
         _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, update_clip=self.update_clip)
         _validate.in_range(0, 1, low_inclusive=False, site_sample_rate=self.site_sample_rate)
-        _validate.one_of(accounting.ACCOUNTANTS[:2], accountant=self.accountant)
+        _validate.one_of(accounting.UPPER_BOUNDS, accountant=self.accountant)
+        _validate.one_of(randomness.MODES, randomness=self.randomness)
+        _validate.one_of(WEIGHTINGS, weighting=self.weighting)
         if self.algorithm == "cyclic" and (self.site_level or self.secure_aggregation):
             raise ValueError(
                 f"algorithm='cyclic' passes one model from site to site, with nothing to aggregate: "
@@ -194,6 +213,7 @@ def train_federated(
     ledger: budget.Ledger | None = None,
     dataset_name: str | None = None,
     on_over_budget: str = "raise",
+    allow_seeded: bool = False,
     progress: bool = True,
 ) -> FederatedResult:
     """Train one model across ``sites`` and evaluate it on ``evaluation``'s val and test splits.
@@ -211,6 +231,7 @@ def train_federated(
             ``budget.BudgetExceededError``; sites charged before it stay charged, as in
             ``train_many``) or ``"skip"`` (that site takes no part, its records are never
             read, and it is listed in ``result.skipped``).
+        allow_seeded: let the ledger charge a ``randomness="seeded"`` run (public data only).
         progress: show a progress bar over the rounds.
 
     Raises:
@@ -236,8 +257,10 @@ def train_federated(
         for s in sites
     ]  # fmt: skip
     server = plan_server(config, len(sites))
-    skipped = _charge(ledger, config, sites, plans, server, dataset_name or evaluation.info.name, on_over_budget)
-    gens = [torch.Generator(device=torch.device(config.device)).manual_seed(k) for k in site_seeds(config.seed, len(sites))]
+    skipped = _charge(
+        ledger, config, sites, plans, server, dataset_name or evaluation.info.name, on_over_budget, allow_seeded
+    )
+    gens = [site_generator(config, s.name) for s in sites]
     active = [(s, p, g) for s, p, g in zip(sites, plans, gens) if s.name not in skipped]
     if not active:
         raise ValueError(f"Every site was over its budget and skipped: {skipped}; nothing to train.")
@@ -271,24 +294,30 @@ def _charge(
     server: ServerPlan | None,
     dataset_name: str,
     on_over_budget: str,
+    allow_seeded: bool,
 ) -> list[str]:
     """Charge before any record is read; return the sites skipped for want of budget."""
     if ledger is None:
         return []
+    tag = lambda party: randomness.ledger_tag(  # noqa: E731
+        randomness=config.randomness, identity=stream_identity(config, party)
+    )
     scope = lambda site: f"dataset:{dataset_name}/institution:{site}"  # noqa: E731
     run = f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
     actor = budget.default_actor()
     if server is not None and not any(p.private for p in plans):  # site-level DP only
         ledger.charge([scope(s.name) for s in sites], noise_multiplier=server.noise_multiplier,
                       sample_rate=server.sample_rate, steps=server.rounds, delta=server.delta,
-                      run_id=f"{run}-server", actor=actor, accountant=config.accountant)  # fmt: skip
+                      run_id=f"{run}-server", actor=actor, accountant=config.accountant,
+                      randomness=tag("server"), allow_seeded=allow_seeded)  # fmt: skip
         return []
     skipped = []
     for site, plan in zip(sites, plans):
         try:
             ledger.charge([scope(site.name)], noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                           steps=plan.steps, delta=plan.delta, run_id=f"{run}-{site.name}", actor=actor,
-                          accountant=config.accountant)  # fmt: skip
+                          accountant=config.accountant, randomness=tag(f"site:{site.name}"),
+                          allow_seeded=allow_seeded)  # fmt: skip
         except budget.BudgetExceededError:
             if on_over_budget == "raise":
                 raise
@@ -296,19 +325,27 @@ def _charge(
     return skipped
 
 
-def site_seeds(seed: int, n_sites: int) -> list[int]:
-    """Each site's random seed (Poisson draws, noise), derived from the run's ``seed``; the
-    server's own is ``SeedSequence(seed).generate_state(n_sites + 1)[0]``.
-
-    >>> len(set(site_seeds(0, 5)))
-    5
-    """
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n_sites + 1)[1:]]
+def stream_identity(config: FederatedConfig, party: str) -> dict:
+    """What names a party's seeded stream (a site's name, or ``"server"``): the whole config,
+    without the device, and the party, so that no two hospitals or runs share a stream."""
+    values = dataclasses.asdict(config)
+    del values["device"]
+    return {"stream": "federated", "party": party, **values}
 
 
-def _server_generator(config: FederatedConfig, n_sites: int) -> torch.Generator:
-    seed = int(np.random.SeedSequence(config.seed).generate_state(n_sites + 1)[0])
-    return torch.Generator(device=torch.device(config.device)).manual_seed(seed)
+def site_generator(config: FederatedConfig, site: str) -> torch.Generator:
+    """A site's generator (its Poisson draws and noise): from the OS, or seeded by the config
+    with ``randomness="seeded"``; never one that the coordinator could rebuild in a deployment."""
+    return randomness.torch_generator(
+        randomness=config.randomness, identity=stream_identity(config, f"site:{site}"), device=config.device
+    )
+
+
+def _server_generator(config: FederatedConfig) -> torch.Generator:
+    """The server's generator: which sites join a round, and site-level noise."""
+    return randomness.torch_generator(
+        randomness=config.randomness, identity=stream_identity(config, "server"), device=config.device
+    )
 
 
 def flatten(params: Params) -> torch.Tensor:
@@ -331,7 +368,7 @@ def clip_update(update: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
-    server_gen = _server_generator(config, n_sites)
+    server_gen = _server_generator(config)
     velocity, losses = None, []
     for r in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
         if config.site_sample_rate < 1:  # each site joins the round with this probability
@@ -349,8 +386,10 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
             if server is not None:  # DP-FedAvg: clip, fixed denominator q * N
                 weight = 1.0 / (server.sample_rate * n_sites)
                 update = clip_update(update, server.update_clip)
-            else:
+            elif config.weighting == "records":
                 weight = len(site) / total_records
+            else:
+                weight = 1.0 / len(chosen)
             contributions[site.name] = (weight * update).double().cpu().numpy()
             round_loss += loss * len(site) / total_records
         length = sum(v.numel() for v in params.values())

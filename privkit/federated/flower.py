@@ -3,8 +3,9 @@ real network, for deployments. Optional extra: ``pip install 'privkit[flower]'``
 
 Flower's server sends the global weights to each hospital's client; the client trains them
 on its own records with privkit's local DP-SGD (:func:`privkit.federated.local.local_training`)
-and returns the new weights with its record count; the server averages them (weighted by
-counts) and applies the average with ``server_lr`` and ``server_momentum``, exactly as
+and returns the new weights, with its record count under ``weighting="records"`` (else 1;
+see :mod:`privkit.federated.algorithms`, "What leaves a hospital"), and nothing else: no
+loss, no metric; the server averages them (weighted by those counts) and applies the average with ``server_lr`` and ``server_momentum``, exactly as
 :func:`privkit.federated.algorithms.train_federated` with ``algorithm='fedavg'``. This uses
 Flower's gRPC ``start_server`` / ``start_client`` (deprecated in Flower 1.x in favour of
 SuperLink/SuperNode deployments, still supported in 1.42; the client and strategy here are
@@ -19,12 +20,14 @@ coordinator on the run's configuration (the same ``--config`` JSON the server ge
 
     python -m privkit.federated.flower client --server coordinator.example.org:8080 \\
         --data-root <folder> --name hospital-a --n-sites 1 --site-index 0 \\
-        --site-seed 1234 --config '{"rounds": 10, "epsilon": 8.0}' \\
-        --ledger <folder>/ledger.sqlite
+        --config '{"rounds": 10, "epsilon": 8.0}' --ledger <folder>/ledger.sqlite
 
 The client charges the hospital's own ledger (scope ``dataset:pneumoniamnist/institution:<name>``)
 for its whole DP-SGD mechanism before it reads a record, and refuses to start when that
-exceeds the hospital's budget. Only weights ever leave the hospital. The coordinator runs::
+exceeds the hospital's budget. Its Poisson draws and noise come from the OS's entropy, so the
+coordinator, who knows the configuration, cannot replay its training; a configuration with
+``"randomness": "seeded"`` (repeatable research on public data) must be accepted by the
+hospital with ``--allow-seeded`` when it charges a ledger. The coordinator runs::
 
     python -m privkit.federated.flower server --port 8080 --n-sites 3 \\
         --config '{"rounds": 10, "epsilon": 8.0}' --out global.npz
@@ -46,7 +49,8 @@ import torch
 
 from privkit import budget, data
 from privkit._io import atomic_write
-from privkit.federated.algorithms import FederatedConfig, site_seeds
+from privkit import randomness
+from privkit.federated.algorithms import FederatedConfig, site_generator, stream_identity
 from privkit.federated.local import local_training, plan_site
 from privkit.federated.sites import Site, split_sites
 from privkit.models import create_model
@@ -74,13 +78,13 @@ class SiteClient(NumPyClient):
     Args:
         site: the hospital's records.
         config: the run's configuration (rounds, local epochs, batch, lr, its epsilon).
-        seed: the site's random seed (Poisson draws and noise).
         ledger: the hospital's ledger, charged here for the whole run, before any record is read.
         dataset_name: the ledger's dataset name.
+        allow_seeded: let the ledger charge a ``randomness="seeded"`` configuration.
     """
 
-    def __init__(self, site: Site, config: FederatedConfig, *, seed: int, ledger: budget.Ledger | None = None,
-                 dataset_name: str = "pneumoniamnist") -> None:  # fmt: skip
+    def __init__(self, site: Site, config: FederatedConfig, *, ledger: budget.Ledger | None = None,
+                 dataset_name: str = "pneumoniamnist", allow_seeded: bool = False) -> None:  # fmt: skip
         self.site, self.config = site, config
         self.plan = plan_site(site.name, len(site), epsilon=config.site_epsilon(site.name), delta=config.delta,
                               batch_size=config.batch_size, local_epochs=config.local_epochs, rounds=config.rounds,
@@ -89,21 +93,25 @@ class SiteClient(NumPyClient):
             ledger.charge([f"dataset:{dataset_name}/institution:{site.name}"],
                           noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate,
                           steps=self.plan.steps, delta=self.plan.delta, run_id=f"flower-{site.name}",
-                          actor=budget.default_actor(), accountant=config.accountant)  # fmt: skip
+                          actor=budget.default_actor(), accountant=config.accountant,
+                          randomness=randomness.ledger_tag(randomness=config.randomness,
+                                                           identity=stream_identity(config, f"site:{site.name}")),
+                          allow_seeded=allow_seeded)  # fmt: skip
         self.model = create_model(config.model, in_channels=site.train.images.shape[1],
                                   n_outputs=site.train.labels.shape[1])  # fmt: skip
         self.names = [k for k, _ in self.model.named_parameters()]
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = site_generator(config, site.name)
         self.rounds_done = 0
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Scalar]) -> tuple[list[np.ndarray], int, dict]:
         if self.rounds_done >= self.config.rounds:  # the ledger was charged for this many
             raise RuntimeError(f"Site {self.site.name} was charged for {self.config.rounds} rounds; refusing more.")
         params = {k: torch.as_tensor(v) for k, v in zip(self.names, parameters)}
-        new, _, loss = local_training(self.model, params, self.site, self.plan, lr=self.config.lr,
-                                      momentum=self.config.momentum, generator=self.generator)  # fmt: skip
-        self.rounds_done += 1
-        return [new[k].numpy() for k in self.names], len(self.site), {"loss": loss}
+        new, _, _ = local_training(self.model, params, self.site, self.plan, lr=self.config.lr,
+                                   momentum=self.config.momentum, generator=self.generator)  # fmt: skip
+        self.rounds_done += 1  # the loss stays here: it is not covered by the accounted mechanism
+        count = len(self.site) if self.config.weighting == "records" else 1
+        return [new[k].numpy() for k in self.names], count, {}
 
 
 class ServerFedAvg(FedAvg):
@@ -163,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     client.add_argument("--scheme", default="iid")
     client.add_argument("--alpha", type=float, default=0.5)
     client.add_argument("--partition-seed", type=int, default=0)
-    client.add_argument("--site-seed", type=int, default=None, help="default: the simulation's seed for this site")
     client.add_argument("--ledger", default=None, help="the hospital's privacy ledger (SQLite)")
+    client.add_argument("--allow-seeded", action="store_true",
+                        help="let the ledger charge a configuration with randomness 'seeded' (public data only)")
     for p in (server, client):
         p.add_argument("--n-sites", type=int, required=True)
         p.add_argument("--config", default="{}", help="FederatedConfig fields as JSON, the same for every process")
@@ -179,10 +188,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sites = split_sites(records.train, n_sites=args.n_sites, scheme=args.scheme, alpha=args.alpha,
                         seed=args.partition_seed)  # fmt: skip
     site = sites[args.site_index] if args.name is None else Site(args.name, sites[args.site_index].train)
-    seed = site_seeds(config.seed, args.n_sites)[args.site_index] if args.site_seed is None else args.site_seed
     ledger = budget.Ledger(args.ledger) if args.ledger else None
-    flwr.client.start_client(server_address=args.server, client=SiteClient(site, config, seed=seed, ledger=ledger,
-                             dataset_name=args.dataset).to_client(), insecure=True, max_wait_time=60)  # fmt: skip
+    client = SiteClient(site, config, ledger=ledger, dataset_name=args.dataset, allow_seeded=args.allow_seeded)
+    flwr.client.start_client(server_address=args.server, client=client.to_client(), insecure=True, max_wait_time=60)
 
 
 if __name__ == "__main__":

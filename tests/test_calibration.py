@@ -141,10 +141,12 @@ def test_dp_temperature_centres_on_the_noiseless_fit_and_is_noisy():
     z = rng.normal(0, 2, 500) * 2.0  # over-confident by T = 2
     y = (rng.random(500) < expit(z / 2.0)).astype(int)
     target = fit_temperature(y, z, objective="confidence")
-    fits = [fit_temperature_dp(y, z, epsilon=1.0, delta=1e-5, seed=s).temperature for s in range(40)]
+    fits = [fit_temperature_dp(y, z, epsilon=1.0, delta=1e-5, randomness="seeded", seed=s).temperature
+            for s in range(40)]  # fmt: skip
     assert np.median(fits) == pytest.approx(target, rel=0.08)
     assert np.std(fits) > 0.01  # noise is there
-    sharp = [fit_temperature_dp(y, z, epsilon=50.0, delta=1e-5, steps=14, seed=s).temperature for s in range(5)]
+    sharp = [fit_temperature_dp(y, z, epsilon=50.0, delta=1e-5, steps=14, randomness="seeded", seed=s).temperature
+             for s in range(5)]  # fmt: skip
     assert sharp == pytest.approx([target] * 5, rel=0.02)
 
 
@@ -196,9 +198,18 @@ def test_dp_temperature_noise_has_the_calibrated_scale():
     # pneumonia, the exact sum is 20 (sigmoid(1) - 1) < 0 (under-confident), so the step sharpens
     # (T < 1) unless the noise flips the sign: P(T < 1) = Phi(-sum / sigma).
     y, z = [1] * 20, [1.0] * 20
-    fits = [fit_temperature_dp(y, z, epsilon=1.0, delta=1e-5, steps=1, bounds=(0.5, 2.0), seed=s)
-            for s in range(600)]  # fmt: skip
+    fits = [fit_temperature_dp(y, z, epsilon=1.0, delta=1e-5, steps=1, bounds=(0.5, 2.0), randomness="seeded",
+                               seed=s) for s in range(600)]  # fmt: skip
     expected = norm.cdf(-20 * (expit(1.0) - 1) / fits[0].noise_multiplier)
     observed = np.mean([f.temperature < 1 for f in fits])
     assert 0.8 < expected < 0.97  # the test can tell the noise's scale apart
     assert observed == pytest.approx(expected, abs=0.04)  # binomial sd ~0.012
+
+
+def test_dp_temperature_noise_is_secret_unless_seeded():
+    # The attacker knows the recorded seed: by default it does not determine the noise.
+    y, z = [0, 1] * 200, [-1.0, 1.5] * 200
+    run = lambda **kw: fit_temperature_dp(y, z, epsilon=0.5, delta=1e-5, steps=20, **kw).temperature  # noqa: E731
+    assert len({run(seed=0) for _ in range(10)}) > 1
+    assert len({run(seed=0, randomness="seeded") for _ in range(3)}) == 1
+    assert run(seed=0, randomness="seeded") != run(seed=1, randomness="seeded")

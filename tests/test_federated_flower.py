@@ -18,12 +18,14 @@ pytest.importorskip("flwr", reason="Flower is the optional extra: pip install 'p
 
 from privkit import data  # noqa: E402
 from privkit.federated.algorithms import FederatedConfig, train_federated  # noqa: E402
-from privkit.federated.flower import initial_weights, load_weights  # noqa: E402
+from privkit.federated.flower import SiteClient, initial_weights, load_weights  # noqa: E402
 from privkit.federated.sites import split_sites  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120  # the whole exchange; it takes about 20 s on a quiet 2-core CPU
-CONFIG = dict(rounds=2, batch_size=32, epsilon=4.0, delta=1e-3, accountant="rdp", server_lr=1.5, seed=3)
+# Seeded research mode, so that the network run can be compared with the simulation bit for bit.
+CONFIG = dict(rounds=2, batch_size=32, epsilon=4.0, delta=1e-3, accountant="rdp", server_lr=1.5, seed=3,
+              randomness="seeded")
 
 
 def free_port() -> int:
@@ -74,3 +76,17 @@ def test_flower_server_and_two_clients_match_the_simulation(synthetic_root: Path
 
 def _tail(folder: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.log")))
+
+
+@pytest.mark.parametrize(("weighting", "count"), [("records", "size"), ("equal", 1)])
+def test_a_hospital_sends_weights_and_the_agreed_count_only(synthetic_root: Path, weighting: str, count) -> None:
+    # No un-noised loss or metric leaves the hospital; the record count only by agreement.
+    config = FederatedConfig(rounds=1, batch_size=32, epsilon=4.0, delta=1e-3, accountant="rdp", weighting=weighting)
+    site = split_sites(data.load("pneumoniamnist", root=synthetic_root).train, n_sites=2, seed=0)[0]
+    client = SiteClient(site, config)
+    weights, sent, metrics = client.fit(initial_weights(config), {})
+    assert metrics == {}
+    assert sent == (len(site) if count == "size" else count)
+    assert [w.shape for w in weights] == [w.shape for w in initial_weights(config)]
+    with pytest.raises(RuntimeError, match="charged for 1 rounds"):
+        client.fit(weights, {})

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from privkit import budget, data
+from privkit import budget, data, randomness
 from privkit.engine import per_sample_loss
 from privkit.engine.nonprivate import NonPrivateBackend
 from privkit.engine.sampling import poisson_indices
@@ -115,9 +115,12 @@ def test_server_plan_by_the_closed_form() -> None:
         plan_server(FederatedConfig(site_level_epsilon=4.0, site_level_delta=0.5), 5)
 
 
-def test_fedavg_round_is_the_weighted_average_of_local_models(dataset: data.Dataset, monkeypatch) -> None:
+@pytest.mark.parametrize("weighting", ["records", "equal"])
+def test_fedavg_round_is_the_weighted_average_of_local_models(
+    dataset: data.Dataset, monkeypatch, weighting: str
+) -> None:
     sites = split_sites(dataset.train, n_sites=3, scheme="size_skew", alpha=1.0, seed=0)
-    config = FederatedConfig(rounds=1, batch_size=32, epsilon=math.inf)
+    config = FederatedConfig(rounds=1, batch_size=32, epsilon=math.inf, weighting=weighting)
     trained = []
     real = local.local_training
 
@@ -129,14 +132,19 @@ def test_fedavg_round_is_the_weighted_average_of_local_models(dataset: data.Data
     monkeypatch.setattr(algorithms, "local_training", spy)
     result = train_federated(config, sites, evaluation=dataset, progress=False)
     n = sum(k for k, _, _ in trained)
+    weights = [k / n if weighting == "records" else 1 / len(trained) for k, _, _ in trained]
+    assert len({len(site) for site in sites}) == 3  # unequal sizes: the two weightings differ
     for name, value in result.model.named_parameters():
         start = trained[0][1][name]
-        expected = start + sum(k / n * (new[name] - start) for k, _, new in trained)
+        expected = start + sum(w * (new[name] - start) for w, (_, _, new) in zip(weights, trained))
         torch.testing.assert_close(value.detach(), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_secure_aggregation_changes_nothing_but_rounding(dataset: data.Dataset) -> None:
+def test_secure_aggregation_changes_nothing_but_rounding(dataset: data.Dataset, monkeypatch) -> None:
     sites = split_sites(dataset.train, n_sites=3, seed=0)
+    # The same local noise in both runs (their seeded streams would differ: other configs).
+    same = lambda config, site: torch.Generator().manual_seed(sum(site.encode()))  # noqa: E731
+    monkeypatch.setattr(algorithms, "site_generator", same)
     plain = train_federated(FederatedConfig(**QUICK, epsilon=4.0), sites, evaluation=dataset, progress=False)
     masked = train_federated(FederatedConfig(**QUICK, epsilon=4.0, secure_aggregation=True), sites,
                              evaluation=dataset, progress=False)  # fmt: skip
@@ -148,7 +156,7 @@ def test_federated_training_learns(dataset: data.Dataset) -> None:
     sites = split_sites(dataset.train, n_sites=3, scheme="label_skew", alpha=1.0, seed=0)
     iid = split_sites(dataset.train, n_sites=3, seed=0)
     for algorithm, where in (("fedavg", sites), ("fedavg", iid), ("cyclic", iid)):
-        config = FederatedConfig(algorithm=algorithm, rounds=4, batch_size=16)
+        config = FederatedConfig(algorithm=algorithm, rounds=4, batch_size=16, randomness="seeded")
         result = train_federated(config, where, evaluation=dataset, progress=False)
         assert result.metrics["test"]["auc"] > 0.9, algorithm
         assert len(result.loss_per_round) == 4
@@ -243,3 +251,20 @@ def test_bad_site_lists_are_refused(dataset: data.Dataset) -> None:
         train_federated(FederatedConfig(), [], evaluation=dataset, progress=False)
     with pytest.raises(ValueError, match="needs at least 2 sites"):
         train_federated(FederatedConfig(secure_aggregation=True), sites[:1], evaluation=dataset, progress=False)
+
+
+def test_the_coordinator_cannot_replay_a_sites_training(dataset: data.Dataset) -> None:
+    # The coordinator holds the whole configuration, seed included: with the default randomness
+    # a replay does not reproduce the released model; the seeded research mode does, on purpose.
+    sites = split_sites(dataset.train, n_sites=2, seed=0)
+    runs = {
+        mode: [train_federated(FederatedConfig(**QUICK, epsilon=4.0, randomness=mode), sites,
+                               evaluation=dataset, progress=False) for _ in range(2)]
+        for mode in ("secure", "seeded")
+    }  # fmt: skip
+    vector = lambda r: torch.nn.utils.parameters_to_vector(r.model.parameters()).detach()  # noqa: E731
+    assert (vector(runs["secure"][0]) - vector(runs["secure"][1])).abs().max() > 1e-3
+    assert torch.equal(vector(runs["seeded"][0]), vector(runs["seeded"][1]))
+    config = FederatedConfig(randomness="seeded")
+    streams = {randomness.stream_id(algorithms.stream_identity(config, p)) for p in ("site:h1", "site:h2", "server")}
+    assert len(streams) == 3  # no two parties share a stream

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from privkit import accounting, budget, data
+from privkit import accounting, budget, data, randomness
 from privkit.budget import LedgerError
 from privkit.engine import DP_BACKENDS
 from privkit.models import MODELS
@@ -51,14 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_float, default=d.lr)
     t.add_argument("--momentum", type=_float, default=d.momentum)
     t.add_argument("--ema", type=_float, default=d.ema, help="decay of a moving average of the parameters (0: off)")
-    t.add_argument("--accountant", default=d.accountant, choices=accounting.ACCOUNTANTS)
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--accountant", default=d.accountant, choices=accounting.UPPER_BOUNDS)
+    t.add_argument("--seed", type=int, default=d.seed, help="initialisation (and the noise with --randomness seeded)")
+    t.add_argument("--randomness", default=d.randomness, choices=randomness.MODES,
+                   help="noise and Poisson draws from the OS (secure), or from the seed and the run (seeded: "
+                        "replayable by anyone who reads the configuration; public data only)")
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--data-root", default=None, help="folder with <dataset>.npz (default: $PRIVKIT_DATA, else medmnist's)")
     t.add_argument("--out", default=None, help="append the result to <out>/metrics.csv (reused if finished)")
     t.add_argument("--experiment", default="cli", help="experiment name recorded in the table")
     t.add_argument("--ledger", default=None,
                    help="privacy-budget ledger to charge before any data are read (default: $PRIVKIT_LEDGER if set)")
+    t.add_argument("--scope", action="append", default=None,
+                   help="a scope inside the dataset charged in addition to dataset:<name>; repeat for several")
+    t.add_argument("--allow-seeded", action="store_true",
+                   help="let the ledger charge a --randomness seeded run (recorded as such)")
     t.add_argument("--no-progress", action="store_true")
 
     b = commands.add_parser("bench", help="time every training engine on one device (a benchmark)",
@@ -160,13 +167,17 @@ def _train(args: argparse.Namespace) -> int:
         noise_multiplier=args.noise_multiplier, delta=args.delta,
         max_grad_norm=args.max_grad_norm, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, ema=args.ema, accountant=args.accountant, seed=args.seed,
-        device=args.device, data_root=args.data_root,
+        randomness=args.randomness, device=args.device, data_root=args.data_root,
     )  # fmt: skip
     path = args.ledger or os.environ.get("PRIVKIT_LEDGER")
     ledger = budget.Ledger(path) if path else None
+    if args.scope and ledger is None:
+        raise ValueError(f"--scope {args.scope} needs a ledger to charge (--ledger or $PRIVKIT_LEDGER).")
     if args.out:
-        table = experiments.sweep([config], experiment=args.experiment, out_dir=args.out,
-                                  ledger=ledger, progress=not args.no_progress)  # fmt: skip
+        if args.scope:
+            raise ValueError("--scope is for a single run without --out (a sweep charges dataset:<name>).")
+        table = experiments.sweep([config], experiment=args.experiment, out_dir=args.out, ledger=ledger,
+                                  allow_seeded=args.allow_seeded, progress=not args.no_progress)  # fmt: skip
         summary = {
             "run_id": table["run_id"].iloc[0],
             "epsilon_spent": float(table["epsilon_spent"].iloc[0]),
@@ -175,10 +186,11 @@ def _train(args: argparse.Namespace) -> int:
             "table": f"{args.out}/metrics.csv",
         }
     else:
-        result = train(config, ledger=ledger, progress=not args.no_progress)
+        result = train(config, ledger=ledger, scopes=args.scope, allow_seeded=args.allow_seeded,
+                       progress=not args.no_progress)  # fmt: skip
         m = result.mechanism
         summary = {
-            "backend": result.backend, "device": result.device,
+            "backend": result.backend, "device": result.device, "randomness": config.randomness,
             "epsilon_spent": m.epsilon, "delta": m.delta, "noise_multiplier": m.noise_multiplier,
             "sample_rate": m.sample_rate, "steps": m.steps, "seconds": round(result.seconds, 2),
             "metrics": {f"{s}_{k}": v for s, vals in result.metrics.items() for k, v in vals.items()},

@@ -94,6 +94,7 @@ def sweep(
     out_dir: str | Path,
     max_stack: int | None = None,
     ledger: budget.Ledger | None = None,
+    allow_seeded: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every config not already finished in ``<out_dir>/metrics.csv``; return their rows.
@@ -103,7 +104,8 @@ def sweep(
     one at a time: there, vmapped convolutions over stacked models run slower per model than
     single ones (measured on a 2-core CPU: 1.5 s vs 0.8 s per model and epoch).
     With a ``ledger``, each group is charged before it trains; runs reused from the table
-    spend nothing. Each finished group appends its rows atomically and writes
+    spend nothing; ``allow_seeded`` lets it charge ``randomness="seeded"`` runs (see
+    :func:`privkit.train.train_many`). Each finished group appends its rows atomically and writes
     ``runs/<run_id>.json`` with its provenance, so an interrupted sweep resumes and a repeated
     one trains nothing.
     """
@@ -112,7 +114,9 @@ def sweep(
     runs = load_runs(configs)
     groups = stack_groups(runs, done=set(results.read_table(table_path)["run_id"]), max_stack=max_stack)
     for group in tqdm(groups, desc=experiment, disable=not progress):
-        trained = train_many([c for _, c, _ in group], dataset=group[0][2], ledger=ledger, progress=progress)
+        trained = train_many(
+            [c for _, c, _ in group], dataset=group[0][2], ledger=ledger, allow_seeded=allow_seeded, progress=progress
+        )
         rows = []
         for (run, _, dataset), result in zip(group, trained):
             results.write_run_record(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))

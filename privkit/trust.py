@@ -53,6 +53,7 @@ def scored_sweep(
     out_dir: str | Path,
     max_stack: int | None = None,
     ledger: budget.Ledger | None = None,
+    allow_seeded: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every config whose scores are not yet in ``<out_dir>/scores.csv``; return their scores.
@@ -60,7 +61,8 @@ def scored_sweep(
     As ``privkit.experiments.sweep``: run ids from ``privkit.results.run_id`` (same config,
     same data, same id), models that can share a stack train together (all on a GPU, one at a
     time on a CPU, or ``max_stack``), each run gets ``runs/<run_id>.json`` with its provenance,
-    a ledger is charged before training. Rows are appended atomically per group.
+    a ledger is charged before training (``allow_seeded`` as there). Rows are appended
+    atomically per group.
 
     Returns:
         The scores of ``configs``: columns ``SCORE_COLUMNS``, one row per run, split (``val``,
@@ -80,7 +82,9 @@ def scored_sweep(
     batches = experiments.stack_groups(runs, done=set(read_scores(path)["run_id"]), max_stack=max_stack)
     for group in tqdm(batches, desc=experiment, disable=not progress):
         dataset = group[0][2]
-        trained = train_many([c for _, c, _ in group], dataset=dataset, ledger=ledger, progress=progress)
+        trained = train_many(
+            [c for _, c, _ in group], dataset=dataset, ledger=ledger, allow_seeded=allow_seeded, progress=progress
+        )
         frames = []
         for (run, config, _), result in zip(group, trained):
             results.write_run_record(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))

@@ -30,8 +30,9 @@ Two kinds of privacy, each accounted for what it protects:
   twice) and the site-level epsilon is reported in the result.
 
 With ``secure_aggregation=True`` the server receives each update masked
-(:mod:`privkit.federated.secure_aggregation`) and learns only their sum; sample-level DP
-noise is added at the sites and site-level noise to the revealed sum.
+(:mod:`privkit.federated.secure_aggregation`: keys agreed between the sites each round, from
+the OS's entropy, never from ``seed``) and learns only their sum; sample-level DP noise is
+added at the sites and site-level noise to the revealed sum.
 
 **What leaves a hospital** is its update and, with ``weighting="records"`` (FedAvg's
 weights), its record count n. Under add/remove-one neighbouring the exact count is a
@@ -370,7 +371,7 @@ def clip_update(update: torch.Tensor, bound: float) -> torch.Tensor:
 def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
     server_gen = _server_generator(config)
     velocity, losses = None, []
-    for r in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
+    for _ in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
         if config.site_sample_rate < 1:  # each site joins the round with this probability
             draws = torch.rand(len(active), generator=server_gen, device=server_gen.device)
             chosen = [i for i in range(len(active)) if draws[i] < server.sample_rate]
@@ -395,10 +396,8 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
         length = sum(v.numel() for v in params.values())
         if not config.secure_aggregation:
             summed = sum(contributions.values(), np.zeros(length))
-        elif len(contributions) >= 2:  # this round's participants agree on pairwise seeds
-            keys = secagg.setup(list(contributions), seed=int(np.random.SeedSequence((config.seed, r)).generate_state(1)[0]))
-            masked = {n: secagg.mask(c, keys[n], round_index=r) for n, c in contributions.items()}
-            summed = secagg.aggregate(masked, keys, round_index=r, length=length)
+        elif len(contributions) >= 2:  # the participants run the protocol afresh: new keys, new masks
+            summed = secagg.secure_sum(contributions)
         else:  # one update alone cannot be hidden in a sum: this round releases nothing
             losses.append(round_loss)
             continue

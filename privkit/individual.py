@@ -260,7 +260,7 @@ def train(
     if ledger is not None:
         run_id = f"{config.model}-individual-seed{config.seed}-{uuid.uuid4().hex[:8]}"
         for g, q in zip(p.groups, p.sample_rates):
-            ledger.charge([f"dataset:{config.dataset}/group:{g}"], noise_multiplier=p.noise_multiplier,
+            ledger.charge([str(budget.Scope(config.dataset, group=g))], noise_multiplier=p.noise_multiplier,
                           sample_rate=q, steps=p.steps, delta=p.delta, run_id=run_id,
                           actor=budget.default_actor())  # fmt: skip
     rate_of = dict(zip(p.groups, p.sample_rates))

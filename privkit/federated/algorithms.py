@@ -275,7 +275,7 @@ def _charge(
     """Charge before any record is read; return the sites skipped for want of budget."""
     if ledger is None:
         return []
-    scope = lambda site: f"dataset:{dataset_name}/institution:{site}"  # noqa: E731
+    scope = lambda site: str(budget.Scope(dataset_name, institution=site))  # noqa: E731
     run = f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
     actor = budget.default_actor()
     if server is not None and not any(p.private for p in plans):  # site-level DP only

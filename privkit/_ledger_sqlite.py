@@ -100,6 +100,8 @@ class LedgerError(RuntimeError):
 
 @dataclass(frozen=True)
 class Budget:
+    """A budget set on a scope; the scope's current budget is its last."""
+
     kind: ClassVar[str] = "budget"
     table: ClassVar[str] = "budgets"
 

@@ -1,39 +1,66 @@
 """Privacy budgets: a ledger that refuses a training run once a scope's budget is spent.
 
-A budget ``(epsilon, delta)`` belongs to a *scope*, a set of records: ``dataset:<name>``, an institution in
-it (``dataset:<name>/institution:<id>``), a patient group at every institution (``dataset:<name>/group:<id>``)
-or at one (``dataset:<name>/institution:<id>/group:<id>``). Each record belongs to one institution and one group.
+A budget ``(epsilon, delta)`` belongs to a *scope*, a set of records: ``dataset:<name>``, an institution in it
+(``dataset:<name>/institution:<id>``), a patient group at every institution (``dataset:<name>/group:<id>``) or
+at one (``dataset:<name>/institution:<id>/group:<id>``). Each record belongs to one institution and one group.
 
-**What is checked.** A patient's privacy loss is the composition of every spend on a scope containing them, and a
-budget bounds the loss of each patient in its scope. Before a run reads any data, :meth:`Ledger.charge` takes the
-mechanism it is about to run and checks, for every kind of patient it touches (each institution and group the
-ledger knows, and "any other"), every budget on a scope containing that patient. One budget exceeded and the run
-is refused with :class:`BudgetExceededError`, and nothing is recorded. So a spend on the dataset counts against
-every institution's budget, and one on a group against each institution's; spends on two institutions (or two
-groups) never meet in one patient and do not add up (parallel composition). A scope with no budget on it or
-above it has no limit: its spends are recorded, and ``show`` says "no budget". A run without noise has infinite
-epsilon and is refused by any budget.
+**Scopes are canonical.** A scope names a dataset privkit knows (:data:`privkit.data.DATASETS`) or one
+registered in the ledger with its size (:meth:`Ledger.register_dataset`). Any other name is refused, a case or
+spelling variant with the canonical scope it resembles: a spend on ``dataset:PneumoniaMNIST`` would never meet
+the budget of ``dataset:pneumoniamnist``. Institution and group ids are free, but one that differs only in
+case from an id already in the ledger is refused too. Build scope strings with :class:`Scope`:
+``str(Scope("pneumoniamnist", institution="h1"))``.
+
+**What is checked.** A patient's privacy loss is the composition of every spend on a scope containing them,
+and a budget bounds the loss of each patient in its scope. Before a run reads any data, :meth:`Ledger.charge`
+takes the mechanism it is about to run and checks, for every kind of patient it touches (each institution and
+group the ledger knows, and "any other"), every budget on a scope containing that patient. One budget exceeded
+and the run is refused with :class:`BudgetExceededError`, and nothing is recorded. So a spend on the dataset
+counts against every institution's budget, and one on a group against each institution's; spends on two
+institutions (or two groups) never meet in one patient and do not add up (parallel composition). A scope with
+no budget on it or above it has no limit: its spends are recorded, and ``show`` says "no budget". A run
+without noise has infinite epsilon and is refused by any budget.
 
 **Epsilon and delta.** The spent epsilon composes the mechanisms (noise multiplier, sample rate, steps) of all
-spends with the accountant (:func:`privkit.accounting.compose`) at the budget's delta: this is what a budget is
-checked against. The sum of the runs' own epsilons, each at the run's own delta, is reported too, with the sum
-of those deltas: basic composition, always valid, looser. A scope without a budget reports the composed epsilon
-at the smallest delta of a budget containing it, else at the smallest delta of its runs. With ``"prv"`` (the
-default), spends of more than ``PRV_MAX_MECHANISMS`` different (noise, sample rate) pairs, or epsilons too
-large for PRV, are composed with RDP instead: a valid bound too, a little looser, and fast.
+spends with the accountant (:func:`privkit.accounting.compose`) at the budget's delta: this is what a budget
+is checked against. The sum of the runs' own epsilons, each at the run's own delta, is reported too, with the
+sum of those deltas: basic composition, always valid, looser. A scope without a budget reports the composed
+epsilon at the smallest delta of a budget containing it, else at the smallest delta of its runs. With
+``"prv"`` (the default), spends of more than ``PRV_MAX_MECHANISMS`` different (noise, sample rate) pairs, or
+epsilons too large for PRV, are composed with RDP instead: a valid bound too, a little looser, and fast.
 
-**No refunds.** The charge is committed before the data are read, and a run that crashes later is not refunded:
-it has touched the data, and what it computed (a partial model, logs, timings) may already have left the
-process. Refunds would let a run that crashes, is killed, or crashes on purpose, look at the data for free, as
-often as it likes. The audit trail is append-only: SQLite triggers refuse UPDATE and DELETE on budgets and
-spends; a changed budget is a new row, and the old ones stay.
+**Raising a budget** is an explicit, recorded event: :meth:`Ledger.set_budget` refuses to raise the epsilon or
+the delta of a scope's current budget unless called with ``raise_budget=True`` and a reason, which is kept
+with the budget. Setting a first budget, or lowering one, needs neither. No budget goes below what was spent.
+
+**Seeded runs.** A charge says where the run's noise and Poisson draws come from: ``randomness="secure"``, the
+operating system's entropy, or ``"seeded:<hex id>"``, a stream derived from a recorded seed (the id names the
+stream). Whoever knows that seed can replay a seeded run and tell whether a record was in it, so its guarantee
+does not hold against them: a seeded run is refused (:class:`SeededRunError`) unless the caller passes
+``allow_seeded=True``, for public benchmark data only, and is then recorded as seeded. A stream already spent
+on an overlapping scope is refused even so: runs that share their noise are not independent mechanisms and do
+not compose as such.
+
+**No refunds.** The charge is committed before the data are read, and a run that crashes later is not
+refunded: it has touched the data, and what it computed (a partial model, logs, timings) may already have left
+the process. Refunds would let a run that crashes, is killed, or crashes on purpose, look at the data for
+free, as often as it likes.
+
+**Hard to fool.** The file is append-only (SQLite triggers), and its events (budgets, registrations, spends)
+form a hash chain: a rewrite, insertion, deletion or reordering of rows outside this API is found by
+:meth:`Ledger.verify`, and every write verifies first and refuses a ledger that does not
+(:class:`LedgerTamperedError`). A rewrite of the whole file, every hash recomputed, is caught by an *anchor*:
+a head recorded outside the file, such as the ``hash`` of the :class:`Spend` that :meth:`Ledger.charge`
+returns, kept in the run's provenance (:mod:`privkit._ledger_sqlite` has the file format, guards and schema
+versions).
 
 **Concurrency.** Each check-and-charge is one ``BEGIN IMMEDIATE`` transaction: of two processes racing for the
 last of a budget, one waits for the other and sees its spend.
 
-Errors: :class:`LedgerError` (a ``RuntimeError``: not a ledger, read-only, locked) and its subclass
-:class:`BudgetExceededError` (not an ``OSError``, so handlers of file errors do not swallow a refusal); bad
-arguments raise ``ValueError``.
+Errors: :class:`LedgerError` (a ``RuntimeError``: not a ledger, read-only, locked) and its subclasses
+:class:`BudgetExceededError`, :class:`LedgerTamperedError` and :class:`SeededRunError` (not ``OSError``, so
+handlers of file errors do not swallow a refusal); bad arguments, unknown scopes and unflagged raises raise
+``ValueError``.
 
 >>> import pathlib, tempfile
 >>> ledger = Ledger(pathlib.Path(tempfile.mkdtemp()) / "ledger.sqlite")
@@ -46,59 +73,60 @@ arguments raise ``ValueError``.
 Traceback (most recent call last):
 ...
 privkit.budget.BudgetExceededError: Privacy budget of dataset:pneumoniamnist exceeded: ...
+>>> ledger.verify().head == spend.hash, ledger.verify().events
+(True, 2)
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
-import getpass
 import math
-import os
 import re
-import socket
-import sqlite3
-import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 
-from privkit import accounting
-from privkit._validate import in_range, one_of
+from privkit import accounting, data
+from privkit._ledger_sqlite import (
+    APPLICATION_ID,
+    BUSY_TIMEOUT_S,
+    SCHEMA_VERSION,
+    UNRECORDED,
+    Budget,
+    Event,
+    LedgerError,
+    LedgerFile,
+    LedgerTamperedError,
+    Registration,
+    Spend,
+    State,
+    Verified,
+    default_actor,
+    default_path,
+    now,
+)
+from privkit._validate import in_range, one_of, positive_int
 
-APPLICATION_ID = 0x706B6C67  # "pklg" in the SQLite header: this file is a privkit ledger
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 30.0  # how long a charge waits for another process's transaction
+__all__ = [
+    "ACCOUNTANTS", "APPLICATION_ID", "BUSY_TIMEOUT_S", "PRV_MAX_MECHANISMS", "RANDOMNESS_FORMS",
+    "SCHEMA_VERSION", "SCOPE_FORMS", "UNRECORDED", "Budget", "BudgetExceededError", "Event", "Ledger",
+    "LedgerError", "LedgerTamperedError", "Registration", "Scope", "SeededRunError", "Spend", "Spent",
+    "Verified", "default_actor", "default_path", "parse_scope",
+]  # fmt: skip
 ACCOUNTANTS = ("prv", "rdp")  # upper bounds only; "gdp" can under-report
 PRV_MAX_MECHANISMS = 8  # beyond, PRV gets slow (20 different runs: ~30 s), and "prv" composes with RDP
 SCOPE_FORMS = ("dataset:<name>", "dataset:<name>/institution:<id>", "dataset:<name>/group:<id>",
                "dataset:<name>/institution:<id>/group:<id>")  # fmt: skip
+RANDOMNESS_FORMS = ("secure", "seeded:<hex id>")
 _NAME = r"[A-Za-z0-9_.-]+"
 _SCOPE = re.compile(rf"dataset:({_NAME})(?:/institution:({_NAME}))?(?:/group:({_NAME}))?")
+_DATASET_NAME = re.compile(r"[a-z0-9_.-]+")  # a registered dataset: canonical, in lower case
+_RANDOMNESS = re.compile(r"secure|seeded:[0-9a-f]+")
 _OTHER = ""  # in a patient cell: an institution or a group the ledger has never seen
-_TABLES = ("budgets", "spends", "spend_scopes")  # append-only
-_SCHEMA = [
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE budgets (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, scope TEXT NOT NULL, "
-    "epsilon REAL NOT NULL, delta REAL NOT NULL, actor TEXT NOT NULL)",
-    "CREATE TABLE spends (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, noise_multiplier REAL NOT NULL, "
-    "sample_rate REAL NOT NULL, steps INTEGER NOT NULL, delta REAL NOT NULL, accountant TEXT NOT NULL, "
-    "epsilon REAL NOT NULL, run_id TEXT NOT NULL, actor TEXT NOT NULL)",
-    "CREATE TABLE spend_scopes (spend_id INTEGER NOT NULL REFERENCES spends (id), scope TEXT NOT NULL, "
-    "PRIMARY KEY (spend_id, scope))",
-    *(f"CREATE TRIGGER {t}_no_{op} BEFORE {op} ON {t} BEGIN SELECT RAISE(ABORT, 'the privkit ledger is "
-      f"append-only: {op} on {t} refused'); END" for t in _TABLES for op in ("UPDATE", "DELETE")),
-    f"PRAGMA application_id = {APPLICATION_ID}",
-    f"INSERT INTO meta VALUES ('application', 'privkit ledger'), ('schema_version', '{SCHEMA_VERSION}')",
-]  # fmt: skip
-
-
-class LedgerError(RuntimeError):
-    """The ledger cannot be used: not a ledger, read-only, or locked too long."""
 
 
 class BudgetExceededError(LedgerError):
@@ -120,13 +148,35 @@ class BudgetExceededError(LedgerError):
         return error
 
 
+class SeededRunError(LedgerError):
+    """A charge refused for its randomness: seeded without ``allow_seeded``, or a noise stream reused."""
+
+
 @dataclass(frozen=True)
 class Scope:
-    """A set of records: a dataset, optionally narrowed to an institution and/or a patient group."""
+    """A set of records: a dataset, optionally narrowed to an institution and/or a patient group.
+
+    Its ``str`` is the scope's text; names are letters, digits, ``_``, ``.``, ``-``.
+
+    >>> str(Scope("pneumoniamnist", institution="h1"))
+    'dataset:pneumoniamnist/institution:h1'
+    >>> Scope("pneumoniamnist", institution="h1/group:kids")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected institution='h1/group:kids' to be a name of letters, digits, '_', '.', '-'.
+    """
 
     dataset: str
     institution: str | None = None
     group: str | None = None
+
+    def __post_init__(self) -> None:
+        for kind in ("dataset", "institution", "group"):
+            name = getattr(self, kind)
+            private_other = kind != "dataset" and name == _OTHER  # a patient cell's "any other" (see _cells)
+            if not (kind != "dataset" and name is None or private_other or isinstance(name, str)
+                    and re.fullmatch(_NAME, name)):  # fmt: skip
+                raise ValueError(f"Expected {kind}={name!r} to be a name of letters, digits, '_', '.', '-'.")
 
     def __str__(self) -> str:
         parts = [("dataset", self.dataset), ("institution", self.institution), ("group", self.group)]
@@ -162,6 +212,8 @@ class Scope:
 def parse_scope(text: str) -> Scope:
     """Parse ``dataset:<name>[/institution:<id>][/group:<id>]`` (names ``[A-Za-z0-9_.-]+``).
 
+    Only the form is checked here; a ledger also checks that the dataset is one it knows.
+
     >>> parse_scope("dataset:pneumoniamnist/institution:h1").parent
     Scope(dataset='pneumoniamnist', institution=None, group=None)
     >>> parse_scope("hospital:h1")  # doctest: +ELLIPSIS
@@ -183,32 +235,6 @@ def _parse(text: str) -> Scope | None:
 
 
 @dataclass(frozen=True)
-class Budget:
-    scope: str
-    epsilon: float
-    delta: float
-    time: str  # UTC, ISO 8601, when it was set
-    actor: str
-
-
-@dataclass(frozen=True)
-class Spend:
-    """One charged run: the mechanism it ran, on which scopes, when, and who ran it."""
-
-    id: int
-    time: str  # UTC, ISO 8601
-    scopes: tuple[str, ...]
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float  # the run's own delta
-    accountant: str
-    epsilon: float  # this run alone, at its own delta
-    run_id: str
-    actor: str
-
-
-@dataclass(frozen=True)
 class Spent:
     """What a scope has spent, for its worst-off patient."""
 
@@ -222,24 +248,12 @@ class Spent:
     remaining: float | None  # budget.epsilon - epsilon; None without a budget on the scope
 
 
-def default_path() -> Path:
-    """``$PRIVKIT_LEDGER``, else ``$XDG_DATA_HOME/privkit/ledger.sqlite``, else under ``~/.local/share``."""
-    if os.environ.get("PRIVKIT_LEDGER"):
-        return Path(os.environ["PRIVKIT_LEDGER"]).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share") / "privkit" / "ledger.sqlite"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def default_actor() -> str:
-    """``user@host``: who set a budget, when no one is named."""
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:  # no user name in some containers
-        return f"uid {os.getuid()}@{socket.gethostname()}"
+def _text(**kwargs: str | None) -> str | None:
+    """None, or a non-empty string (else a ValueError naming it)."""
+    [(name, value)] = kwargs.items()
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"Expected {name}={value!r} to be a non-empty string.")
+    return value
 
 
 @functools.lru_cache(maxsize=4096)
@@ -267,88 +281,91 @@ def _touching(spends: Iterable[Spend], scope: Scope) -> list[Spend]:
     return [s for s in spends if any(parse_scope(x).overlaps(scope) for x in s.scopes)]
 
 
-class Ledger:
-    """An SQLite file of budgets and spends; see the module's docstring.
+def _canonical(text: str, state: State) -> Scope:
+    """``text`` parsed, if it names a dataset the ledger knows and no case variant of an id in it."""
+    scope = parse_scope(text)
+    known = (*data.DATASETS, *(d.name for d in state.datasets))
+    if scope.dataset not in known:
+        folded = {k.casefold(): k for k in known}
+        guess = folded.get(scope.dataset.casefold()) or next(
+            iter(difflib.get_close_matches(scope.dataset.casefold(), known, n=1)), None)  # fmt: skip
+        hint = f"; did you mean '{dataclasses.replace(scope, dataset=guess)}'?" if guess else "."
+        raise ValueError(f"Unknown dataset {scope.dataset!r} in scope {text!r}{hint} A scope names a "
+                         "dataset privkit knows or one registered in this ledger with its size "
+                         f"({', '.join(known)}); register another with Ledger.register_dataset (privkit "
+                         "budget register --dataset NAME --size N).")  # fmt: skip
+    stored = [b.scope for b in state.budgets] + [x for s in state.spends for x in s.scopes]
+    seen = [parse_scope(x) for x in stored]
+    for kind in ("institution", "group"):
+        name = getattr(scope, kind)
+        ids = {getattr(s, kind) for s in seen if s.dataset == scope.dataset} - {None, name}
+        variants = sorted(i for i in ids if name is not None and i.casefold() == name.casefold())
+        if variants:
+            fixed = dataclasses.replace(scope, **{kind: variants[0]})
+            raise ValueError(f"Unknown {kind} {name!r} in scope {text!r}; did you mean '{fixed}'? Ids that "
+                             "differ only in case would be two budgets for the same patients.")  # fmt: skip
+    return scope
+
+
+def _check_randomness(randomness: str, allow_seeded: bool, run_id: str) -> None:
+    if not isinstance(randomness, str) or not _RANDOMNESS.fullmatch(randomness):
+        raise ValueError(f"Expected randomness={randomness!r} to be one of: {', '.join(RANDOMNESS_FORMS)} "
+                         "(the id in lower-case hex).")  # fmt: skip
+    if not isinstance(allow_seeded, bool):
+        raise ValueError(f"Expected allow_seeded={allow_seeded!r} to be True or False.")
+    if randomness != "secure" and not allow_seeded:
+        raise SeededRunError(f"Run {run_id!r} is seeded (randomness={randomness!r}): its noise and "
+                             "sampling follow from a recorded seed, and whoever knows the seed can replay "
+                             "it, so its guarantee does not hold against them. Pass allow_seeded=True "
+                             "(privkit budget charge --allow-seeded) only for public benchmark data; nothing "
+                             "was charged.")  # fmt: skip
+
+
+class Ledger(LedgerFile):
+    """A privacy-budget ledger in an SQLite file (:mod:`privkit._ledger_sqlite`); see the module's docstring.
 
     Args:
         path: The ledger file, created with its folders if missing; default :func:`default_path`.
-        read_only: Open it without write access (``mode=ro``): reads work, writes raise; never creates it.
+        read_only: Open it without write access (``mode=ro``): reads work, writes raise; never creates it,
+            never migrates it.
 
     Raises:
-        LedgerError: If the file is not a privkit ledger, or cannot be created.
+        LedgerError: If the file is not a privkit ledger, cannot be created, or (schema version 1) cannot be
+            migrated.
     """
 
-    def __init__(self, path: str | Path | None = None, *, read_only: bool = False):
-        self.path = Path(path).expanduser() if path is not None else default_path()
-        self.read_only = read_only
-        if read_only and not self.path.is_file():
-            raise LedgerError(f"No ledger at {self.path} (opened read-only, so none was created).")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise LedgerError(f"Cannot create the folder of the ledger {self.path}: {error}.") from error
-        with self._transaction(write=False) as db:
-            app = db.execute("PRAGMA application_id").fetchone()[0]
-            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app == 0 and tables == 0 and not read_only:  # a new (or empty) file: write the schema
-            with self._transaction(write=True) as db:
-                if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:  # unless another process did
-                    for statement in _SCHEMA:
-                        db.execute(statement)
-                app = db.execute("PRAGMA application_id").fetchone()[0]
-        if app != APPLICATION_ID:
-            what = "an empty file," if tables == 0 else "an SQLite database but"
-            raise LedgerError(f"{self.path} is {what} not a privkit ledger; it was left unchanged.")
-        with self._transaction(write=False) as db:
-            version = int(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise LedgerError(f"The ledger {self.path} has schema version {version}; this privkit reads up to "
-                              f"{SCHEMA_VERSION}. Upgrade privkit.")  # fmt: skip
+    def register_dataset(self, name: str, *, size: int, actor: str | None = None,
+                         description: str | None = None) -> Registration:  # fmt: skip
+        """Register a dataset privkit does not know, so that scopes ``dataset:<name>...`` can be charged.
 
-    def __repr__(self) -> str:
-        return f"Ledger({str(self.path)!r}{', read_only=True' if self.read_only else ''})"
+        Args:
+            name: Its canonical name, in lower case (letters, digits, ``_``, ``.``, ``-``).
+            size: Its number of records, >= 1.
+            actor: Who registers it (default: user@host).
+            description: What it is, kept with the registration.
 
-    @contextlib.contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        db = None
-        try:
-            uri = f"file:{urllib.parse.quote(str(self.path))}?mode={'ro' if self.read_only else 'rwc'}"
-            db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")  # IMMEDIATE: one writer at a time, from here
-            yield db
-            db.execute("COMMIT")
-        except sqlite3.Error as error:
-            text = str(error)
-            if "not a database" in text:
-                message = f"{self.path} is not a privkit ledger (not an SQLite database: {text}); left unchanged."
-            elif "locked" in text or "busy" in text:
-                message = f"The ledger {self.path} stayed locked {BUSY_TIMEOUT_S:g} s ({text}); nothing was changed."
-            elif write and any(w in text for w in ("readonly", "read-only", "unable to open")):
-                message = (f"Cannot write to the ledger {self.path} ({text}): the file or its folder is read-only "
-                           "here. Nothing was changed.")  # fmt: skip
-            else:
-                message = f"Cannot use the ledger {self.path}: {text}." + (" Nothing was changed." if write else "")
-            raise LedgerError(message) from error
-        finally:
-            if db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                db.close()
-
-    def _read(self, db: sqlite3.Connection | None = None) -> tuple[dict[str, Budget], list[Spend]]:
-        """The current budget of each scope, and every spend; in one snapshot."""
-        if db is None:
-            with self._transaction(write=False) as db:
-                return self._read(db)
-        budgets = {row[0]: Budget(*row) for row in db.execute("SELECT scope, epsilon, delta, time, actor FROM "
-                   "budgets WHERE id IN (SELECT max(id) FROM budgets GROUP BY scope)")}  # fmt: skip
-        scopes: dict[int, list[str]] = {}
-        for spend_id, scope in db.execute("SELECT spend_id, scope FROM spend_scopes ORDER BY rowid"):
-            scopes.setdefault(spend_id, []).append(scope)
-        rows = db.execute("SELECT id, time, noise_multiplier, sample_rate, steps, delta, accountant, epsilon, "
-                          "run_id, actor FROM spends ORDER BY id")  # fmt: skip
-        return budgets, [Spend(i, t, tuple(scopes.get(i, ())), *rest) for i, t, *rest in rows]
+        Raises:
+            ValueError: If the name is malformed, known to privkit, or already registered (never changed).
+            LedgerError: If the ledger is read-only or does not verify.
+        """
+        if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name):
+            lower = isinstance(name, str) and name.lower() != name
+            raise ValueError(f"Expected name={name!r} in lower case, of letters, digits, '_', '.', '-'"
+                             + (f" (canonical: {name.lower()!r})." if lower else "."))
+        positive_int(size=size)
+        _text(actor=actor)
+        _text(description=description)
+        with self._write() as (db, state):
+            if name in data.DATASETS:
+                raise ValueError(f"The dataset {name!r} is known to privkit: dataset:{name} needs no "
+                                 "registration.")  # fmt: skip
+            for old in state.datasets:
+                if old.name == name:
+                    raise ValueError(f"The dataset {name!r} was registered with size {old.size} at "
+                                     f"{old.time} by {old.actor}; a registration is never "
+                                     "changed.")  # fmt: skip
+            new = Registration(name, size, now(), actor or default_actor(), description, 0, 0, "", "")
+            return self._append(db, state, new)
 
     @staticmethod
     def _spent(scope: Scope, budgets: dict[str, Budget], spends: list[Spend], accountant: str,
@@ -366,62 +383,106 @@ class Ledger:
         return Spent(str(scope), epsilon, delta, *sums, len(mine), own, own.epsilon - epsilon if own else None)
 
     def set_budget(self, scope: str, *, epsilon: float, delta: float, actor: str | None = None,
-                   accountant: str = "prv") -> Budget:  # fmt: skip
-        """Set or change the budget of ``scope``; every change stays in the ledger.
+                   accountant: str = "prv", raise_budget: bool = False,
+                   reason: str | None = None) -> Budget:  # fmt: skip
+        """Set, lower or (explicitly) raise the budget of ``scope``; every change stays in the ledger.
+
+        Args:
+            scope: A canonical scope (see the module's docstring).
+            epsilon, delta: The budget, epsilon in (0, inf) and delta in (0, 1).
+            actor: Who sets it (default: user@host).
+            accountant: ``"prv"`` or ``"rdp"``: how what was spent is composed.
+            raise_budget: Allow raising the epsilon or the delta of the scope's current budget; needs
+                ``reason``.
+            reason: Why; kept with the budget.
+
+        Returns:
+            The recorded :class:`Budget` (its ``hash``: the chain's new head).
 
         Raises:
-            ValueError: If ``epsilon`` is not in (0, inf), ``delta`` not in (0, 1), the scope is malformed, or
-                the scope has already spent more than ``epsilon`` (at ``delta``).
-            LedgerError: If the ledger is read-only.
+            ValueError: If ``epsilon`` is not in (0, inf), ``delta`` not in (0, 1), the scope is malformed or
+                unknown, it would raise the budget without ``raise_budget=True`` and a reason, or the scope
+                has already spent more than ``epsilon`` (at ``delta``).
+            LedgerError: If the ledger is read-only or does not verify (:class:`LedgerTamperedError`).
         """
-        parsed = parse_scope(scope)
+        parse_scope(scope)
         in_range(0, math.inf, low_inclusive=False, high_inclusive=False, epsilon=epsilon)
         in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=delta)
         one_of(ACCOUNTANTS, accountant=accountant)
-        with self._transaction(write=True) as db:
-            spent = self._spent(parsed, *self._read(db), accountant, delta=delta)
+        one_of((False, True), raise_budget=raise_budget)
+        _text(actor=actor)
+        _text(reason=reason)
+        with self._write() as (db, state):
+            parsed = _canonical(scope, state)
+            current = state.current.get(str(parsed))
+            raising = current and (epsilon > current.epsilon or delta > current.delta)
+            if raising and not (raise_budget and reason):
+                raise ValueError(f"Refused to raise the budget of {parsed} from epsilon={current.epsilon:g}, "
+                                 f"delta={current.delta:g} to epsilon={epsilon:g}, delta={delta:g} without "
+                                 "raise_budget=True and a reason (privkit budget set --raise --reason TEXT); "
+                                 "nothing was changed.")  # fmt: skip
+            spent = self._spent(parsed, state.current, state.spends, accountant, delta=delta)
             if spent.epsilon > epsilon:
                 raise ValueError(f"Expected epsilon={epsilon!r} >= {spent.epsilon:.4g}, what {parsed} has already "
                                  f"spent at delta={delta:g} ({spent.n_spends} spends); a budget cannot go below it.")
-            budget = Budget(str(parsed), float(epsilon), float(delta), _now(), actor or default_actor())
-            db.execute("INSERT INTO budgets (scope, epsilon, delta, time, actor) VALUES (?, ?, ?, ?, ?)",
-                       (budget.scope, budget.epsilon, budget.delta, budget.time, budget.actor))  # fmt: skip
-        return budget
+            new = Budget(str(parsed), float(epsilon), float(delta), now(), actor or default_actor(), reason,
+                         0, 0, "", "")  # fmt: skip
+            return self._append(db, state, new)
 
     def charge(self, scopes: Sequence[str], *, noise_multiplier: float, sample_rate: float, steps: int,
-               delta: float, run_id: str, actor: str, accountant: str = "prv") -> Spend:  # fmt: skip
+               delta: float, run_id: str, actor: str, accountant: str = "prv", randomness: str = "secure",
+               allow_seeded: bool = False) -> Spend:  # fmt: skip
         """Record the spend of a run about to read the records of ``scopes``, or refuse it. Call it first.
 
         Args:
-            scopes: The scopes whose records the run reads (one spend, listed on each of them).
+            scopes: The canonical scopes whose records the run reads (one spend, listed on each of them).
             noise_multiplier, sample_rate, steps: The DP-SGD mechanism the run will execute.
             delta: The run's own delta (for its epsilon alone, and the summed bound).
             run_id, actor: What runs, and who or what runs it (a user, a service, a host).
             accountant: ``"prv"`` or ``"rdp"``: the run's epsilon and the composition checked.
+            randomness: ``"secure"`` (noise and Poisson draws from the operating system's entropy) or
+                ``"seeded:<hex id>"`` (a stream derived from a recorded seed and the run's identity; the id
+                names the stream).
+            allow_seeded: Accept a seeded run, for public benchmark data only; it is recorded as seeded.
 
         Returns:
-            The recorded :class:`Spend`.
+            The recorded :class:`Spend`; its ``hash`` is the chain's new head: record it with the run (an
+            anchor, see :meth:`verify`).
 
         Raises:
             BudgetExceededError: If a budget would be exceeded; nothing is recorded then.
-            ValueError: On malformed scopes or mechanism values.
-            LedgerError: If the ledger is read-only or stays locked.
+            SeededRunError: If the run is seeded without ``allow_seeded``, or its stream was already spent on
+                an overlapping scope; nothing is recorded.
+            ValueError: On malformed or unknown scopes, or bad mechanism values.
+            LedgerError: If the ledger is read-only, stays locked, or does not verify
+                (:class:`LedgerTamperedError`).
         """
         if isinstance(scopes, str) or not scopes:
             raise ValueError(f"Expected scopes={scopes!r} to be a non-empty list of scopes.")
-        parsed = list(dict.fromkeys(parse_scope(s) for s in scopes))
+        for text in scopes:
+            parse_scope(text)
         for name, value in (("run_id", run_id), ("actor", actor)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"Expected {name}={value!r} to be a non-empty string.")
         one_of(ACCOUNTANTS, accountant=accountant)
+        _check_randomness(randomness, allow_seeded, run_id)
         mechanism = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
         try:
             own = accounting.epsilon(**mechanism, accountant=accountant)
         except RuntimeError:  # PRV fails at epsilons in the hundreds
             own = accounting.epsilon(**mechanism, accountant="rdp")
-        new = ((float(noise_multiplier), float(sample_rate), steps),)
-        with self._transaction(write=True) as db:
-            budgets, spends = self._read(db)
+        new = ((float(noise_multiplier), float(sample_rate), int(steps)),)
+        with self._write() as (db, state):
+            parsed = list(dict.fromkeys(_canonical(s, state) for s in scopes))
+            budgets, spends = state.current, state.spends
+            shared = [(old, x) for old in spends if randomness != "secure" and old.randomness == randomness
+                      for x in old.scopes if any(parse_scope(x).overlaps(p) for p in parsed)]  # fmt: skip
+            if shared:
+                old, scope = shared[0]
+                raise SeededRunError(f"Run {run_id!r} reuses the noise stream {randomness!r} of spend "
+                                     f"{old.id} (run {old.run_id!r}) on {scope}: runs that share their noise "
+                                     "are not independent mechanisms and do not compose as such; derive a "
+                                     "new stream (a new run identity). Nothing was charged.")  # fmt: skip
             known = [parse_scope(s) for s in budgets] + [parse_scope(x) for s in spends for x in s.scopes] + parsed
             binding = sorted((parse_scope(b) for b in budgets), key=Scope._key)
             for cell in sorted({c for s in parsed for c in _cells(s, known)}, key=Scope._key):
@@ -432,28 +493,39 @@ class Ledger:
                         raise BudgetExceededError.of(budget, spent=_epsilon(here, budget.delta, accountant),
                                                      requested=_epsilon([], budget.delta, accountant, new),
                                                      composed=composed, run_id=run_id)  # fmt: skip
-            spend = Spend(0, _now(), tuple(map(str, parsed)), *new[0], delta, accountant, own, run_id, actor)
-            values = (spend.time, *new[0], delta, accountant, own, run_id, actor)
-            spend_id = db.execute("INSERT INTO spends (time, noise_multiplier, sample_rate, steps, delta, accountant, "
-                                  "epsilon, run_id, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values).lastrowid
-            db.executemany("INSERT INTO spend_scopes VALUES (?, ?)", [(spend_id, s) for s in spend.scopes])
-        return dataclasses.replace(spend, id=spend_id)
+            spend = Spend(0, now(), tuple(map(str, parsed)), *new[0], float(delta), accountant, float(own),
+                          run_id, actor, randomness, 0, "", "")  # fmt: skip
+            return self._append(db, state, spend)
 
     def spent(self, scope: str, *, accountant: str = "prv") -> Spent:
         """What ``scope``'s worst-off patient has spent, composed and summed; see :class:`Spent`."""
         one_of(ACCOUNTANTS, accountant=accountant)
-        return self._spent(parse_scope(scope), *self._read(), accountant)
+        state = self._read()
+        return self._spent(_canonical(scope, state), state.current, state.spends, accountant)
 
     def history(self, scope: str | None = None) -> list[Spend]:
         """Every spend in time order; with ``scope``, those that touched some of its records."""
-        spends = self._read()[1]
-        return spends if scope is None else _touching(spends, parse_scope(scope))
+        state = self._read()
+        return state.spends if scope is None else _touching(state.spends, _canonical(scope, state))
+
+    def events(self, scope: str | None = None) -> list[Event]:
+        """Every event in chain order: budgets, dataset registrations and spends; with ``scope``, the budgets
+        and spends on scopes overlapping it and the registration of its dataset."""
+        state = self._read()
+        if scope is None:
+            return state.events
+        within = _canonical(scope, state)
+        return [e for e in state.events if isinstance(e, Registration) and e.name == within.dataset
+                or isinstance(e, Budget) and parse_scope(e.scope).overlaps(within)
+                or isinstance(e, Spend) and _touching([e], within)]  # fmt: skip
 
     def budgets(self) -> list[Budget]:
         """Every budget ever set, in time order (a scope's current one is its last)."""
-        with self._transaction(write=False) as db:
-            rows = db.execute("SELECT scope, epsilon, delta, time, actor FROM budgets ORDER BY id")
-            return [Budget(*row) for row in rows]
+        return self._read().budgets
+
+    def datasets(self) -> list[Registration]:
+        """Every registered dataset, in time order."""
+        return self._read().datasets
 
     def show(self, scope: str | None = None, *, accountant: str = "prv") -> pd.DataFrame:
         """One row per scope with a budget or spends (those inside ``scope`` if given), widest first.
@@ -462,10 +534,11 @@ class Ledger:
         spent_epsilon_sum at spent_delta_sum, remaining (NaN: no budget), n_spends.
         """
         one_of(ACCOUNTANTS, accountant=accountant)
-        budgets, spends = self._read()
+        state = self._read()
+        budgets, spends = state.current, state.spends
         known = {parse_scope(s) for s in budgets} | {parse_scope(x) for s in spends for x in s.scopes}
         if scope is not None:
-            within = parse_scope(scope)
+            within = _canonical(scope, state)
             known = {k for k in known if within.contains(k)} | {within}
         rows = [self._spent(k, budgets, spends, accountant) for k in sorted(known, key=Scope._key)]
         nan = lambda x: math.nan if x is None else x  # noqa: E731

@@ -6,6 +6,7 @@
     privkit bench --json bench.json            # epoch times of every engine on this device
     privkit budget set --scope dataset:pneumoniamnist --epsilon 4 --delta 1e-5
     privkit budget show                        # budgets, spent epsilon (composed and summed)
+    privkit budget verify                      # check the ledger's hash chain, print its head
 """
 
 from __future__ import annotations
@@ -93,40 +94,89 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_budget_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("budget", help="privacy budgets: set them, show what was spent, list the spends")
+    p = commands.add_parser("budget", help="privacy budgets: set them, show what was spent, list and verify "
+                            "the events")  # fmt: skip
     sub = p.add_subparsers(dest="budget_command", required=True)
     ledger = argparse.ArgumentParser(add_help=False)
     ledger.add_argument("--ledger", default=None, metavar="PATH",
                         help="ledger file (default: $PRIVKIT_LEDGER, else $XDG_DATA_HOME/privkit/ledger.sqlite)")
-    scope_help = "dataset:<name>[/institution:<id>][/group:<id>]"
-    s = sub.add_parser("set", parents=[ledger], help="set or change the budget of a scope")
+    scope_help = "dataset:<name>[/institution:<id>][/group:<id>], <name> known to privkit or registered"
+    actor = argparse.ArgumentParser(add_help=False)
+    actor.add_argument("--actor", default=None, help="who does it (default: user@host)")
+    s = sub.add_parser("set", parents=[ledger, actor],
+                       help="set, lower or (with --raise --reason) raise the budget of a scope")
     s.add_argument("--scope", required=True, help=scope_help)
     s.add_argument("--epsilon", type=_float, required=True)
     s.add_argument("--delta", type=_float, required=True)
+    s.add_argument("--raise", dest="raise_budget", action="store_true",
+                   help="allow raising the epsilon or delta of the scope's current budget (needs --reason)")
+    s.add_argument("--reason", default=None, help="why; required with --raise, recorded, shown by history")
+    r = sub.add_parser("register", parents=[ledger, actor], help="register a dataset privkit does not know")
+    r.add_argument("--dataset", required=True, help="its name, in lower case (scopes: dataset:<name>...)")
+    r.add_argument("--size", type=int, required=True, help="its number of records")
+    r.add_argument("--description", default=None)
     for name, what in (("show", "budgets, spent epsilon (composed and summed) and remaining, per scope"),
-                       ("history", "every spend, in time order")):
+                       ("history", "every event (budgets, registrations, spends), in order")):
         sub.add_parser(name, parents=[ledger], help=what).add_argument(
             "--scope", default=None, help=f"only this scope and what lies in it: {scope_help}")
-    c = sub.add_parser("charge", parents=[ledger], help="record a run's spend by hand, or refuse it (exit 2)")
+    v = sub.add_parser("verify", parents=[ledger], help="check the ledger's hash chain and print its head")
+    v.add_argument("--head", default=None,
+                   help="a head recorded earlier (an anchor): check that it is still on the chain")
+    c = sub.add_parser("charge", parents=[ledger, actor],
+                       help="record a run's spend by hand, or refuse it (exit 2)")
     c.add_argument("--scope", required=True, action="append", help=f"{scope_help}; repeat for several")
     c.add_argument("--noise-multiplier", type=_float, required=True)
     c.add_argument("--sample-rate", type=_float, required=True)
     c.add_argument("--steps", type=int, required=True)
     c.add_argument("--delta", type=_float, required=True)
     c.add_argument("--run-id", required=True)
-    c.add_argument("--actor", default=None, help="who runs it (default: user@host)")
     c.add_argument("--accountant", default="prv", choices=("prv", "rdp"))
+    c.add_argument("--randomness", default="secure",
+                   help="secure (OS entropy), or seeded:<hex id>: noise that follows from a recorded seed")
+    c.add_argument("--allow-seeded", action="store_true", help="accept a seeded run (public benchmarks only)")
+
+
+def _event_row(event: budget.Event, previous: dict[str, budget.Budget]) -> dict[str, object]:
+    """One line of ``privkit budget history``; ``previous``: the last budget of each scope so far."""
+    row = {"event": event.seq, "time": event.time[:19], "kind": event.kind}
+    if isinstance(event, budget.Budget):
+        old = previous.get(event.scope)
+        raised = old is not None and (event.epsilon > old.epsilon or event.delta > old.delta)
+        previous[event.scope] = event
+        return row | {"kind": "raise" if raised else "budget", "scope": event.scope,
+                      "epsilon": f"{event.epsilon:g}", "delta": f"{event.delta:g}", "actor": event.actor,
+                      "note": event.reason or ""}  # fmt: skip
+    if isinstance(event, budget.Registration):
+        return row | {"scope": f"dataset:{event.name}", "run/size": event.size, "actor": event.actor,
+                      "note": event.description or ""}  # fmt: skip
+    return row | {"scope": ",".join(event.scopes), "epsilon": f"{event.epsilon:.3f}",
+                  "delta": f"{event.delta:g}", "run/size": event.run_id, "actor": event.actor,
+                  "noise": f"{event.noise_multiplier:g}", "sample_rate": f"{event.sample_rate:.4g}",
+                  "steps": str(event.steps), "note": event.randomness}  # fmt: skip
 
 
 def _budget(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from privkit import budget
-
-    ledger = budget.Ledger(args.ledger, read_only=args.budget_command in ("show", "history"))  # never creates
+    ledger = budget.Ledger(args.ledger, read_only=args.budget_command in ("show", "history", "verify"))
     if args.budget_command == "set":
-        b = ledger.set_budget(args.scope, epsilon=args.epsilon, delta=args.delta)
-        print(f"{b.scope}: budget epsilon={b.epsilon:g}, delta={b.delta:g} (set {b.time} by {b.actor}; {ledger.path})")
+        b = ledger.set_budget(args.scope, epsilon=args.epsilon, delta=args.delta, actor=args.actor,
+                              raise_budget=args.raise_budget, reason=args.reason)  # fmt: skip
+        why = f"; reason: {b.reason}" if b.reason else ""
+        print(f"{b.scope}: budget epsilon={b.epsilon:g}, delta={b.delta:g} (set {b.time} by {b.actor}{why}; "
+              f"{ledger.path}, head {b.hash})")  # fmt: skip
+    elif args.budget_command == "register":
+        r = ledger.register_dataset(args.dataset, size=args.size, actor=args.actor,
+                                    description=args.description)  # fmt: skip
+        print(f"dataset:{r.name} registered with {r.size} records ({r.time} by {r.actor}; {ledger.path}, "
+              f"head {r.hash})")  # fmt: skip
+    elif args.budget_command == "verify":
+        v = ledger.verify(head=args.head)
+        print(f"{ledger.path}: hash chain intact, {v.events} events, head {v.head}")
+        if args.head:
+            print(f"The head {args.head} recorded earlier is event {v.anchor}: nothing up to it was changed.")
+        print("Record the head outside the file (run provenance, a steward's notes): verify --head HASH "
+              "later catches a rewrite of the whole file, which an unkeyed chain alone cannot.")  # fmt: skip
     elif args.budget_command == "show":
         table = ledger.show(args.scope)
         num = lambda fmt: lambda x: "-" if pd.isna(x) else format(x, fmt)  # noqa: E731
@@ -144,16 +194,20 @@ def _budget(args: argparse.Namespace) -> int:
         print(f"({ledger.path}; spent for the worst-off patient of each scope. composed: all spends composed by "
               "the accountant, at the budget's delta; sum: the runs' own epsilons added, at their deltas added)")
     elif args.budget_command == "history":
-        rows = [{"id": s.id, "time": s.time[:19], "scopes": ",".join(s.scopes), "run_id": s.run_id,
-                 "actor": s.actor, "noise": s.noise_multiplier, "sample_rate": f"{s.sample_rate:.4g}",
-                 "steps": s.steps, "delta": f"{s.delta:g}", "epsilon": f"{s.epsilon:.3f}"}
-                for s in ledger.history(args.scope)]  # fmt: skip
-        print(pd.DataFrame(rows).to_string(index=False) if rows else "No spends yet.")
+        previous: dict[str, budget.Budget] = {}
+        every = {(e.kind, e.id): _event_row(e, previous) for e in ledger.events()}  # all: to tell raises
+        rows = [every[e.kind, e.id] for e in ledger.events(args.scope)]
+        columns = ["event", "time", "kind", "scope", "epsilon", "delta", "run/size", "noise", "sample_rate",
+                   "steps", "actor", "note"]  # fmt: skip
+        table = pd.DataFrame(rows, columns=columns).fillna("")
+        print(table.to_string(index=False) if rows else "No events yet.")
     else:
         s = ledger.charge(args.scope, noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
                           steps=args.steps, delta=args.delta, run_id=args.run_id,
-                          actor=args.actor or budget.default_actor(), accountant=args.accountant)  # fmt: skip
-        print(f"charged spend {s.id}: epsilon={s.epsilon:.3f} at delta={s.delta:g} on {', '.join(s.scopes)}")
+                          actor=args.actor or budget.default_actor(), accountant=args.accountant,
+                          randomness=args.randomness, allow_seeded=args.allow_seeded)  # fmt: skip
+        print(f"charged spend {s.id}: epsilon={s.epsilon:.3f} at delta={s.delta:g} on {', '.join(s.scopes)} "
+              f"({s.randomness}); ledger head {s.hash}")  # fmt: skip
     return 0
 
 

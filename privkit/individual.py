@@ -265,7 +265,7 @@ def train(
         run_id = f"{config.model}-individual-seed{config.seed}-{uuid.uuid4().hex[:8]}"
         tag = randomness.ledger_tag(randomness=run.randomness, identity=stream_identity(run))
         for g, q in zip(p.groups, p.sample_rates):
-            ledger.charge([f"dataset:{config.dataset}/group:{g}"], noise_multiplier=p.noise_multiplier,
+            ledger.charge([str(budget.Scope(config.dataset, group=g))], noise_multiplier=p.noise_multiplier,
                           sample_rate=q, steps=p.steps, delta=p.delta, run_id=run_id,
                           actor=budget.default_actor(), accountant=config.accountant, randomness=tag,
                           allow_seeded=allow_seeded)  # fmt: skip

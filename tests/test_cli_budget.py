@@ -78,8 +78,20 @@ def test_a_refused_charge_exits_2_and_charges_nothing(ledger_path: Path, capsys:
         (["set", "--scope", "hospital:h1", "--epsilon", "1", "--delta", "1e-5"], "Unknown scope='hospital:h1'"),
         (["charge", "--scope", "dataset:x/ward:3", *RUN, "--run-id", "r"], "Unknown scope='dataset:x/ward:3'"),
         (["charge", "--scope", D, *RUN, "--steps", "-1", "--run-id", "r"], "steps=-1"),
+        (["set", "--scope", "dataset:PneumoniaMNIST", "--epsilon", "1", "--delta", "1e-5"],
+         f"Unknown dataset 'PneumoniaMNIST' in scope 'dataset:PneumoniaMNIST'; did you mean '{D}'?"),
+        (["charge", "--scope", "dataset:pneumonia/institution:h1", *RUN, "--run-id", "r"],
+         f"did you mean '{H1}'?"),
+        (["charge", "--scope", "dataset:mimic-cxr", *RUN, "--run-id", "r"],
+         "register --dataset NAME --size N"),
+        (["charge", "--scope", D, *RUN, "--run-id", "r", "--randomness", "seeded:ab12"],
+         "Pass allow_seeded=True (privkit budget charge --allow-seeded) only for public benchmark data"),
+        (["charge", "--scope", D, *RUN, "--run-id", "r", "--randomness", "seeded:AB12"],
+         "randomness='seeded:AB12'"),
+        (["register", "--dataset", "MIMIC", "--size", "10"], "Expected name='MIMIC' in lower case"),
+        (["register", "--dataset", "mimic", "--size", "0"], "Expected size=0 to be an integer >= 1"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_exits_2_and_records_nothing(
     ledger_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
 ) -> None:
@@ -130,3 +142,60 @@ def test_a_read_only_ledger_shows_but_refuses_to_set(ledger_path: Path, capsys: 
     finally:
         ledger_path.chmod(0o644)
     assert [b.epsilon for b in Ledger(ledger_path).budgets()] == [4.0]
+
+
+def test_register_raise_and_history(ledger_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ledger = ["--ledger", str(ledger_path)]
+    mimic = "dataset:mimic-cxr"
+    assert main(["budget", "register", "--dataset", "mimic-cxr", "--size", "377110", "--actor", "steward",
+                 "--description", "PhysioNet", *ledger]) == 0  # fmt: skip
+    assert f"{mimic} registered with 377110 records" in capsys.readouterr().out
+    assert main(["budget", "set", "--scope", mimic, "--epsilon", "4", "--delta", "1e-6", *ledger]) == 0
+    raise_ = ["budget", "set", "--scope", mimic, "--epsilon", "6", "--delta", "1e-6", *ledger]
+    assert main(raise_) == 2
+    err = capsys.readouterr().err
+    assert "without raise_budget=True and a reason (privkit budget set --raise --reason TEXT)" in err
+    assert main([*raise_, "--raise"]) == 2
+    assert main([*raise_, "--raise", "--reason", "DPO ticket 42", "--actor", "dpo"]) == 0
+    assert "reason: DPO ticket 42" in capsys.readouterr().out
+    assert main(["budget", "charge", "--scope", f"{mimic}/institution:bidmc", *RUN[:-1], "1e-6", "--run-id",
+                 "r1", "--randomness", "seeded:ab12", "--allow-seeded", *ledger]) == 0  # fmt: skip
+    assert "(seeded:ab12); ledger head " in capsys.readouterr().out
+    assert main(["budget", "history", *ledger]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kinds = [line.split()[2] for line in lines[1:]]
+    assert kinds == ["dataset", "budget", "raise", "spend"]
+    assert "PhysioNet" in lines[1] and "DPO ticket 42" in lines[3] and "dpo" in lines[3]
+    assert "seeded:ab12" in lines[4] and "r1" in lines[4]
+    assert [b.epsilon for b in Ledger(ledger_path).budgets()] == [4.0, 6.0]
+
+
+def test_verify_prints_the_head_and_checks_an_anchor(
+    ledger_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ledger = ["--ledger", str(ledger_path)]
+    assert main(["budget", "set", "--scope", D, "--epsilon", "4", "--delta", "1e-5", *ledger]) == 0
+    assert main(["budget", "charge", "--scope", H1, *RUN, "--run-id", "r1", *ledger]) == 0
+    anchor = capsys.readouterr().out.split("ledger head ")[1].strip()  # recorded with the run
+    assert main(["budget", "verify", *ledger]) == 0
+    out = capsys.readouterr().out
+    assert f"hash chain intact, 2 events, head {anchor}" in out and "--head HASH" in out
+    assert anchor == Ledger(ledger_path).verify().head
+    assert main(["budget", "charge", "--scope", H1, *RUN, "--run-id", "r2", *ledger]) == 0
+    assert main(["budget", "verify", "--head", anchor, *ledger]) == 0
+    out = capsys.readouterr().out
+    assert f"The head {anchor} recorded earlier is event 2: nothing up to it was changed" in out
+    db = sqlite3.connect(ledger_path)
+    db.execute("DROP TRIGGER spends_no_UPDATE")
+    db.execute("UPDATE spends SET epsilon = 0.21 WHERE id = 1")
+    db.commit()
+    db.close()
+    assert main(["budget", "verify", *ledger]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"privkit budget: error: The ledger {ledger_path} was changed outside privkit: "
+                          "spends row 1")  # fmt: skip
+    assert main(["budget", "charge", "--scope", H1, *RUN, "--run-id", "r3", *ledger]) == 2
+    assert "privkit writes nothing to a ledger that does not verify" in capsys.readouterr().err
+    assert n_spends(ledger_path) == 2
+    assert main(["budget", "verify", "--head", "xyz", *ledger]) == 2
+    assert "Expected head='xyz' to be a SHA-256 hex digest" in capsys.readouterr().err

@@ -303,7 +303,7 @@ def _charge(
     tag = lambda party: randomness.ledger_tag(  # noqa: E731
         randomness=config.randomness, identity=stream_identity(config, party)
     )
-    scope = lambda site: f"dataset:{dataset_name}/institution:{site}"  # noqa: E731
+    scope = lambda site: str(budget.Scope(dataset_name, institution=site))  # noqa: E731
     run = f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
     actor = budget.default_actor()
     if server is not None and not any(p.private for p in plans):  # site-level DP only

@@ -128,6 +128,8 @@ def write_run_record(out_dir: str | Path, run: str, result: TrainResult, *, data
     record = provenance(result.config, data_sha256=data_sha256, device=result.device)
     record["seconds"] = result.seconds
     record["trained_together_with"] = trained_together_with
+    if result.spend is not None:  # the ledger's head after this charge: an anchor kept outside the ledger
+        record["ledger"] = {"spend_id": result.spend.id, "head": result.spend.hash}
     return write_provenance(out_dir, run, record)
 
 

@@ -129,6 +129,7 @@ class TrainResult:
     epoch_seconds: list[float] = field(default_factory=list)  # training only; shared by a stack
     device: str = ""
     seconds: float = 0.0
+    spend: budget.Spend | None = None  # the ledger's record of this run; its hash anchors the ledger
 
 
 def resolve_device(device: str) -> torch.device:
@@ -294,10 +295,11 @@ def train_many(
             f"{sorted({m.steps for m in mechs})}: give members of (nearly) equal size."
         )
     generators = _generators(configs, device)
+    spends: list[budget.Spend | None] = [None] * len(configs)
     if ledger is not None:  # before a single record is read; refused -> BudgetExceededError
         charged = charged_scopes(first.dataset, scopes)
-        for c, m in zip(configs, mechs):
-            ledger.charge(
+        for i, (c, m) in enumerate(zip(configs, mechs)):
+            spends[i] = ledger.charge(
                 charged,
                 noise_multiplier=m.noise_multiplier,
                 sample_rate=m.sample_rate,
@@ -338,8 +340,9 @@ def train_many(
             epoch_seconds=times,
             device=str(device),
             seconds=seconds,
+            spend=spend,
         )
-        for c, m, model, loss, times in zip(configs, mechs, models, losses, epoch_seconds)
+        for c, m, model, loss, times, spend in zip(configs, mechs, models, losses, epoch_seconds, spends)
     ]
 
 
@@ -377,11 +380,13 @@ def charged_scopes(dataset: str, scopes: Sequence[str] | None) -> list[str]:
     """
     whole = budget.Scope(dataset)
     extra = [budget.parse_scope(s) for s in scopes or []]
-    foreign = [str(s) for s in extra if not whole.contains(s)]
+    foreign = [s for s in extra if not whole.contains(s)]
     if foreign:
+        variants = [dataclasses.replace(s, dataset=dataset) for s in foreign if s.dataset.casefold() == dataset]
+        hint = f" Did you mean '{variants[0]}'?" if variants else ""
         raise ValueError(
-            f"scopes={foreign} lie outside dataset:{dataset}, the records this run reads; a run "
-            f"charges the dataset it reads, and extra scopes only inside it."
+            f"scopes={[str(s) for s in foreign]} lie outside dataset:{dataset}, the records this run reads; "
+            f"a run charges the dataset it reads, and extra scopes only inside it.{hint}"
         )
     return list(dict.fromkeys([str(whole), *map(str, extra)]))
 

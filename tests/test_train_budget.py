@@ -52,3 +52,44 @@ def test_cli_train_refused_by_the_ledger_exits_non_zero(
     assert code == 2
     assert "exceeded" in capsys.readouterr().err
     assert budget.Ledger(path).history() == []
+
+
+def test_a_run_charges_the_data_it_reads_and_extra_scopes_only_inside_it(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The attacker trains on PneumoniaMNIST while charging a scope whose budget is untouched.
+    ledger = budget.Ledger(tmp_path / "ledger.sqlite")
+    ledger.set_budget("dataset:pneumoniamnist", epsilon=1.0, delta=1e-3)
+    config = TrainConfig(epsilon=4.0, data_root=str(synthetic_root), **QUICK)
+    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data were read"))
+    with pytest.raises(ValueError, match=r"scopes=\['dataset:chestmnist'\] lie outside dataset:pneumoniamnist"):
+        train(config, ledger=ledger, scopes=["dataset:chestmnist"])
+    with pytest.raises(ValueError, match=r"Did you mean 'dataset:pneumoniamnist/institution:h1'"):
+        train(config, ledger=ledger, scopes=["dataset:PneumoniaMNIST/institution:h1"])
+    with pytest.raises(budget.BudgetExceededError):  # a narrower scope does not dodge the dataset's budget
+        train(config, ledger=ledger, scopes=["dataset:pneumoniamnist/institution:h1"])
+    assert ledger.history() == []
+
+
+def test_a_seeded_run_is_refused_unless_allowed_and_the_head_is_recorded(synthetic_root: Path, tmp_path: Path) -> None:
+    from privkit import experiments
+
+    ledger = budget.Ledger(tmp_path / "ledger.sqlite")
+    seeded = TrainConfig(epsilon=2.0, randomness="seeded", data_root=str(synthetic_root), **QUICK)
+    with pytest.raises(budget.SeededRunError, match="allow_seeded"):
+        train(seeded, ledger=ledger, progress=False)
+    assert ledger.history() == []
+    result = train(seeded, ledger=ledger, allow_seeded=True, progress=False)
+    [spend] = ledger.history()
+    assert spend.randomness.startswith("seeded:") and result.spend == spend
+    with pytest.raises(budget.SeededRunError):  # the same stream twice is not two independent runs
+        train(seeded, ledger=ledger, allow_seeded=True, progress=False)
+    secure = TrainConfig(epsilon=2.0, seed=1, data_root=str(synthetic_root), **QUICK)
+    experiments.sweep([secure], experiment="t", out_dir=tmp_path / "out", ledger=ledger, progress=False)
+    last = ledger.history()[-1]
+    assert last.randomness == "secure"
+    [record] = [p for p in (tmp_path / "out" / "runs").glob("*.json")]
+    import json
+
+    assert json.loads(record.read_text())["ledger"] == {"spend_id": last.id, "head": last.hash}
+    assert ledger.verify(head=last.hash)  # the recorded head is an anchor on the chain

@@ -143,7 +143,8 @@ def truncated_mean(sigma: float, q: float, t_min: float, t_max: float) -> float:
         return sigma**2 * (t - math.log(q) + math.log1p((q - 1) * math.exp(-t))) + 0.5
 
     prv = PoissonSubsampledGaussianPRV(q, sigma)
-    mass = float(prv.cdf(t_max) - prv.cdf(t_min))  # as TruncatedPrivacyRandomVariable
+    with np.errstate(divide="ignore"):  # log(1 - q) for q = 1
+        mass = float(prv.cdf(t_max) - prv.cdf(t_min))  # as TruncatedPrivacyRandomVariable
     lo, hi, total = x_of(t_min), x_of(t_max), 0.0
     for center, weight in ((0.0, 1 - q), (1.0, q)):
         a, b = max((lo - center) / sigma, -40.0), min((hi - center) / sigma, 40.0)  # phi(40) = 0
@@ -158,7 +159,7 @@ def truncated_mean(sigma: float, q: float, t_min: float, t_max: float) -> float:
     return total / mass
 
 
-@functools.lru_cache(maxsize=16)  # each holds size complex numbers: 16 MB per million points
+@functools.lru_cache(maxsize=8)  # each holds 12 MB per million grid points; a curve uses one at a time
 def transform(sigma: float, q: float, g: Grid) -> Transform:
     """Opacus's ``discretize`` of one step's truncated PRV on ``g``: the CDF read once per
     edge, the mean from :func:`truncated_mean`."""

@@ -342,3 +342,12 @@ def compose(
         rdp = sum(_rdp_one_step(s, q) * n for s, q, n in history)  # as Opacus's compute_rdp
         return float(_rdp.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)[0])
     return _prv_composed(tuple(history), delta)
+
+
+def cache_clear() -> None:
+    """Forget every cached accounting result (for cold timings); being pure, none can go stale.
+
+    >>> cache_clear()
+    """
+    for cached in (_prv_epsilon, _rdp_one_step, _prv.rdp_one_step, _prv.transform):
+        cached.cache_clear()

@@ -77,7 +77,7 @@ def rdp_epsilon(rdp: np.ndarray, delta: float) -> float:
         return float(_rdp.get_privacy_spent(orders=ORDERS.tolist(), rdp=rdp, delta=delta)[0])
 
 
-def grid(history: tuple[tuple[float, float, int], ...], delta: float, eps_error: float) -> Grid:
+def grid(history: tuple[tuple[float, float, int], ...], *, eps_error: float, delta_error: float) -> Grid:
     """The grid for composing ``history``, ``(sigma, q, steps)`` entries, scaled up to its bucket.
 
     Opacus's choices (``PRVAccountant._get_domain``, Gopi et al. Remark 5.6), made for
@@ -88,7 +88,6 @@ def grid(history: tuple[tuple[float, float, int], ...], delta: float, eps_error:
     Raises:
         RuntimeError: If the grid would exceed :data:`MAX_GRID` points (epsilon in the hundreds).
     """
-    delta_error = delta / 1000
     total = sum(n for _, _, n in history)
     scale = bucket(total) / total
     composed = sum(n * scale * rdp_one_step(s, q) for s, q, n in history)
@@ -182,19 +181,12 @@ def transform(sigma: float, q: float, g: Grid) -> Transform:
     return Transform(spectrum, envelope, shift)
 
 
-def epsilon(
-    history: tuple[tuple[float, float, int], ...], g: Grid, delta: float, eps_error: float
-) -> float:
-    """Upper end of the PRV epsilon band of ``history`` composed on ``g`` (Opacus's ``eps_upper``).
+def composed(history: tuple[tuple[float, float, int], ...], g: Grid) -> DiscretePRV:
+    """The PRV of ``history`` composed on ``g``, as Opacus's ``compose_heterogeneous`` gives it.
 
     The steps of every entry are composed at once by raising its transform to their number: a
     circular convolution, like Opacus's ``_compose_fourier``. A sum of T grid values lands
-    ``(T - 1) * t_min / dt`` places off the grid's index, which the roll undoes. Opacus's
-    read-out (``DiscretePRV.compute_epsilon``) runs on the grid from t = -1 up, where epsilon
-    lies (its sums run from the top down, so they do not change), else on the whole grid.
-
-    Raises:
-        RuntimeError: If Opacus's read-out cannot find epsilon on this grid.
+    ``(T - 1) * t_min / dt`` places off the grid's index, which the roll undoes.
     """
     product, shift = 1.0, 0.0
     for sigma, q, n in history:
@@ -203,13 +195,28 @@ def epsilon(
         shift += n * t.shift
     total = sum(n for _, _, n in history)
     pmf = np.roll(scipy.fft.irfft(product, n=g.size), (total - 1) * round(g.t_min / g.dt) % g.size)
-    domain = g.domain.shift_right(shift)
+    return DiscretePRV(pmf=pmf, domain=g.domain.shift_right(shift))
 
-    def read(i: int) -> float:  # Opacus's eps_upper from grid point i up (i even: sizes stay even)
-        part = DiscretePRV(pmf=pmf[i:], domain=Domain(domain.t_min + i * g.dt, domain.t_max, g.size - i))
+
+def epsilon(history: tuple[tuple[float, float, int], ...], delta: float, eps_error: float) -> float:
+    """Upper end of the PRV epsilon band of ``history`` (Opacus's ``eps_upper``), on its :func:`grid`.
+
+    Opacus's read-out (``DiscretePRV.compute_epsilon``, ``delta_error = delta / 1000``) runs on
+    the grid from t = -1 up, where epsilon lies (its sums run from the top down, so they do not
+    change), else on the whole grid.
+
+    Raises:
+        RuntimeError: If the grid would be too large, or if the read-out cannot find epsilon.
+    """
+    g = grid(history, eps_error=eps_error, delta_error=delta / 1000)
+    whole = composed(history, g)
+    t_min = whole.domain.t_min
+
+    def read(i: int) -> float:  # eps_upper from grid point i up (i even: sizes stay even)
+        part = DiscretePRV(pmf=whole.pmf[i:], domain=Domain(t_min + i * g.dt, whole.domain.t_max, g.size - i))
         return float(part.compute_epsilon(delta, delta / 1000, eps_error)[2])
 
-    start = min(max(0, math.floor((-1 - domain.t_min) / g.dt)), g.size - 2) // 2 * 2  # t = -1
+    start = min(max(0, math.floor((-1 - t_min) / g.dt)), g.size - 2) // 2 * 2  # t = -1
     if start:
         try:
             return read(start)

@@ -71,9 +71,8 @@ def _rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
 def _prv_composed(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     """PRV epsilon (its error band's upper end) of (sigma, q, steps) entries composed."""
     try:
-        grid = _prv.grid(history, delta, _EPS_ERROR)
         with np.errstate(divide="ignore"):  # Opacus's read-out takes log(0) far out
-            return _prv.epsilon(history, grid, delta, _EPS_ERROR) + _PRV_MARGIN
+            return _prv.epsilon(history, delta, _EPS_ERROR) + _PRV_MARGIN
     except RuntimeError as error:
         problem = str(error)
     raise RuntimeError(

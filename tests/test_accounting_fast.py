@@ -185,13 +185,13 @@ def test_tutorial_plan_within_budget_by_dp_accounting() -> None:
                                                    (1.5, 0.2, 1025)])
 def test_grid_is_at_least_as_fine_and_wide_as_opacus(sigma: float, q: float, steps: int) -> None:
     delta, eps_error = 1e-5, 0.01
-    g = _prv.grid(((sigma, q, steps),), delta, eps_error)
+    g = _prv.grid(((sigma, q, steps),), eps_error=eps_error, delta_error=delta / 1000)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Optimal order", UserWarning)
         half = compute_safe_domain_size([PoissonSubsampledGaussianPRV(q, sigma)], [steps], eps_error, delta / 1000)
     assert g.dt <= eps_error / math.sqrt(steps * math.log(12 / (delta / 1000)) / 2)  # PRVAccountant's mesh
     assert g.t_min <= -half and g.domain.t_max >= half and g.size % 2 == 0
-    assert g == _prv.grid(((sigma, q, _prv.bucket(steps)),), delta, eps_error)  # shared by the bucket
+    assert g == _prv.grid(((sigma, q, _prv.bucket(steps)),), eps_error=eps_error, delta_error=delta / 1000)
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero")  # Opacus's CDF takes log(1 - q) for q = 1

@@ -1,15 +1,17 @@
 """PRV composition of Poisson-subsampled Gaussian mechanisms, read at many step counts.
 
 The numerical composition of privacy loss random variables of Gopi, Lee & Wutschitz 2021
-(https://arxiv.org/abs/2106.02848) as Opacus's ``PRVAccountant`` does it: its PRV, truncation,
-discretisation (mean-preserving) and epsilon read-out are used unchanged, at its errors
-(``eps_error``, ``delta_error = delta / 1000``). What changes is the grid, and only towards a
-finer mesh and a wider domain, for which the paper's error band still holds:
+(https://arxiv.org/abs/2106.02848) as Opacus's ``PRVAccountant`` does it: its PRV and truncation,
+its mean-preserving discretisation (the CDF read once per grid edge; the mean by Gauss-Legendre,
+:func:`truncated_mean`), its epsilon read-out, at its errors (``eps_error``, ``delta_error``).
+What changes is the grid, and only towards a finer mesh and a wider domain, for which the
+paper's error band still holds:
 
 * The grid of ``steps`` steps is the one Opacus would pick for ``bucket(steps)`` steps, the next
   power of two (the mesh shrinks as 1/sqrt(steps), the domain grows with it). Every step count in a
   bucket then shares one discretised PRV and its Fourier transform (cached), so a curve costs one
   inverse FFT per point, and a step count gives the same epsilon wherever it is asked.
+  ``privkit.accounting`` adds a margin for the estimate's move from Opacus's grid to this one.
 * The domain's half-width comes from RDP at integer orders 2 to 63 (a closed form, vectorised;
   Mironov, Talwar & Zhang 2019, https://arxiv.org/abs/1908.10530, Sec. 3.3) instead of Opacus's
   fractional orders, which is never narrower; its length is then rounded up to a fast FFT size by

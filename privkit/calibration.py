@@ -332,7 +332,7 @@ def fit_temperature_dp(
     >>> y, z = [0, 1, 1, 0] * 100, [-2.0, 2.0, 1.0, 1.0] * 100
     >>> fit = fit_temperature_dp(y, z, epsilon=2.0, delta=1e-5, randomness="seeded")
     >>> round(fit.epsilon, 2), round(fit.noise_multiplier, 1), round(fit.temperature, 1)
-    (1.99, 5.7, 1.2)
+    (2.0, 5.7, 1.2)
     """
     _validate.positive(epsilon=epsilon)
     _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=delta)

@@ -4,6 +4,7 @@
     privkit train --epsilon inf                # the non-private baseline
     privkit reproduce --profile quick
     privkit bench --json bench.json            # epoch times of every engine on this device
+    privkit bench --accounting                 # the accountant's times, against the old way
     privkit budget set --scope dataset:pneumoniamnist --epsilon 4 --delta 1e-5
     privkit budget show                        # budgets, spent epsilon (composed and summed)
     privkit budget verify                      # check the ledger's hash chain, print its head
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let the ledger charge a --randomness seeded run (recorded as such)")
     t.add_argument("--no-progress", action="store_true")
 
-    b = commands.add_parser("bench", help="time every training engine on one device (a benchmark)",
+    b = commands.add_parser("bench", help="time every training engine on one device, or the accountant (a benchmark)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     b.add_argument("--model", default="cnn", choices=sorted(MODELS))
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sweep", default=None, metavar="YAML",
                    help="also time this experiment's full epsilon sweep, e.g. experiments/privacy_utility.yaml")
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--accounting", action="store_true",
+                   help="time the accountant instead (epsilon, calibration, curves, individual plans) against "
+                        "the way privkit computed it before, in the same run")
+    b.add_argument("--plan-groups", type=int, nargs="*", default=[2, 3, 5], choices=[2, 3, 5],
+                   help="with --accounting: numbers of groups of the individual.plan rows")
+    b.add_argument("--all-baselines", action="store_true",
+                   help="with --accounting: also time the old individual.plan for 3 and 5 groups (minutes)")
 
     r = commands.add_parser("reproduce", help="execute every experiment notebook (what `make reproduce` does)")
     r.add_argument("--profile", default="full", help="full (GPU) or quick (CPU), as defined in experiments/*.yaml")
@@ -256,6 +264,14 @@ def _train(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from privkit import bench
 
+    if args.accounting:
+        from privkit import bench_accounting
+
+        report = bench_accounting.run(plan_groups=args.plan_groups, all_baselines=args.all_baselines)
+        print(bench_accounting.format_table(report))
+        if args.json:
+            bench.write_json(report, args.json)
+        return 0
     report = bench.run(
         device=args.device, model=args.model, data_root=args.data_root, batch_size=args.batch_size,
         epochs=args.epochs, stacks=args.stacks, progress=not args.no_progress,

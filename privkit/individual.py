@@ -33,12 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privkit import _validate, accounting, budget, data, randomness
+from privkit import _prv, _search, _validate, accounting, budget, data, randomness
 from privkit.train import Mechanism, TrainConfig, TrainResult, stream_identity, train_many
 from privkit.train import plan as plan_run
 
-_RELATIVE_TOLERANCE = 1e-3  # of each sample rate and of the expected batch size
+_BATCH_TOLERANCE = 1e-3  # relative: the expected batch is at least batch_size and within 0.1% of it
+_EPSILON_TOLERANCE = 2.5e-4  # relative: each group's epsilon within 0.025% of its budget, finer than the
+# batch's tolerance so that the expected batch, a sum of the groups' rates, is monotone in sigma at its scale
 _MAX_NOISE = 1e3  # far beyond any useful noise multiplier
+_MIN_RATE = 1e-12  # far below any useful sample rate
 _GROUPS_STREAM = 0x67726F757073  # "groups": assign_groups' random stream
 
 
@@ -78,42 +81,42 @@ class IndividualResult:
     plan: IndividualPlan
 
 
-def _solve(f: Callable[[float], float], lo: float, hi: float, *, tolerance: float) -> tuple[float, float]:
-    """The root of an increasing ``f`` in [lo, hi] from below: ``x`` with -tolerance < f(x) <= 0.
+def _largest_rate(sigma: float, target: float, *, steps: int, delta: float, accountant: str,
+                  guess: float) -> tuple[float, float]:
+    """The largest Poisson rate q with epsilon(sigma, q, steps) <= target (within 0.025%), and that
+    epsilon, searched from ``guess`` (:func:`privkit._search.solve_below` on log q).
 
-    Regula falsi with the Illinois modification (a few evaluations where bisection needs ten
-    or more); the bracket keeps f(lo) <= 0 < f(hi), so the answer never overshoots.
+    Raises:
+        ValueError: If not even a vanishing rate keeps epsilon within ``target``.
     """
-    f_lo, f_hi, side = f(lo), f(hi), 0
-    while f_lo <= -tolerance and hi - lo > 1e-12 * hi:
-        x = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-        x = min(max(x, lo + 1e-3 * (hi - lo)), hi - 1e-3 * (hi - lo))  # stay inside
-        f_x = f(x)
-        if f_x <= 0:
-            lo, f_lo = x, f_x
-            f_hi, side = (f_hi / 2, 0) if side == -1 else (f_hi, -1)
-        else:
-            hi, f_hi = x, f_x
-            f_lo, side = (f_lo / 2, 0) if side == 1 else (f_lo, 1)
-    return lo, f_lo
-
-
-def _largest_rate(sigma: float, target: float, *, steps: int, delta: float, accountant: str) -> tuple[float, float]:
-    """The largest Poisson rate q with epsilon(sigma, q, steps) <= target, and that epsilon."""
 
     def log_ratio(log_q: float) -> float:  # log(epsilon / target): smooth and increasing in log q
         eps = accounting.epsilon(noise_multiplier=sigma, sample_rate=math.exp(log_q), steps=steps,
                                  delta=delta, accountant=accountant)  # fmt: skip
         return math.log(eps / target) if eps > 0 else -math.inf
 
-    at_one = log_ratio(0.0)
-    if at_one <= 0:
-        return 1.0, target * math.exp(at_one)
-    log_lo = -1.0
-    while log_ratio(log_lo) > 0:  # bracket from below by halving
-        log_lo -= 2.0
-    log_q, f = _solve(log_ratio, log_lo, 0.0, tolerance=_RELATIVE_TOLERANCE)
-    return math.exp(log_q), target * math.exp(f)
+    found = _search.solve_below(log_ratio, math.log(guess), scale=1.0, tolerance=_EPSILON_TOLERANCE,
+                                low=math.log(_MIN_RATE), high=0.0)
+    if found is None:
+        raise ValueError(
+            f"No sample rate >= {_MIN_RATE:g} keeps epsilon <= {target!r} at noise_multiplier={sigma!r} "
+            f"with accountant={accountant!r}: an epsilon this small cannot be certified."
+        )
+    q = math.exp(found[0])  # and its epsilon, from the accountant's cache:
+    return q, accounting.epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
+                                 accountant=accountant)
+
+
+def _rdp_integer_rate(sigma: float, target: float, *, steps: int, delta: float) -> float:
+    """Where RDP at integer orders (:func:`privkit._prv.rdp_one_step`, microseconds) reaches the
+    target: a starting point for :func:`_largest_rate`, which every accountant refines."""
+
+    def log_ratio(log_q: float) -> float:
+        eps = _prv.rdp_epsilon(_prv.rdp_one_step(sigma, math.exp(log_q)) * steps, delta)
+        return math.log(eps / target) if eps > 0 else -math.inf
+
+    found = _search.solve_below(log_ratio, -3.0, scale=1.0, tolerance=1e-3, low=math.log(_MIN_RATE), high=0.0)
+    return _MIN_RATE if found is None else math.exp(found[0])
 
 
 def plan(
@@ -128,7 +131,7 @@ def plan(
     """Noise multiplier and per-group sample rates for individualised DP-SGD.
 
     For a noise multiplier sigma, each group gets the largest rate q_g(sigma) whose epsilon after
-    ``steps`` stays within its budget; sigma is bisected until sum_g n_g q_g(sigma) matches
+    ``steps`` stays within its budget; sigma is searched until sum_g n_g q_g(sigma) matches
     ``batch_size`` (a larger sigma allows larger rates). Boenisch et al. (2023), Algorithm 2.
 
     Args:
@@ -172,28 +175,68 @@ def plan(
 @functools.lru_cache(maxsize=64)  # each evaluation runs the accountant: plan once per setting
 def _solve_plan(targets: tuple[float, ...], sizes: tuple[int, ...], batch_size: int, steps: int, delta: float,
                 accountant: str) -> tuple[tuple[tuple[float, float], ...], float]:
-    """Per-group (rate, epsilon) and the noise multiplier: the search behind :func:`plan`."""
+    """Per-group (rate, epsilon) and the noise multiplier: the search behind :func:`plan`.
+
+    Two nested searches (:func:`privkit._search.solve_below`): over log sigma for the expected
+    batch size, and at each sigma over each group's log rate for its epsilon. They start from
+    the same plan under RDP at integer orders (a closed form, microseconds) and its slopes
+    (d log rate / d log sigma); a group's rate is then guessed by a power law through its last
+    two sigmas, so that the accountant is asked about 10 times per group in all.
+    """
+
+    def fast(sigma: float, target: float, i: int) -> tuple[float, float]:  # (rate, no epsilon)
+        return _rdp_integer_rate(sigma, target, steps=steps, delta=delta), math.nan
+
+    fast_rates = _plan_rates(targets, fast)
+    guess = _smallest_sigma(fast_rates, sizes, batch_size, guess=1.0, scale=0.3)
+    h = 0.02  # d log sigma for the slopes, as differences
+    log_q = [[math.log(q) for q, _ in fast_rates(guess * math.exp(-d))] for d in (0.0, h)]
+    slopes = [(a - b) / h for a, b in zip(*log_q)]  # of each group's log rate
+    batch = [math.log(sum(n * math.exp(x) for n, x in zip(sizes, row))) for row in log_q]
+    batch_slope = max((batch[0] - batch[1]) / h, 0.1)
+    seen: list[list[tuple[float, float]]] = [[] for _ in targets]  # each group's (log sigma, log rate) so far
+
+    def solve(sigma: float, target: float, i: int) -> tuple[float, float]:
+        x, past = math.log(sigma), seen[i][-2:]
+        if not past:
+            guess = fast(sigma, target, i)[0]
+        else:  # log rate linear in log sigma, through the last two or with the fast plan's slope
+            slope = (past[1][1] - past[0][1]) / (past[1][0] - past[0][0]) if len(past) == 2 else slopes[i]
+            guess = math.exp(min(0.0, past[-1][1] + slope * (x - past[-1][0])))
+        guess = max(guess * math.exp(-_EPSILON_TOLERANCE / 2), _MIN_RATE)  # aimed just below
+        q, eps = _largest_rate(sigma, target, steps=steps, delta=delta, accountant=accountant, guess=guess)
+        seen[i].append((x, math.log(q)))
+        return q, eps
+
+    rates = _plan_rates(targets, solve)
+    sigma = _smallest_sigma(rates, sizes, batch_size, guess=guess, scale=1 / batch_slope)
+    return rates(sigma), sigma
+
+
+def _plan_rates(targets: tuple[float, ...],
+                solve: Callable[[float, float, int], tuple[float, float]]) -> Callable[[float], tuple]:
+    """sigma -> each group's (rate, epsilon) by ``solve(sigma, target, group index)``, cached."""
 
     @functools.lru_cache(maxsize=None)
     def rates(sigma: float) -> tuple[tuple[float, float], ...]:
-        return tuple(_largest_rate(sigma, t, steps=steps, delta=delta, accountant=accountant) for t in targets)
+        return tuple(solve(sigma, t, i) for i, t in enumerate(targets))
 
-    def batch(sigma_rates: tuple[tuple[float, float], ...]) -> float:
-        return sum(n * q for n, (q, _) in zip(sizes, sigma_rates))
+    return rates
 
-    hi = 1.0  # bracket the noise multiplier: batch(lo) < batch_size <= batch(hi)
-    while batch(rates(hi)) < batch_size:
-        if hi >= _MAX_NOISE:
-            raise ValueError(f"No noise multiplier up to {_MAX_NOISE} reaches batch_size={batch_size}.")
-        hi *= 2
-    lo = hi / 2
-    while batch(rates(lo)) >= batch_size:
-        lo /= 2
-    # The smallest sigma whose rates give at least batch_size (log-scale, from above).
-    neg_sigma, _ = _solve(lambda x: math.log(batch_size / batch(rates(-x))), -hi, -lo,
-                          tolerance=_RELATIVE_TOLERANCE)  # fmt: skip
-    sigma = -neg_sigma
-    return rates(sigma), sigma
+
+def _smallest_sigma(rates: Callable[[float], tuple], sizes: tuple[int, ...], batch_size: int, *,
+                    guess: float, scale: float) -> float:
+    """The smallest sigma (within 0.1%) whose rates give an expected batch of at least ``batch_size``;
+    ``scale``: a guess of d log sigma / d log batch."""
+
+    def log_shortfall(x: float) -> float:  # log(batch_size / expected batch) at sigma = e^-x: increasing in x
+        return math.log(batch_size / sum(n * q for n, (q, _) in zip(sizes, rates(math.exp(-x)))))
+
+    found = _search.solve_below(log_shortfall, -math.log(guess), scale=scale, tolerance=_BATCH_TOLERANCE,
+                                low=-math.log(_MAX_NOISE))
+    if found is None:
+        raise ValueError(f"No noise multiplier up to {_MAX_NOISE} reaches batch_size={batch_size}.")
+    return math.exp(-found[0])
 
 
 def assign_groups(n: int, fractions: Mapping[str, float], *, seed: int = 0) -> np.ndarray:

@@ -14,25 +14,16 @@ curve of mu-Gaussian DP; :func:`mu_from_mechanism` an approximation, for illustr
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
-from opacus.accountants.analysis.prv import (
-    Domain,
-    PoissonSubsampledGaussianPRV,
-    TruncatedPrivacyRandomVariable,
-    compose_heterogeneous,
-    compute_safe_domain_size,
-    discretize,
-)
 from scipy.signal import lfilter
 from scipy.special import log_ndtr, ndtr, ndtri
 
+from privkit import _prv
 from privkit._validate import in_range, positive_int
 
-_EPS_ERROR = 0.005  # PRV error band in epsilon (half Opacus's default: ~0.3 s)
+_EPS_ERROR = 0.005  # PRV error band in epsilon (half Opacus's default)
 _DELTA_ERROR = 1e-9  # PRV error band in delta: far below any FPR a report quotes
-_PRV_MAX_GRID = 2e7  # as in privkit.accounting: each million points ~1 s, 8 MB
 
 
 def _fpr(fpr: float | np.ndarray) -> np.ndarray:
@@ -129,31 +120,26 @@ def mu_from_mechanism(*, noise_multiplier: float, sample_rate: float, steps: int
         return math.inf
 
 
-def _prv(sigma: float, q: float, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Opacus's composed discrete PRV of (sigma, q, steps), built as PRVAccountant does.
+def _prv_sums(sigma: float, q: float, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The composed discrete PRV of (sigma, q, steps) on a grid at least as fine and wide as
+    Opacus's PRVAccountant's for these errors (:mod:`privkit._prv`, shared with the accountant).
 
     Returns the grid ``t`` (N,), ``d1[j] = P(Y >= t_j)`` and ``d2[j] = E[e^(t_j - Y);
     Y >= t_j]`` (N,), so that Opacus's ``compute_delta_estimate(t_j) = d1[j] - d2[j]``.
     """
-    prv = PoissonSubsampledGaussianPRV(q, sigma)
-    with warnings.catch_warnings(), np.errstate(divide="ignore", over="ignore"):
-        warnings.filterwarnings("ignore", "Optimal order", UserWarning)
-        half = compute_safe_domain_size([prv], [steps], eps_error=_EPS_ERROR,
-                                        delta_error=_DELTA_ERROR)
-        mesh = _EPS_ERROR / math.sqrt(steps * math.log(12 / _DELTA_ERROR) / 2)
-        if not 2 * half / mesh <= _PRV_MAX_GRID:
-            raise RuntimeError(
-                f"Opacus's PRV needs {2 * half / mesh:.3g} grid points for "
-                f"noise_multiplier={sigma!r}, sample_rate={q!r}, steps={steps!r} (epsilon in "
-                "the hundreds); use tpr_bound with accounting.epsilon(accountant='rdp')."
-            )
-        domain = Domain.create_aligned(-half, half, mesh)
-        tprv = TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max)
-        dprv = compose_heterogeneous([discretize(tprv, domain)], [steps])
+    history = ((sigma, q, steps),)
+    try:
+        grid = _prv.grid(history, eps_error=_EPS_ERROR, delta_error=_DELTA_ERROR)
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"The PRV needs {error} for noise_multiplier={sigma!r}, sample_rate={q!r}, steps={steps!r} "
+            "(epsilon in the hundreds); use tpr_bound with accounting.epsilon(accountant='rdp')."
+        ) from None
+    dprv = _prv.composed(history, grid)
     t, p = dprv.domain.ts, np.maximum(dprv.pmf, 0.0)  # (N,); drop FFT round-off below 0
     d1 = np.cumsum(p[::-1])[::-1]
     # d2[j] = p[j] + e^-dt d2[j+1], a stable recursion that never forms e^t (t may be > 709)
-    d2 = lfilter([1.0], [1.0, -math.exp(-dprv.domain.dt)], p[::-1])[::-1]
+    d2 = lfilter([1.0], [1.0, -math.exp(-grid.dt)], p[::-1])[::-1]
     return t, d1, d2
 
 
@@ -167,7 +153,7 @@ def delta_bound(epsilon: float | np.ndarray, *, noise_multiplier: float,
     (Dong, Roth & Su 2019, Cor. 2.13; Balle & Wang 2018). Otherwise Opacus's PRV estimate
     (``DiscretePRV.compute_delta_estimate``, which may fall below the truth) becomes a bound
     by the error theorem of Gopi, Lee & Wutschitz 2021 (https://arxiv.org/abs/2106.02848),
-    with the domain and mesh Opacus's PRVAccountant picks for these errors:
+    on a grid at least as fine and wide as Opacus's PRVAccountant picks for these errors:
     ``delta(eps) <= estimate(eps - 0.005) + 1e-9`` for every real eps. This is the guarantee
     behind ``privkit.accounting.epsilon(accountant="prv")``, which reports ``eps_upper``, and
     it inherits Opacus's domain size (a FIXME in ``compute_safe_domain_size``: fine for
@@ -185,7 +171,7 @@ def delta_bound(epsilon: float | np.ndarray, *, noise_multiplier: float,
         with np.errstate(over="ignore"):
             d = ndtr(-eps / mu + mu / 2) - np.exp(eps + log_ndtr(-eps / mu - mu / 2))
         return _out(np.clip(d, 0.0, 1.0), epsilon)
-    t, d1, d2 = _prv(noise_multiplier, sample_rate, steps)
+    t, d1, d2 = _prv_sums(noise_multiplier, sample_rate, steps)
     x = eps - _EPS_ERROR
     j = np.searchsorted(t, x, side="left")  # first grid point >= x: as compute_delta_estimate
     k = np.minimum(j, len(t) - 1)
@@ -209,7 +195,7 @@ def tpr_bound_mechanism(fpr: float | np.ndarray, *, noise_multiplier: float,
         noise_multiplier: sigma, > 0. sample_rate: q, in (0, 1]. steps: an integer >= 1.
 
     Returns:
-        The TPR bound, shaped like ``fpr``; about 0.3 s for 540 steps at q = 0.054.
+        The TPR bound, shaped like ``fpr``; a fraction of a second for 540 steps at q = 0.054.
 
     Raises:
         ValueError: If an argument is out of range (the message names it).
@@ -223,7 +209,7 @@ def tpr_bound_mechanism(fpr: float | np.ndarray, *, noise_multiplier: float,
     _mechanism(noise_multiplier, sample_rate, steps)
     if sample_rate == 1:
         return gaussian_tpr(fpr, mu=math.sqrt(steps) / noise_multiplier)
-    t, d1, d2 = _prv(noise_multiplier, sample_rate, steps)
+    t, d1, d2 = _prv_sums(noise_multiplier, sample_rate, steps)
     # lines at eps_j = t_j + _EPS_ERROR, plus one past the grid where the estimate is 0: (N + 1,)
     t = np.append(t, t[-1] + (t[-1] - t[0]) / (len(t) - 1))
     d1, d2 = np.append(d1, 0.0), np.append(d2, 0.0)

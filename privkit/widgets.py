@@ -123,7 +123,7 @@ def html_summary(view: WhatEpsilonBuys) -> str:
                                f"{m.sample_rate:.3g}; ε spent ≤ {math.ceil(m.epsilon * 100) / 100:g}</small>"),
         (f"test AUC of the {view.recipe} recipe", _auc_text(view)),
         ("membership inference: highest TPR",
-         "<br>".join(f"<b>{_pct(b)}</b> at FPR {_pct(f)}" for f, b in view.tpr_bounds.items())
+         "<br>".join(f"<b>{_pct(b)}</b> at FPR {100 * f:g}%" for f, b in view.tpr_bounds.items())
          + "<br><small>any attack; guessing gets TPR = FPR</small>"),
         ("reconstructing an X-ray: highest chance",
          f"<b>{_pct(view.reconstruction_bound)}</b><br><small>for an attacker right 1 time in "
@@ -175,7 +175,7 @@ def explorer(
     }
     for slider in sliders.values():
         slider.continuous_update = False
-        slider.style.description_width = "5em"
+        slider.style.description_width = "initial"
     result = w.HTML(html_summary(first))
     box = Explorer([w.HBox(list(sliders.values()), layout=w.Layout(flex_flow="row wrap")), result], first)
     box.add_class("privkit-explorer")

@@ -56,7 +56,8 @@ def execute(
         for path in paths:
             parameters = {} if data_root is None else {"data_root": str(data_root)}
             output = Path(out_dir) / section / path.name
-            run_if_stale(Experiment(path.stem, path, parameters), output, force=force, label=f"{section}/{path.stem}")
+            experiment = Experiment(path.stem, path, parameters)
+            run_if_stale(experiment, output, force=force, label=f"{section}/{path.stem}")
             executed[section].append(output)
     return executed
 

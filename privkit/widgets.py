@@ -118,9 +118,10 @@ def _auc_text(view: WhatEpsilonBuys) -> str:
 def html_summary(view: WhatEpsilonBuys) -> str:
     """The view as four cards side by side (wrapping on a narrow page), in HTML."""
     m = view.mechanism
+    spent = math.ceil(m.epsilon * 100) / 100  # rounded up, as the bounds
     cards = [
         ("noise multiplier σ", f"<b>{m.noise_multiplier:.3g}</b><br><small>{m.steps} steps at sampling rate "
-                               f"{m.sample_rate:.3g}; ε spent ≤ {math.ceil(m.epsilon * 100) / 100:g}</small>"),
+                               f"{m.sample_rate:.3g}; ε spent ≤ {spent:g}</small>"),
         (f"test AUC of the {view.recipe} recipe", _auc_text(view)),
         ("membership inference: highest TPR",
          "<br>".join(f"<b>{_pct(b)}</b> at FPR {100 * f:g}%" for f, b in view.tpr_bounds.items())
@@ -166,10 +167,11 @@ def explorer(
     first = what_epsilon_buys(epsilon=epsilon, delta=delta, n_train=n_train, batch_size=batch_size,
                               epochs=epochs, recipe=recipe)
     sizes = sorted({2**k for k in range(4, 16) if 2**k <= n_train} | {first.batch_size})
+    epsilons = sorted(set(EPSILONS) | {epsilon})
+    deltas = sorted({d for d in DELTAS if d < 1 / n_train} | {delta})
     sliders = {
-        "epsilon": w.SelectionSlider(options=sorted(set(EPSILONS) | {epsilon}), value=epsilon, description="ε"),
-        "delta": w.SelectionSlider(options=sorted({d for d in DELTAS if d < 1 / n_train} | {delta}), value=delta,
-                                   description="δ"),
+        "epsilon": w.SelectionSlider(options=epsilons, value=epsilon, description="ε"),
+        "delta": w.SelectionSlider(options=deltas, value=delta, description="δ"),
         "batch_size": w.SelectionSlider(options=sizes, value=first.batch_size, description="batch size"),
         "epochs": w.IntSlider(value=first.epochs, min=1, max=max(100, first.epochs), description="epochs"),
     }
@@ -180,9 +182,14 @@ def explorer(
     box = Explorer([w.HBox(list(sliders.values()), layout=w.Layout(flex_flow="row wrap")), result], first)
     box.add_class("privkit-explorer")
 
-    def update(_: Any = None) -> None:
-        box.view = what_epsilon_buys(recipe=recipe, n_train=n_train, **{k: s.value for k, s in sliders.items()})
-        result.value = html_summary(box.view)
+    def update(_: Any) -> None:
+        values = {k: s.value for k, s in sliders.items()}
+        try:
+            box.view = what_epsilon_buys(recipe=recipe, n_train=n_train, **values)
+        except (ValueError, RuntimeError) as err:  # a setting the accountant cannot plan: say why
+            result.value = f"<b>{html.escape(str(err))}</b>"
+        else:
+            result.value = html_summary(box.view)
 
     for slider in sliders.values():
         slider.observe(update, names="value")

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import functools
 import http.server
-import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,11 +28,10 @@ from typing import Any
 import nbformat
 import pytest
 
-from tutorials import REPO, TUTORIALS, TUTORIALS_DIR, tiny_parameters
+from tutorials import CHROMIUM, REPO, TUTORIALS, TUTORIALS_DIR, tiny_parameters
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTEFACTS = REPO / "results" / "browser"
@@ -45,7 +42,8 @@ PROGRESS = re.compile(r"\s*\d+%\|.*\|.*")  # a tqdm bar written as text
 NEWS_PROMPT = "official Jupyter news"
 
 if CHROMIUM is None:
-    pytest.skip("needs Debian's chromium (`apt-get install chromium`; .ci/run installs it)", allow_module_level=True)
+    pytest.skip("needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
+                allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
 
@@ -88,7 +86,8 @@ def lab(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
         "--LabApp.expose_app_in_browser=True",
         f"--LabApp.app_settings_dir={REPO / 'lab' / 'settings'}",  # what `make lab` installs in the venv
-        f"--LabApp.user_settings_dir={tmp / 'user-settings'}", f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+        f"--LabApp.user_settings_dir={tmp / 'user-settings'}",
+        f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
     ] + (["--allow-root"] if os.geteuid() == 0 else [])
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp / "config"), "JUPYTER_DATA_DIR": str(tmp / "data"),
            "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
@@ -130,15 +129,18 @@ def browser() -> Iterator[Any]:
 _PANEL = "const panel = window.jupyterapp.shell.currentWidget;"
 _STATE = _PANEL + """
   const cells = panel.content.widgets.filter(c => c.model.type === 'code');
-  const outputs = cells.map(c => c.model.outputs.toJSON());
+  const idle = panel.sessionContext.session.kernel.status === 'idle';
   return {
-    error: outputs.some(os => os.some(o => o.output_type === 'error')),
-    done: cells.every(c => c.model.executionCount !== null) && panel.sessionContext.session.kernel.status === 'idle',
+    error: cells.some(c => c.model.outputs.toJSON().some(o => o.output_type === 'error')),
+    done: idle && cells.every(c => c.model.executionCount !== null),
   };"""
 _CELLS = _PANEL + """
-  return panel.content.widgets.map((c, index) => ({index, type: c.model.type, source: c.model.sharedModel.getSource(),
+  return panel.content.widgets.map((c, index) => ({
+      index, type: c.model.type, source: c.model.sharedModel.getSource(),
       outputs: c.model.type === 'code' ? c.model.outputs.toJSON() : []}));"""
-_SHOW = _PANEL + "await panel.content.scrollToItem(index, 'center'); await new Promise(r => setTimeout(r, 300));"
+_SHOW = _PANEL + """
+  await panel.content.scrollToItem(index, 'center');
+  await new Promise(r => setTimeout(r, 300));"""
 _IMAGES = _SHOW + """
   return [...panel.content.widgets[index].node.querySelectorAll('.jp-OutputArea-output img')].map(im => ({
       natural_width: im.naturalWidth, natural_height: im.naturalHeight,
@@ -165,14 +167,17 @@ def _run_all(page: Any, lab: dict[str, Any], name: str) -> Run:
         assert time.monotonic() < deadline, f"{name}: Run All did not finish in {RUN_TIMEOUT_S} s"
         time.sleep(1)
     kernel = _js(page, _PANEL + """
-        return {name: panel.sessionContext.session.kernel.name, display_name: panel.sessionContext.kernelDisplayName};""")
+        const session = panel.sessionContext;
+        return {name: session.session.kernel.name, display_name: session.kernelDisplayName};""")
     cells = _js(page, _CELLS)
+    data = {c["index"]: [o.get("data", {}) for o in c["outputs"]] for c in cells}
     images = {c["index"]: _js(page, _IMAGES, c["index"]) for c in cells
-              if any("image/png" in o.get("data", {}) for o in c["outputs"]) or DRAWS.search(c["source"])}
-    tables = [t for c in cells if any("<table" in str(o.get("data", {}).get("text/html", "")) for o in c["outputs"])
+              if any("image/png" in d for d in data[c["index"]]) or DRAWS.search(c["source"])}
+    tables = [t for c in cells if any("<table" in str(d.get("text/html", "")) for d in data[c["index"]])
               for t in _js(page, _TABLES, c["index"])]
     page.screenshot(path=ARTEFACTS / f"{name}.png")
-    run = Run(kernel, [c for c in cells if c["type"] == "code"], images, tables, lab["root"] / f"{name}.ipynb")
+    code = [c for c in cells if c["type"] == "code"]
+    run = Run(kernel, code, images, tables, lab["root"] / f"{name}.ipynb")
     if not state["error"] and "widgets.explorer(" in "".join(c["source"] for c in cells):
         run.explorer = _move_explorer_slider(page, name, cells)
     _js(page, _PANEL + """
@@ -192,11 +197,11 @@ def _move_explorer_slider(page: Any, name: str, cells: list[dict[str, Any]]) -> 
     handle.focus()
     handle.press("ArrowRight")
     page.wait_for_function(
-        "(before) => document.querySelector('.privkit-explorer .privkit-explorer-result').innerText !== before",
+        "(before) => document.querySelector('.privkit-explorer-result').innerText !== before",
         arg=before, timeout=RUN_TIMEOUT_S * 1000)
     page.wait_for_timeout(500)
     explorer.screenshot(path=ARTEFACTS / f"{name}-explorer.png")
-    return {"before": before, "after": result.inner_text(), "epsilon": explorer.locator(".widget-readout").first.inner_text()}
+    return {"before": before, "after": result.inner_text()}
 
 
 @pytest.fixture(scope="session")
@@ -233,11 +238,10 @@ def test_tutorial_runs_all_cells_cleanly_in_jupyterlab(name: str, lab_runs: dict
     outputs = [o for c in run.cells for o in c["outputs"]]
     errors = [f"{o['ename']}: {o['evalue']}" for o in outputs if o["output_type"] == "error"]
     assert not errors, f"{name}: {errors}"
-    assert all(c["outputs"] is not None for c in run.cells)
     assert TUTORIALS[name][1] in "".join(t for o in outputs for t in _texts(o))
     stderr = [o["text"] for o in outputs if o["output_type"] == "stream" and o["name"] == "stderr"]
-    noise = [t for t in stderr if not all(PROGRESS.fullmatch(line) for line in re.split(r"[\r\n]+", t) if line)
-             or not t.strip()]
+    lines = {t: [line for line in re.split(r"[\r\n]+", t) if line] for t in stderr}
+    noise = [t for t in stderr if not t.strip() or not all(PROGRESS.fullmatch(line) for line in lines[t])]
     assert not noise, f"{name}: stderr that is not progress: {noise}"
     strays = [t for o in outputs for t in _texts(o) if STRAY_REPR.search(t)]
     assert not strays, f"{name}: stray reprs {strays}"
@@ -251,11 +255,15 @@ def test_tutorial_runs_all_cells_cleanly_in_jupyterlab(name: str, lab_runs: dict
         assert fits or table["overflow_x"] in ("auto", "scroll"), (name, table)
 
 
-@pytest.mark.parametrize("name", [n for n in TUTORIALS if "widgets.explorer(" in (TUTORIALS_DIR / f"{n}.ipynb").read_text()])
+EXPLORED = [n for n in TUTORIALS if "widgets.explorer(" in (TUTORIALS_DIR / f"{n}.ipynb").read_text()]
+
+
+@pytest.mark.parametrize("name", EXPLORED)
 def test_moving_the_epsilon_slider_changes_the_numbers(name: str, lab_runs: dict[str, Any]) -> None:
     explorer = lab_runs[name].explorer
     assert explorer, f"{name}: the explorer was not reached"
-    sigma = [float(re.search(r"noise multiplier σ\s*([\d.]+)", explorer[k]).group(1)) for k in ("before", "after")]
+    sigma = [float(re.search(r"noise multiplier σ\s*([\d.]+)", explorer[k]).group(1))
+             for k in ("before", "after")]
     assert sigma[1] < sigma[0]  # a larger epsilon asks for less noise
     tpr = [re.findall(r"([\d.]+)% at FPR", explorer[k]) for k in ("before", "after")]
     assert len(tpr[0]) == 2 and tpr[0] != tpr[1]
@@ -266,17 +274,19 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_course_site_of_the_executed_tutorials(lab_runs: dict[str, Any], browser: Any, tmp_path: Path) -> None:
+def test_course_site_of_the_executed_tutorials(lab_runs: dict[str, Any], browser: Any,
+                                               tmp_path: Path) -> None:
     from privkit import course
 
-    index = course.build_site({"tutorials": [lab_runs[n].saved for n in TUTORIALS]}, tmp_path / "site",
-                              conf_dir=REPO / "course")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=index.parent))
+    executed = {"tutorials": [lab_runs[n].saved for n in TUTORIALS]}
+    index = course.build_site(executed, tmp_path / "site", conf_dir=REPO / "course")
+    handler = functools.partial(_Quiet, directory=index.parent)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    outside = []
-    page.on("request", lambda r: None if r.url.startswith(base) or r.url.startswith("data:") else outside.append(r.url))
+    outside = []  # every request that leaves the site's server
+    page.on("request", lambda r: None if r.url.startswith((base, "data:")) else outside.append(r.url))
     try:
         page.goto(base)
         titles = [nbformat.read(lab_runs[n].saved, as_version=4).cells[0].source.splitlines()[0].lstrip("# ")
@@ -293,7 +303,7 @@ def test_course_site_of_the_executed_tutorials(lab_runs: dict[str, Any], browser
             assert page.locator("h1").first.inner_text().rstrip("#").strip().replace("\u2019", "'") == title
             images = page.evaluate("""() => [...document.querySelectorAll('article img')].map(
                 im => [im.naturalWidth, im.getBoundingClientRect().width])""")
-            assert images and all(natural >= 200 and shown >= 100 for natural, shown in images), (title, images)
+            assert images and all(nat >= 200 and shown >= 100 for nat, shown in images), (title, images)
             if i == 0:
                 assert page.locator("mjx-container").count() >= 5  # the tutorial's formulas, typeset
                 assert "\\sigma" not in page.locator("article").inner_text()  # no raw TeX left

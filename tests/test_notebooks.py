@@ -48,7 +48,8 @@ def test_tutorial_runs_on_a_cpu(name: str, synthetic_root: Path, tmp_path: Path)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SOLUTIONS)
 def test_solutions_run_on_a_cpu(name: str, synthetic_root: Path, tmp_path: Path) -> None:
-    out = experiments.run_notebook(TUTORIALS_DIR / "solutions" / f"{name}.ipynb", tmp_path / "solutions.ipynb",
+    notebook = TUTORIALS_DIR / "solutions" / f"{name}.ipynb"
+    out = experiments.run_notebook(notebook, tmp_path / "solutions.ipynb",
                                    tiny_parameters(name, synthetic_root, solutions=True), progress=False)
     assert SOLUTIONS[name][1] in out.read_text()
 

@@ -289,8 +289,11 @@ def test_course_site_of_the_executed_tutorials(lab_runs: dict[str, Any], browser
     page.on("request", lambda r: None if r.url.startswith((base, "data:")) else outside.append(r.url))
     try:
         page.goto(base)
-        titles = [nbformat.read(lab_runs[n].saved, as_version=4).cells[0].source.splitlines()[0].lstrip("# ")
-                  for n in TUTORIALS]
+        notebooks = [nbformat.read(lab_runs[n].saved, as_version=4) for n in TUTORIALS]
+        titles = [nb.cells[0].source.splitlines()[0].lstrip("# ") for nb in notebooks]
+        figures = [sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                       for o in c.outputs) for nb in notebooks]
+        assert sum(figures) >= 4
         navigation = page.locator("nav.bd-links a")
         shown = [navigation.nth(i).inner_text().replace("\u2019", "'") for i in range(navigation.count())]
         assert shown == titles  # (Sphinx typesets ' as a curly quote)
@@ -303,7 +306,8 @@ def test_course_site_of_the_executed_tutorials(lab_runs: dict[str, Any], browser
             assert page.locator("h1").first.inner_text().rstrip("#").strip().replace("\u2019", "'") == title
             images = page.evaluate("""() => [...document.querySelectorAll('article img')].map(
                 im => [im.naturalWidth, im.getBoundingClientRect().width])""")
-            assert images and all(nat >= 200 and shown >= 100 for nat, shown in images), (title, images)
+            assert len(images) == figures[i], (title, images)  # every figure the notebook drew
+            assert all(nat >= 200 and shown >= 100 for nat, shown in images), (title, images)
             if i == 0:
                 assert page.locator("mjx-container").count() >= 5  # the tutorial's formulas, typeset
                 assert "\\sigma" not in page.locator("article").inner_text()  # no raw TeX left

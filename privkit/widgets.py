@@ -86,9 +86,9 @@ def what_epsilon_buys(
     positive_int(epochs=epochs)
     prior = 1 / n_train if prior is None else positive(prior=prior)
     mechanism = plan(recipe_.config(epsilon, delta=delta, batch_size=batch_size, epochs=epochs), n_train)
-    steps = {"noise_multiplier": mechanism.noise_multiplier, "sample_rate": mechanism.sample_rate,
-             "steps": mechanism.steps}
-    bounds = risk.tpr_bound_mechanism(list(FPRS), **steps)
+    mech = {"noise_multiplier": mechanism.noise_multiplier, "sample_rate": mechanism.sample_rate,
+            "steps": mechanism.steps}
+    bounds = risk.tpr_bound_mechanism(list(FPRS), **mech)
     return WhatEpsilonBuys(
         recipe=recipe,
         n_train=n_train,
@@ -99,7 +99,7 @@ def what_epsilon_buys(
         recipe_settings=(batch_size, epochs) == (recipe_.settings["batch_size"], recipe_.settings["epochs"]),
         tpr_bounds={fpr: float(b) for fpr, b in zip(FPRS, bounds)},
         reconstruction_prior=prior,
-        reconstruction_bound=risk.reconstruction_bound(prior=prior, **steps),
+        reconstruction_bound=risk.reconstruction_bound(prior=prior, **mech),
     )
 
 

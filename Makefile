@@ -9,8 +9,10 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.privkit-installed
+# JupyterLab's settings for every lab started from the venv: no news pop-up, no update check.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 
-.PHONY: venv test reproduce bench lab clean
+.PHONY: venv test reproduce bench lab site clean
 
 venv: $(STAMP)
 
@@ -21,6 +23,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name privkit --display-name "Python (privkit)"
 	touch $@
 
+$(LAB_SETTINGS): lab/settings/overrides.json $(STAMP)
+	mkdir -p $(dir $@)
+	cp $< $@
+
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -28,8 +34,13 @@ test: $(STAMP)
 reproduce: $(STAMP)
 	$(VENV)/bin/privkit reproduce --profile $(PROFILE)
 
-lab: $(STAMP)
+lab: $(STAMP) $(LAB_SETTINGS)
 	$(VENV)/bin/jupyter lab notebooks/
+
+# The course site: every tutorial and its solutions executed (stale ones only), then built
+# offline into results/course/site/html/index.html. PRIVKIT_DATA sets the data folder.
+site: $(STAMP)
+	$(VENV)/bin/privkit site --out results/course
 
 clean:
 	rm -rf results figures .pytest_cache

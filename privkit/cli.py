@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--notebooks-dir", default="notebooks")
     r.add_argument("--results-dir", default="results")
     r.add_argument("--figures-dir", default="figures")
+    c = commands.add_parser("site", help="execute the tutorials and build the course site (what `make site` does)")
+    c.add_argument("--out", default="results/course", help="executed notebooks in OUT/notebooks, the site in OUT/site")
+    c.add_argument("--no-solutions", action="store_true", help="leave the solutions notebooks out of the site")
+    c.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (else $PRIVKIT_DATA)")
+    c.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
     _add_budget_parser(commands)
     return parser
 
@@ -285,6 +290,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site(args: argparse.Namespace) -> int:
+    from privkit import course
+
+    executed = course.execute(out_dir=f"{args.out}/notebooks", solutions=not args.no_solutions,
+                              data_root=args.data_root, force=args.force)
+    print(f"course site: {course.build_site(executed, f'{args.out}/site')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -294,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         if args.command == "budget":
             return _budget(args)
+        if args.command == "site":
+            return _site(args)
         from privkit.experiments import reproduce
 
         reproduce(

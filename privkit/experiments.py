@@ -215,6 +215,21 @@ def _stamp(experiment: Experiment) -> str:
     return h.hexdigest()
 
 
+def run_if_stale(experiment: Experiment, output: Path, *, force: bool = False, label: str = "") -> bool:
+    """Execute ``experiment`` into ``output`` (:func:`run_notebook`) unless an executed copy of
+    the same inputs (notebook, parameters, privkit's code) is there; True if it ran."""
+    label = label or experiment.name
+    stamp_file = output.with_name(f".{output.stem}.stamp")
+    stamp = _stamp(experiment)
+    if not force and output.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+        print(f"{label}: up to date, {output}")
+        return False
+    print(f"{label}: running {experiment.notebook} -> {output}")
+    run_notebook(experiment.notebook, output, experiment.parameters)
+    stamp_file.write_text(stamp)
+    return True
+
+
 def reproduce(
     *,
     profile: str = "full",
@@ -239,14 +254,7 @@ def reproduce(
         params = {**exp.parameters, "out_dir": str(out_dir)}
         exp = replace(exp, parameters=params)
         output = out_dir / f"{exp.name}-{profile}.ipynb"
-        stamp_file = out_dir / f".{exp.name}-{profile}.stamp"
-        stamp = _stamp(exp)
-        if not force and output.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
-            print(f"{exp.name} ({profile}): up to date, {output}")
-        else:
-            print(f"{exp.name} ({profile}): running {exp.notebook} -> {output}")
-            run_notebook(exp.notebook, output, params)
-            stamp_file.write_text(stamp)
+        run_if_stale(exp, output, force=force, label=f"{exp.name} ({profile})")
         for figure in sorted((out_dir / "figures").glob("*")):
             Path(figures_dir).mkdir(parents=True, exist_ok=True)
             shutil.copy2(figure, Path(figures_dir) / figure.name)

@@ -99,14 +99,3 @@ def test_reproduce_runs_the_notebook_then_skips_it_until_something_changes(
     _write_experiment(tmp_path, TINY.format(root=synthetic_root).replace("epochs: 1", "epochs: 2"))
     experiments.reproduce(**dirs)
     assert len(ran) == 1  # the parameters changed
-
-
-@pytest.mark.slow
-def test_tutorial_runs_on_a_cpu(synthetic_root: Path, tmp_path: Path) -> None:
-    out = experiments.run_notebook(
-        REPO / "notebooks" / "tutorials" / "01_dp_sgd_basics.ipynb",
-        tmp_path / "tutorial.ipynb",
-        {"data_root": str(synthetic_root), "epochs": 1, "batch_size": 32, "delta": 0.001},
-        progress=False,
-    )
-    assert "test AUC" in out.read_text()

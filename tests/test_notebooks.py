@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from privkit import experiments
+from tutorials import SOLUTIONS, TUTORIALS, TUTORIALS_DIR, tiny_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(epochs=1, batch_size=32, delta=0.001, device="cpu")
@@ -35,20 +36,29 @@ def test_privacy_budget_notebook(synthetic_root: Path, tmp_path: Path) -> None:
     assert "exceeded" in (out / "privacy_budget.ipynb").read_text()  # a budget refused a run
 
 
-# Each tutorial with tiny parameters, and a line of output that shows it ran to its point.
-TUTORIALS = {
-    "02_membership_inference": ({"n_models": 6, "pool_size": 128, "epochs": 2, "batch_size": 16}, "DP bound"),
-    "03_privacy_budgets": ({"epochs": 1, "batch_size": 32}, "REFUSED"),
-    "04_federated_hospitals": ({"n_sites": 3, "rounds": 1, "batch_size": 32, "alpha": 1.0}, "sum of the survivors"),
-}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TUTORIALS)
 def test_tutorial_runs_on_a_cpu(name: str, synthetic_root: Path, tmp_path: Path) -> None:
-    parameters, expected = TUTORIALS[name]
-    out = experiments.run_notebook(
-        REPO / "notebooks" / "tutorials" / f"{name}.ipynb", tmp_path / "tutorial.ipynb",
-        {"data_root": str(synthetic_root), "delta": 0.001, **parameters}, progress=False,
-    )  # fmt: skip
-    assert expected in out.read_text()
+    """Each tutorial end to end (the browser test runs them in JupyterLab instead, when it runs)."""
+    out = experiments.run_notebook(TUTORIALS_DIR / f"{name}.ipynb", tmp_path / "tutorial.ipynb",
+                                   tiny_parameters(name, synthetic_root), progress=False)
+    assert TUTORIALS[name][1] in out.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SOLUTIONS)
+def test_solutions_run_on_a_cpu(name: str, synthetic_root: Path, tmp_path: Path) -> None:
+    notebook = TUTORIALS_DIR / "solutions" / f"{name}.ipynb"
+    out = experiments.run_notebook(notebook, tmp_path / "solutions.ipynb",
+                                   tiny_parameters(name, synthetic_root, solutions=True), progress=False)
+    assert SOLUTIONS[name][1] in out.read_text()
+
+
+def test_every_tutorial_has_its_solutions_and_tiny_parameters() -> None:
+    names = sorted(p.stem for p in TUTORIALS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    assert names == sorted(TUTORIALS) == sorted(SOLUTIONS)
+    assert names == sorted(p.stem for p in (TUTORIALS_DIR / "solutions").glob("*.ipynb"))
+    for name in names:  # every tiny parameter exists in the notebook's parameters cell
+        for path, given in ((TUTORIALS_DIR / f"{name}.ipynb", TUTORIALS[name][0]),
+                            (TUTORIALS_DIR / "solutions" / f"{name}.ipynb", SOLUTIONS[name][0])):
+            assert set(given) | {"data_root", "delta"} <= set(experiments.notebook_parameters(path)), path

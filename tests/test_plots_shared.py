@@ -148,10 +148,8 @@ def test_non_private_results_are_lone_points_at_the_non_private_tick(figure) -> 
             assert point.get_linestyle() == "None" and point.get_marker() not in (None, "None", "")
             assert point.get_xdata() == pytest.approx([32.0], rel=0.1)  # side-by-side shifts only
         series = [c.lines[0] for c in ax.containers if np.all(c.lines[0].get_xdata() < 16)]
-        colours = {to_rgba(line.get_color()) for line in series}
-        assert {
-            to_rgba(point.get_color()) for point in points
-        } <= colours  # each series' own colour
+        colours = {to_rgba(line.get_color()) for line in series}  # each series' own colour
+        assert {to_rgba(point.get_color()) for point in points} <= colours
         drawn = [y for point in points for y in point.get_ydata()]
         assert drawn == pytest.approx([NONPRIVATE_VALUE] * len(drawn))
         for line in ax.get_lines():  # and no horizontal line at it (another convention)

@@ -10,7 +10,7 @@ import pytest
 
 from privkit import budget, data
 from privkit.federated import study
-from privkit.federated.plots import federated_comparison
+from privkit.plots import federated_comparison
 
 
 def test_study_tables_reuse_and_figure(synthetic_root: Path, tmp_path: Path, monkeypatch) -> None:

@@ -10,6 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from privkit.plots import privacy_utility, save_figure
+from privkit.plots.epsilon_axis import NONPRIVATE_TICK
 
 EPSILONS = (0.5, 1, 2, 4, 8)
 AUC = {0.5: 0.65, 1: 0.72, 2: 0.86, 4: 0.90, 8: 0.93, math.inf: 0.96}
@@ -33,8 +34,20 @@ def tidy_table(*, epsilons=(*EPSILONS, math.inf), delta: float | None = 1e-5) ->
     return pd.DataFrame(rows)
 
 
-def horizontal_levels(ax) -> list[float]:
-    return [line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1]
+NONPRIVATE_X = 8 * 4  # two octaves right of the largest epsilon
+
+
+def nonprivate_points(ax) -> list:
+    """The error-bar containers drawn at the non-private tick (one per series)."""
+    ticks = dict(zip([t.get_text() for t in ax.get_xticklabels()], ax.get_xticks()))
+    if NONPRIVATE_TICK not in ticks:
+        return []
+    x = ticks[NONPRIVATE_TICK]
+    return [c for c in ax.containers if np.allclose(c.lines[0].get_xdata(), x, rtol=0.1)]
+
+
+def nonprivate_levels(ax) -> list[float]:
+    return [float(c.lines[0].get_ydata()[0]) for c in nonprivate_points(ax)]
 
 
 def test_one_log_scaled_panel_per_metric_with_readable_labels():
@@ -44,7 +57,8 @@ def test_one_log_scaled_panel_per_metric_with_readable_labels():
     auc_ax, acc_ax = fig.axes
     for ax in fig.axes:
         assert ax.get_xscale() == "log"
-        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "1", "2", "4", "8"]
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["0.5", "1", "2", "4", "8", NONPRIVATE_TICK]
         assert "privacy budget ε" in ax.get_xlabel() and "more private" in ax.get_xlabel()
     assert "AUC" in auc_ax.get_ylabel() and auc_ax.get_ylabel().startswith("test")
     assert "accuracy" in acc_ax.get_ylabel()
@@ -53,7 +67,7 @@ def test_one_log_scaled_panel_per_metric_with_readable_labels():
 def test_private_means_and_sd_error_bars_are_drawn_at_each_epsilon():
     fig = privacy_utility(tidy_table(), metrics=["auc"])
     ax = fig.axes[0]
-    (bars,) = ax.containers
+    bars, _nonprivate = ax.containers
     xs, ys = bars.lines[0].get_data()
     np.testing.assert_allclose(xs, EPSILONS)
     np.testing.assert_allclose(ys, [AUC[e] for e in EPSILONS])
@@ -63,25 +77,25 @@ def test_private_means_and_sd_error_bars_are_drawn_at_each_epsilon():
     np.testing.assert_allclose(heights, 2 * 0.01, rtol=1e-6)
 
 
-def test_non_private_level_is_a_dashed_line_with_a_band_and_a_legend_entry():
+def test_non_private_runs_are_a_point_with_an_sd_bar_at_the_non_private_tick():
     fig = privacy_utility(tidy_table(), metrics=["auc", "accuracy"])
     auc_ax, acc_ax = fig.axes
-    assert horizontal_levels(auc_ax) == [pytest.approx(0.96)]
-    assert horizontal_levels(acc_ax) == [pytest.approx(0.86)]
-    (level,) = [line for line in auc_ax.lines if len(set(line.get_ydata())) == 1]
-    assert level.get_linestyle() == "--"
-    (band,) = auc_ax.patches  # axhspan: from mean - sd to mean + sd
-    corners = band.get_transform().transform_path(band.get_path()).vertices  # display coords
-    ys = auc_ax.transData.inverted().transform(corners)[:, 1]
-    assert min(ys) == pytest.approx(0.95) and max(ys) == pytest.approx(0.97)
+    assert nonprivate_levels(auc_ax) == [pytest.approx(0.96)]
+    assert nonprivate_levels(acc_ax) == [pytest.approx(0.86)]
+    private, (level,) = auc_ax.containers[0], nonprivate_points(auc_ax)
+    assert level.lines[0].get_xdata()[0] == pytest.approx(NONPRIVATE_X)
+    assert level.lines[0].get_linestyle() == "None"  # not joined to the private curve
+    assert NONPRIVATE_X not in private.lines[0].get_xdata()
+    assert level.lines[0].get_color() == private.lines[0].get_color()
+    ((low, high),) = [seg[:, 1] for seg in level.lines[2][0].get_segments()]  # mean ± sd
+    assert low == pytest.approx(0.95) and high == pytest.approx(0.97)
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-    assert "non-private" in labels
-    assert any("3 seeds" in label for label in labels)
+    assert labels == ["mean ± sd over 3 seeds"]
 
 
 def test_split_selects_rows():
     fig = privacy_utility(tidy_table(), metrics=["auc"], split="val")
-    assert horizontal_levels(fig.axes[0]) == [pytest.approx(0.98)]
+    assert nonprivate_levels(fig.axes[0]) == [pytest.approx(0.98)]
     assert fig.axes[0].get_ylabel() == "val ROC AUC"
 
 
@@ -98,22 +112,34 @@ def test_draws_into_given_axes():
     ax = fig.subplots()
     assert privacy_utility(tidy_table(), metrics=["auc"], ax=ax) is fig
     assert ax.get_xscale() == "log" and ax.get_legend() is not None
-    with pytest.raises(ValueError, match=r"one axes per metric \(2\); got 1"):
+    with pytest.raises(ValueError, match=r"one axes per panel \(2\); got 1"):
         privacy_utility(tidy_table(), metrics=["auc", "accuracy"], ax=ax)
 
 
 def test_only_private_or_only_non_private_rows_still_plot():
     fig = privacy_utility(tidy_table(epsilons=EPSILONS))
-    assert horizontal_levels(fig.axes[0]) == []
+    assert nonprivate_levels(fig.axes[0]) == []
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.5", "1", "2", "4", "8"]
     fig = privacy_utility(tidy_table(epsilons=(math.inf,)))
-    assert horizontal_levels(fig.axes[0]) == [pytest.approx(0.96)]
+    assert nonprivate_levels(fig.axes[0]) == [pytest.approx(0.96)]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [NONPRIVATE_TICK]
+
+
+def test_legend_names_the_non_private_seed_count_when_it_differs():
+    table = tidy_table()
+    table = table[~(np.isinf(table["epsilon_target"]) & (table["seed"] > 0))]
+    fig = privacy_utility(table, metrics=["auc"])
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert labels == ["mean ± sd over 3 seeds (1 non-private)"]
+    ((low, high),) = [seg[:, 1] for seg in nonprivate_points(fig.axes[0])[0].lines[2][0].get_segments()]
+    assert low == high == pytest.approx(0.95)  # one seed: no spread to show
 
 
 def test_a_missing_target_with_infinite_spent_epsilon_is_non_private():
     # privkit.results records a noise_multiplier=0 run with epsilon_target = NaN.
     table = tidy_table()
     table.loc[np.isinf(table["epsilon_target"]), "epsilon_target"] = np.nan
-    assert horizontal_levels(privacy_utility(table).axes[0]) == [pytest.approx(0.96)]
+    assert nonprivate_levels(privacy_utility(table).axes[0]) == [pytest.approx(0.96)]
 
 
 def test_leaves_global_matplotlib_state_alone():
@@ -147,7 +173,7 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
         (lambda t: t.drop(columns=["seed", "split"]), {}, r"missing: seed, split"),
         (lambda t: t, {"metrics": ["auc", "f1"]}, r"Unknown metric\(s\) 'f1'.*has: accuracy, auc"),
         (lambda t: t, {"split": "train"}, r"Unknown split='train'; the table has: test, val"),
-        (lambda t: t.iloc[0:0], {}, r"private .* or non-private .* rows; the table has none"),
+        (lambda t: t.iloc[0:0], {}, r"Expected rows in table; it is empty"),
         (lambda t: t.assign(epsilon_target=np.nan, epsilon_spent=1.0), {}, r"epsilon_target > 0.*18 run\(s\).*eps0.5-s0.* and 13 more"),
         (lambda t: t, {"metrics": []}, r"at least one metric"),
     ],
@@ -162,13 +188,15 @@ def test_by_draws_each_recipe_with_its_own_curve_level_and_colour():
     new = tidy_table().assign(model="scatternet", value=lambda t: t["value"] + 0.02)
     fig = privacy_utility(pd.concat([new, old]), metrics=["auc"], by="model")
     ax = fig.axes[0]
-    curves = [c.lines[0] for c in ax.containers]
+    levels = nonprivate_points(ax)
+    curves = [c.lines[0] for c in ax.containers if c not in levels]
     assert len(curves) == 2 and curves[0].get_color() != curves[1].get_color()
     np.testing.assert_allclose(curves[0].get_ydata(), [AUC[e] + 0.02 for e in EPSILONS])
     np.testing.assert_allclose(curves[1].get_ydata(), [AUC[e] for e in EPSILONS])
-    assert horizontal_levels(ax) == [pytest.approx(0.98), pytest.approx(0.96)]
+    assert nonprivate_levels(ax) == [pytest.approx(0.98), pytest.approx(0.96)]
+    assert [c.lines[0].get_color() for c in levels] == [c.get_color() for c in curves]
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-    assert "scatternet: non-private" in labels and "cnn: non-private" in labels
+    assert labels == ["scatternet: mean ± sd over 3 seeds", "cnn: mean ± sd over 3 seeds"]
     assert fig.get_suptitle() == "pneumoniamnist · δ = 1e-05"  # the model is no longer one value
     with pytest.raises(ValueError, match="Unknown by='recipe'"):
         privacy_utility(old, by="recipe")

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from privkit import plots_trust
+from privkit import plots
+from privkit.plots.epsilon_axis import NONPRIVATE_TICK
 
 
 def _subgroups():
@@ -24,12 +25,12 @@ def _subgroups():
 
 
 def test_subgroup_gaps_draws_values_and_intervals_at_their_epsilons():
-    fig = plots_trust.subgroup_gaps(_subgroups())
+    fig = plots.subgroup_gaps(_subgroups())
     left, right = fig.axes
     labelled = [c for c in left.containers if c.get_label() in ("normal", "pneumonia")]  # eps 1 and 8
     ys = sorted(tuple(np.round(c.lines[0].get_ydata(), 3)) for c in labelled)
     assert ys == [(0.55, 0.65), (0.97, 0.96)]
-    assert [t.get_text() for t in right.get_xticklabels()] == ["1", "8", "non-\nprivate"]
+    assert [t.get_text() for t in right.get_xticklabels()] == ["1", "8", NONPRIVATE_TICK]
     assert "gap" in right.get_ylabel()
     caps = [c for c in right.collections if len(c.get_segments())]  # error bars: (low, high) segments
     spans = sorted(round(s[1][1] - s[0][1], 3) for c in caps for s in c.get_segments())
@@ -40,18 +41,18 @@ def test_calibration_by_epsilon_draws_seed_means():
     rows = [{"seed": s, "epsilon_target": e, "calibration": c, "metric": m, "value": v + 0.01 * s}
             for s in (0, 1) for e in (1.0, math.inf) for c, v in (("uncalibrated", 0.1), ("temperature", 0.05))
             for m in ("ece", "brier")]  # fmt: skip
-    fig = plots_trust.calibration_by_epsilon(pd.DataFrame(rows))
+    fig = plots.calibration_by_epsilon(pd.DataFrame(rows))
     ys = {round(float(l.get_ydata()[0]), 3) for l in fig.axes[0].get_lines() if len(l.get_ydata())}
     assert {0.105, 0.055} <= ys
     with pytest.raises(ValueError, match="nll"):
-        plots_trust.calibration_by_epsilon(pd.DataFrame(rows), metrics=["nll"])
+        plots.calibration_by_epsilon(pd.DataFrame(rows), metrics=["nll"])
 
 
 def test_reliability_diagram_puts_each_bin_at_its_confidence_and_accuracy():
     p = np.r_[np.full(10, 0.9), np.full(10, 0.3)]
     y = np.r_[np.ones(7), np.zeros(3), np.ones(5), np.zeros(5)].astype(int)
     rows = pd.DataFrame({"label": y, "probability": p, "calibration": "uncalibrated"})
-    fig = plots_trust.reliability_diagrams({"model": rows})
+    fig = plots.reliability_diagrams({"model": rows})
     (ax,) = fig.axes
     series = [l for l in ax.get_lines() if l.get_label().startswith("uncalibrated")]
     assert np.round(series[0].get_xydata(), 3).tolist() == [[0.7, 0.5], [0.9, 0.7]]

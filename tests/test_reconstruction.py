@@ -17,9 +17,9 @@ from torch import nn
 from privkit import accounting
 from privkit.attacks import image_similarity as sim
 from privkit.attacks import reconstruction as rec
-from privkit.attacks.reconstruction_plots import reconstruction_grid
 from privkit.engine import per_sample_loss
 from privkit.models import create_model
+from privkit.plots import reconstruction_grid
 
 
 @pytest.fixture(autouse=True)

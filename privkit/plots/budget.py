@@ -2,7 +2,7 @@
 individualised privacy against the strictest budget, and attack-risk bounds against epsilon.
 
 Each function takes a tidy table (one row per observation) and returns a
-``matplotlib.figure.Figure`` built without ``pyplot``, as in :mod:`privkit.plots`.
+``matplotlib.figure.Figure`` built without ``pyplot`` (see :mod:`privkit.plots`).
 
 >>> import pandas as pd
 >>> t = pd.DataFrame({"epoch": [1, 2, 1, 2], "accountant": ["prv", "prv", "rdp", "rdp"],
@@ -13,15 +13,14 @@ Each function takes a tidy table (one row per observation) and returns a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import MaxNLocator
 
-from privkit.plots import X_LABEL
+from privkit.plots._figure import new_figure, palette, require_columns, theme
+from privkit.plots.epsilon_axis import EpsilonAxis, plot_series
 
 ACCOUNTANT_LABELS = {
     "prv": "PRV (numerical, tight)",
@@ -30,31 +29,19 @@ ACCOUNTANT_LABELS = {
 }
 
 
-def _require(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"Expected {name} to have columns {', '.join(columns)}; missing: {', '.join(missing)}.")
-    if table.empty:
-        raise ValueError(f"Expected rows in {name}; it is empty.")
-
-
-def _figure(panels: int, size: tuple[float, float] = (5.2, 3.8)) -> tuple[Figure, list]:
-    fig = Figure(figsize=(size[0] * panels, size[1]), layout="constrained")
-    return fig, list(fig.subplots(1, panels, squeeze=False)[0])
-
-
 def epsilon_over_training(table: pd.DataFrame) -> Figure:
     """Epsilon spent after each epoch, one line per accountant.
 
     Args:
         table: columns ``epoch``, ``accountant``, ``epsilon``.
     """
-    _require(table, ("epoch", "accountant", "epsilon"), "table")
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
-        fig, [ax] = _figure(1)
+    require_columns(table, ("epoch", "accountant", "epsilon"))
+    with theme():
+        fig, [ax] = new_figure(1, (5.2, 3.8))
         for accountant, rows in table.groupby("accountant", sort=False):
             rows = rows.sort_values("epoch")
-            ax.plot(rows["epoch"], rows["epsilon"], marker=".", label=ACCOUNTANT_LABELS.get(accountant, accountant))
+            label = ACCOUNTANT_LABELS.get(accountant, accountant)
+            ax.plot(rows["epoch"], rows["epsilon"], marker=".", label=label)
         ax.set_xlabel("epochs")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
@@ -71,23 +58,44 @@ def budget_spending(table: pd.DataFrame) -> Figure:
             accountant), ``basic`` (sum of the runs' epsilons), ``budget`` and ``refused``
             (bool: the ledger refused this run, so nothing was added).
     """
-    _require(table, ("scope", "run", "composed", "basic", "budget", "refused"), "table")
+    require_columns(table, ("scope", "run", "composed", "basic", "budget", "refused"))
     scopes = list(dict.fromkeys(table["scope"]))
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
-        fig, axes = _figure(len(scopes), size=(4.2, 3.6))
+    with theme():
+        fig, axes = new_figure(len(scopes), (4.2, 3.6))
         for ax, scope in zip(axes, scopes):
             rows = table[table["scope"] == scope].sort_values("run")
+            budget = rows["budget"].iloc[0]
             ok = rows[~rows["refused"].astype(bool)]
-            ax.plot(ok["run"], ok["composed"], marker="o", color="C0", label="spent (composed, PRV)")
-            ax.plot(ok["run"], ok["basic"], marker=".", ls="--", color="C1", label="sum of ε (basic composition)")
-            ax.axhline(rows["budget"].iloc[0], color="C3", lw=1.5, label="budget")
+            ax.plot(
+                ok["run"],
+                ok["composed"],
+                marker="o",
+                color=palette(0),
+                label="spent (composed, PRV)",
+            )
+            ax.plot(
+                ok["run"],
+                ok["basic"],
+                marker=".",
+                ls="--",
+                color=palette(1),
+                label="sum of ε (basic composition)",
+            )
+            ax.axhline(budget, color=palette(3), lw=1.5, label="budget")
             refused = rows[rows["refused"].astype(bool)]
-            ax.scatter(refused["run"], np.full(len(refused), rows["budget"].iloc[0]), marker="X", s=120,
-                       color="C3", zorder=3, label="refused: nothing spent")  # fmt: skip
+            ax.scatter(
+                refused["run"],
+                np.full(len(refused), budget),
+                marker="X",
+                s=120,
+                color=palette(3),
+                zorder=3,
+                label="refused: nothing spent",
+            )
             ax.set_title(scope.split("/")[-1].replace(":", " "), fontsize="medium")
             ax.set_xlabel("training run")
             ax.set_xticks(rows["run"])
-            ax.set_ylim(0, 1.15 * max(rows["basic"].max(), rows["budget"].iloc[0]))
+            ax.set_ylim(0, 1.15 * max(rows["basic"].max(), budget))
         axes[0].set_ylabel("ε")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
@@ -102,18 +110,30 @@ def individual_vs_uniform(table: pd.DataFrame, *, metric: str = "auc") -> Figure
             they should appear (e.g. strictest epsilon for all, individualised, loosest for all).
         metric: the metric to show.
     """
-    _require(table, ("method", "seed", "metric", "value"), "table")
+    require_columns(table, ("method", "seed", "metric", "value"))
     rows = table[table["metric"] == metric]
     if rows.empty:
-        raise ValueError(f"Unknown metric={metric!r}; the table has: {sorted(table['metric'].unique())}.")
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
-        fig, [ax] = _figure(1, size=(6.4, 3.8))
+        present = ", ".join(sorted(map(str, table["metric"].unique())))
+        raise ValueError(f"Unknown metric={metric!r}; the table has: {present}.")
+    with theme():
+        fig, [ax] = new_figure(1, (6.4, 3.8))
         order = list(dict.fromkeys(rows["method"]))
         sns.stripplot(rows, x="method", y="value", order=order, color="0.4", size=6, ax=ax)
-        sns.pointplot(rows, x="method", y="value", order=order, errorbar="sd", color="C0",
-                      linestyle="none", markers="D", capsize=0.15, ax=ax)  # fmt: skip
+        sns.pointplot(
+            rows,
+            x="method",
+            y="value",
+            order=order,
+            errorbar="sd",
+            color=palette(0),
+            linestyle="none",
+            markers="D",
+            capsize=0.15,
+            ax=ax,
+        )
         ax.set_xlabel("")
-        ax.set_ylabel(f"test {metric.upper() if metric == 'auc' else metric} (mean ± sd over seeds)")
+        name = metric.upper() if metric == "auc" else metric
+        ax.set_ylabel(f"test {name} (mean ± sd over seeds)")
     return fig
 
 
@@ -124,23 +144,18 @@ def risk_curves(table: pd.DataFrame) -> Figure:
         table: columns ``epsilon``, ``fpr``, ``bound`` (which bound: e.g. "from (ε, δ)",
             "from the mechanism"), ``tpr``. One panel per false-positive rate.
     """
-    _require(table, ("epsilon", "fpr", "bound", "tpr"), "table")
+    require_columns(table, ("epsilon", "fpr", "bound", "tpr"))
     fprs = sorted(table["fpr"].unique())
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
-        fig, axes = _figure(len(fprs), size=(4.6, 3.8))
+    axis = EpsilonAxis.of(table["epsilon"])
+    with theme():
+        fig, axes = new_figure(len(fprs), (4.6, 3.8))
         for ax, fpr in zip(axes, fprs):
             rows = table[table["fpr"] == fpr]
             for i, (bound, part) in enumerate(rows.groupby("bound", sort=False)):
-                part = part.sort_values("epsilon")
-                ax.plot(part["epsilon"], part["tpr"], marker="o", color=f"C{i}", label=bound)
+                plot_series(ax, axis, part["epsilon"], part["tpr"], color=palette(i), label=bound)
             ax.axhline(fpr, color="0.4", ls=":", label="guessing (TPR = FPR)")
-            ax.set_xscale("log")
             ax.set_yscale("log")
-            epsilons = sorted(rows["epsilon"].unique())
-            ax.xaxis.set_major_locator(FixedLocator(epsilons))
-            ax.xaxis.set_major_formatter(FixedFormatter([f"{e:g}" for e in epsilons]))
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_xlabel(X_LABEL)
+            axis.draw(ax)
             ax.set_title(f"at FPR = {fpr:.1%}", fontsize="medium")
         axes[0].set_ylabel("attack TPR, upper bound (log)")
         handles, labels = axes[0].get_legend_handles_labels()

@@ -1,8 +1,9 @@
 """Figures of gradient-inversion attacks: true X-rays above, reconstructions below.
 
-Built on ``matplotlib.figure.Figure`` without ``pyplot``, as :mod:`privkit.plots`.
+Built on ``matplotlib.figure.Figure`` without ``pyplot`` (see :mod:`privkit.plots`).
 
->>> import math, pandas as pd, torch
+>>> import pandas as pd, torch
+>>> from privkit.attacks.reconstruction import AttackResult
 >>> images = torch.zeros(2, 1, 28, 28)
 >>> table = pd.DataFrame([{"defense": "none", "image": i, "metric": m, "value": 1.0}
 ...                       for i in range(2) for m in ("psnr", "ssim")])
@@ -15,11 +16,15 @@ Built on ``matplotlib.figure.Figure`` without ``pyplot``, as :mod:`privkit.plots
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from privkit.attacks.reconstruction import AttackResult
+from privkit.plots._figure import theme
+
+if TYPE_CHECKING:  # figures import no workflow: an AttackResult is only read
+    from privkit.attacks.reconstruction import AttackResult
 
 
 def reconstruction_grid(
@@ -43,32 +48,33 @@ def reconstruction_grid(
     Raises:
         ValueError: no results, or results with different defences.
     """
-    results = [results] if isinstance(results, AttackResult) else list(results)
+    results = list(results) if isinstance(results, Sequence) else [results]
     if not results:
         raise ValueError("Expected at least one AttackResult in results, got none.")
     names = list(results[0].reconstructions)
     for r in results[1:]:
         if list(r.reconstructions) != names:
-            raise ValueError(
-                f"Expected every result to hold the defences {names}; got {list(r.reconstructions)}."
-            )
+            got = list(r.reconstructions)
+            raise ValueError(f"Expected every result to hold the defences {names}; got {got}.")
     widths = [len(r.images) + 1.6 for r in results]  # images plus room for the row labels
-    fig = Figure(
-        figsize=(cell_size * sum(widths), cell_size * (len(names) + 1) + 0.5), layout="constrained"
-    )
-    blocks = fig.subfigures(1, len(results), width_ratios=widths, squeeze=False)[0]
-    for block, result in zip(blocks, results):
-        n = len(result.images)
-        axes = block.subplots(len(names) + 1, n, squeeze=False)
-        rows = [("original", result.images)]
-        rows += [(_row_label(result.table, name), result.reconstructions[name]) for name in names]
-        for row, (label, images) in zip(axes, rows):
-            for ax, image in zip(row, images):
-                ax.imshow(image[0].cpu().numpy(), cmap="gray", vmin=bounds[0], vmax=bounds[1])
-                ax.set_xticks([])
-                ax.set_yticks([])
-            row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-        block.suptitle(f"batch of {n} image{'s' if n > 1 else ''}", fontsize=11)
+    size = (cell_size * sum(widths), cell_size * (len(names) + 1) + 0.5)
+    with theme():
+        fig = Figure(figsize=size, layout="constrained")
+        blocks = fig.subfigures(1, len(results), width_ratios=widths, squeeze=False)[0]
+        for block, result in zip(blocks, results):
+            n = len(result.images)
+            axes = block.subplots(len(names) + 1, n, squeeze=False)
+            rows = [("original", result.images)]
+            rows += [
+                (_row_label(result.table, name), result.reconstructions[name]) for name in names
+            ]
+            for row, (label, images) in zip(axes, rows):
+                for ax, image in zip(row, images):
+                    ax.imshow(image[0].cpu().numpy(), cmap="gray", vmin=bounds[0], vmax=bounds[1])
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+            block.suptitle(f"batch of {n} image{'s' if n > 1 else ''}", fontsize=11)
     return fig
 
 

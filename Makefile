@@ -28,7 +28,8 @@ $(LAB_SETTINGS): lab/settings/overrides.json $(STAMP)
 	cp $< $@
 
 test: $(STAMP)
-	$(PY) -m pytest
+	@start=$$(date +%s); $(PY) -m pytest; rc=$$?; \
+	echo "make test: pytest took $$(( $$(date +%s) - start )) s (exit $$rc)"; exit $$rc
 
 # PROFILE=quick runs the CPU profile of every experiment; PRIVKIT_DATA sets the data folder.
 reproduce: $(STAMP)

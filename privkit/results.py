@@ -123,12 +123,12 @@ def write_provenance(out_dir: str | Path, run: str, record: dict[str, Any]) -> P
     return atomic_write_text(Path(out_dir) / "runs" / f"{run}.json", json.dumps(record, indent=2, default=str))
 
 
-def write_run_record(out_dir: str | Path, run: str, result: TrainResult, *, data_sha256: str, trained_together_with: int) -> Path:
-    """``<out_dir>/runs/<run>.json`` for a trained run: provenance, wall time and stack size."""
+def run_record(result: TrainResult, *, data_sha256: str, trained_together_with: int) -> dict[str, Any]:
+    """A trained run's provenance, wall time and stack size, taken where it trained."""
     record = provenance(result.config, data_sha256=data_sha256, device=result.device)
     record["seconds"] = result.seconds
     record["trained_together_with"] = trained_together_with
-    return write_provenance(out_dir, run, record)
+    return record
 
 
 def _version(name: str) -> str:

@@ -168,6 +168,16 @@ class LocalExecutor:
             self._outcomes.pop(handle, None)
 
 
+def gpu_share(models: int, models_per_gpu: int) -> float:
+    """The GPU a stack of ``models`` asks for: ``models / models_per_gpu``, at most one, rounded
+    to Ray's resolution (1e-4) and never below it.
+
+    >>> [gpu_share(k, 32) for k in (1, 8, 32, 100)]
+    [0.0312, 0.25, 1.0, 1.0]
+    """
+    return max(min(1.0, round(models / models_per_gpu, 4)), 1e-4)
+
+
 def _ray_call(fn: Callable[..., Any], data: Any, *args: Any) -> tuple[Any, dict[str, Any], float]:
     """What a Ray task runs: the unit, timed, and where it ran."""
     import ray
@@ -218,7 +228,8 @@ class RayExecutor:
     def __post_init__(self) -> None:
         _validate.positive(cpus_per_unit=self.cpus_per_unit)
         _validate.positive_int(models_per_gpu=self.models_per_gpu)
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"Expected max_retries={self.max_retries!r} to be an integer >= 0.")
         if self.max_in_flight is not None:
             _validate.positive_int(max_in_flight=self.max_in_flight)
@@ -248,9 +259,7 @@ class RayExecutor:
         return self.models_per_gpu if self.has_gpus() else None
 
     def _gpus(self, unit: Unit) -> float:
-        if not (unit.gpu and self.has_gpus()):
-            return 0.0
-        return min(1.0, round(unit.models / self.models_per_gpu, 4)) or 0.0001
+        return gpu_share(unit.models, self.models_per_gpu) if unit.gpu and self.has_gpus() else 0.0
 
     def slots(self, units: Sequence[Unit]) -> int:
         if self.max_in_flight is not None:

@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
-# PROFILE=quick runs the CPU profile of every experiment; PRIVKIT_DATA sets the data folder.
+# PROFILE=quick runs the CPU profile of every experiment; PRIVKIT_DATA sets the data folder;
+# RAY=auto (or a Ray address) trains the notebooks' sweeps as tasks on that Ray cluster.
 reproduce: $(STAMP)
-	$(VENV)/bin/privkit reproduce --profile $(PROFILE)
+	$(VENV)/bin/privkit reproduce --profile $(PROFILE) $(if $(RAY),--ray $(RAY))
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

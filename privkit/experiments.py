@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -372,16 +373,37 @@ def reproduce(
     results_dir: str | Path = "results",
     figures_dir: str | Path = "figures",
     force: bool = False,
+    executor: str | None = None,
 ) -> list[Path]:
     """Execute every stale experiment notebook; copy its figures to ``figures_dir``.
 
     Each notebook receives ``out_dir = <results_dir>/<name>`` and writes its table and
-    ``figures/`` there. Returns the executed notebooks.
+    ``figures/`` there; with ``executor`` (``"ray"``, ``"ray:<address>"``: see
+    ``privkit.executors``) its sweeps run there, through ``$PRIVKIT_EXECUTOR`` in the kernel's
+    environment. The executor is not part of a notebook's inputs: it changes where runs
+    train, not what they are. Returns the executed notebooks.
     """
     specs = sorted(Path(experiments_dir).glob("*.yaml"))
     if not specs:
         raise FileNotFoundError(f"No experiments (*.yaml) in {Path(experiments_dir).resolve()}.")
     experiments = [load_experiment(p, profile=profile, notebooks_dir=notebooks_dir) for p in specs]
+    if executor is None:
+        return _reproduce(experiments, profile, results_dir, figures_dir, force)
+    executors.resolve(executor)  # a bad name fails here, not in the first notebook
+    before = os.environ.get(executors.ENV)
+    os.environ[executors.ENV] = executor
+    try:
+        return _reproduce(experiments, profile, results_dir, figures_dir, force)
+    finally:
+        if before is None:
+            del os.environ[executors.ENV]
+        else:
+            os.environ[executors.ENV] = before
+
+
+def _reproduce(
+    experiments: list[Experiment], profile: str, results_dir: str | Path, figures_dir: str | Path, force: bool
+) -> list[Path]:
     executed = []
     for exp in experiments:
         out_dir = Path(results_dir) / exp.name

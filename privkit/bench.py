@@ -133,9 +133,10 @@ def time_ray(
     progress: bool = True,
 ) -> dict:
     """What running units of work as Ray tasks costs, in one run: the same ``units`` (one
-    DP-SGD model each, ``experiments.train_stack`` on the CPU) here, then on the Ray cluster at
-    ``address`` (None: ``ray.init()``'s choice, a new local one if none runs) with 1 and then 2
-    units at a time (``max_in_flight``; each task asks for one CPU).
+    DP-SGD model each, ``experiments.train_stack`` on the CPU) here with torch's threads and with
+    one (as a Ray task of one CPU runs), then on the Ray cluster at ``address`` (None:
+    ``ray.init()``'s choice, a new local one if none runs) with 1 and then 2 units at a time
+    (``max_in_flight``; each task asks for one CPU).
 
     Per-unit dispatch overhead is the driver's wall time from dispatch to result less the unit's
     own time where it ran (transfers, scheduling, the result's way back), measured with one unit
@@ -158,7 +159,8 @@ def time_ray(
     def timed(executor: executors.Executor, batch: list) -> dict:
         done: list[executors.Finished] = []
         start = time.perf_counter()
-        executors.run(batch, executor=executor, on_finished=done.append, desc=executor.name, progress=progress)
+        executors.run(batch, executor=executor, on_finished=done.append, desc=executor.name,
+                      progress=progress)
         wall = time.perf_counter() - start
         unit_s = [f.seconds for f in done]
         overhead_ms = [1000 * (f.wall_seconds - f.seconds) for f in done]
@@ -171,17 +173,21 @@ def time_ray(
             "nodes": sorted({f.where["hostname"] for f in done}),
         }
 
-    rows = [{"executor": "local", "workers": 1, **timed(executors.LocalExecutor(), work)}]
+    threads, rows = torch.get_num_threads(), []
+    for n in (threads, 1):  # 1: as a Ray task of one CPU runs
+        torch.set_num_threads(n)
+        row = timed(executors.LocalExecutor(), work)
+        rows.append({"executor": "local", "workers": 1, "threads": n, **row})
+    torch.set_num_threads(threads)
     warm = timed(executors.RayExecutor(address, max_in_flight=2), work[:2])
     for workers in (1, 2):
         executor = executors.RayExecutor(address, max_in_flight=workers)
-        rows.append({"executor": "ray", "workers": workers, **timed(executor, work)})
+        rows.append({"executor": "ray", "workers": workers, "threads": 1, **timed(executor, work)})
     import ray
 
     return {
         "data": described,
         "epochs": epochs,
-        "torch_threads_here": torch.get_num_threads(),
         "cluster": ray.cluster_resources(),
         "warm_up_s": warm["wall_s"],
         "rows": rows,
@@ -194,12 +200,12 @@ def format_ray(report: dict) -> str:
     lines = [
         f"units of work: 1 model x {report['epochs']} epoch(s) on {report['data']}; Ray cluster of {cpus:g} "
         f"CPU(s); first two Ray units (worker start, imports) {report['warm_up_s']:.1f} s",
-        f"{'executor':<10}{'workers':>8}{'units':>7}{'wall_s':>9}{'runs/min':>10}{'unit_s':>9}"
+        f"{'executor':<10}{'workers':>8}{'threads':>8}{'units':>7}{'wall_s':>9}{'runs/min':>10}{'unit_s':>9}"
         f"{'overhead_ms':>13}",
     ]
     for r in report["rows"]:
         lines.append(
-            f"{r['executor']:<10}{r['workers']:>8}{r['units']:>7}{r['wall_s']:>9.1f}"
+            f"{r['executor']:<10}{r['workers']:>8}{r['threads']:>8}{r['units']:>7}{r['wall_s']:>9.1f}"
             f"{r['runs_per_minute']:>10.1f}{r['unit_s']:>9.2f}{r['overhead_ms']:>13.1f}"
         )
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Sweeps on a real Ray cluster (the session's ``ray_head``: a separate process with 2 CPUs):
 the same rows as a local run, bit for bit in seeded mode; a worker killed mid-task is retried
 with nothing lost or duplicated; a unit that fails for good is named while the rest is kept; an
-interrupted driver resumes without training a finished run again."""
+interrupted driver resumes without training a finished run again; shadow models split into
+tasks equal one local stack; the bench's dispatch overhead."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import session_processes
 
-from privkit import executors, experiments
+from privkit import bench, data, executors, experiments, recipes
+from privkit.attacks import membership
 from privkit.train import TrainConfig
 
 pytest.importorskip("ray")
@@ -140,3 +143,57 @@ def test_an_interrupted_driver_resumes_without_training_a_finished_run_again(
     experiments.sweep(configs, experiment="resumed", out_dir=tmp_path, executor=executor, progress=False)
     pd.testing.assert_frame_equal(_rows(tmp_path), local, check_exact=True)
     assert {k: v for k, v in _records(tmp_path).items() if k in finished} == finished
+
+
+def test_bench_times_dispatch_against_training_here_and_on_ray(ray_head, synthetic_root: Path) -> None:
+    root = str(synthetic_root)
+    report = bench.time_ray(address=ray_head["address"], units=2, epochs=1, data_root=root, progress=False)
+    rows = {(r["executor"], r["workers"], r["threads"]): r for r in report["rows"]}
+    assert len(rows) == 4 and report["cluster"]["CPU"] == 2
+    for (executor, _, _), r in rows.items():
+        assert r["units"] == 2 and r["unit_s"] > 0 and r["wall_s"] >= 2 * r["unit_s"] / r["workers"] * 0.99
+        assert (r["overhead_ms"] > 0) == (executor == "ray")  # a result's way back takes time; here none
+    assert "overhead_ms" in bench.format_ray(report)
+
+
+def test_shadow_models_split_into_ray_tasks_equal_one_local_stack(ray_head, synthetic_root: Path) -> None:
+    ds = data.load("pneumoniamnist", root=synthetic_root)
+    config = TrainConfig(
+        epochs=1, batch_size=16, epsilon=None, noise_multiplier=1.0, randomness="seeded", device="cpu",
+        data_root=str(synthetic_root),
+    )
+    shadows = dict(n_models=4, pool_size=64, dataset=ds, seed=3, progress=False)
+    here = membership.train_shadows(config, **shadows, executor="local")
+    there = membership.train_shadows(config, **shadows, max_stack=2, executor=f"ray:{ray_head['address']}")
+    assert (there.members == here.members).all() and (there.logits == here.logits).all()
+    assert [r.config.seed for r in there.results] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_reproduce_on_ray_writes_the_rows_of_a_local_sweep(
+    ray_head, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """``privkit reproduce --ray ADDRESS``: the notebook's kernel drives the cluster, and its table
+    holds the rows of the same sweep run here (seeded, through the notebook's ``overrides``)."""
+    training = dict(epochs=1, batch_size=32, randomness="seeded")
+    parameters = dict(
+        recipes=["cnn"], epsilons=[8.0], seeds=[0], overrides=training, delta=0.001, device="cpu",
+        data_root=str(synthetic_root),
+    )
+    spec = {"notebook": "privacy_utility.ipynb", "parameters": parameters}
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "privacy_utility.yaml").write_text(yaml.safe_dump(spec))
+    experiments.reproduce(
+        experiments_dir=tmp_path / "experiments",
+        notebooks_dir=Path(__file__).parents[1] / "notebooks",
+        results_dir=tmp_path / "results",
+        figures_dir=tmp_path / "figures",
+        executor=f"ray:{ray_head['address']}",
+    )
+    configs = recipes.sweep_recipes(
+        ["cnn"], [8.0], [0], delta=0.001, device="cpu", data_root=str(synthetic_root), **training
+    )
+    experiments.sweep(configs, experiment="privacy_utility", out_dir=tmp_path / "local", progress=False)
+    notebook = tmp_path / "results" / "privacy_utility"
+    pd.testing.assert_frame_equal(_rows(notebook), _rows(tmp_path / "local"), check_exact=True)
+    assert {json.loads(r)["where"]["executor"] for r in _records(notebook).values()} == {"ray"}

@@ -52,7 +52,7 @@ from privkit import _validate
 ENV = "PRIVKIT_EXECUTOR"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Unit:
     """One call ``fn(data, *args)``: ``fn`` defined at a module's top level, ``args`` plain values.
 
@@ -70,7 +70,7 @@ class Unit:
     gpu: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Finished:
     """A unit's return value and where it ran.
 

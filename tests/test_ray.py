@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import math
 import os
 import signal
 import threading
@@ -20,8 +21,9 @@ import pytest
 import yaml
 from conftest import session_processes
 
-from privkit import bench, data, executors, experiments, recipes
+from privkit import bench, data, executors, experiments, recipes, trust
 from privkit.attacks import membership
+from privkit.federated import study
 from privkit.train import TrainConfig
 
 pytest.importorskip("ray")
@@ -197,3 +199,25 @@ def test_reproduce_on_ray_writes_the_rows_of_a_local_sweep(
     notebook = tmp_path / "results" / "privacy_utility"
     pd.testing.assert_frame_equal(_rows(notebook), _rows(tmp_path / "local"), check_exact=True)
     assert {json.loads(r)["where"]["executor"] for r in _records(notebook).values()} == {"ray"}
+
+
+def test_the_trust_sweep_and_the_federated_study_run_on_ray(
+    ray_head, synthetic_root: Path, tmp_path: Path
+) -> None:
+    ray = f"ray:{ray_head['address']}"
+    config = TrainConfig(
+        data_root=str(synthetic_root), epochs=1, batch_size=64, device="cpu", epsilon=math.inf
+    )
+    scores = trust.scored_sweep([config], experiment="t", out_dir=tmp_path, executor=ray, progress=False)
+    assert len(scores) == 64 + 128 and scores["logit"].notna().all()  # every val and test example
+    dataset = data.load("pneumoniamnist", root=synthetic_root)
+    runs = study.settings(
+        methods=["centralised", "fedavg"], partitions=["iid"], site_counts=[2], epsilons=[math.inf], seeds=[0]
+    )
+    out = tmp_path / "study"
+    table, sites = study.run_study(
+        dataset, runs, out_dir=out, rounds=1, batch_size=64, delta=1e-3, executor=ray, progress=False
+    )
+    assert table["run_id"].nunique() == 2 and sorted(sites.groupby("run_id").size()) == [1, 2]
+    for record in [*(out / "runs").glob("*.json"), *(tmp_path / "runs").glob("*.json")]:
+        assert json.loads(record.read_text())["where"]["executor"] == "ray"

@@ -27,7 +27,6 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
 from privkit import budget, data, executors, randomness, results
 from privkit.train import (

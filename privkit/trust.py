@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.special import expit
-from tqdm.auto import tqdm
 
 from privkit import _validate, budget, calibration, data, executors, experiments, fairness, results
 from privkit._io import atomic_write, locked

@@ -31,9 +31,10 @@ test: $(STAMP)
 	@start=$$(date +%s); $(PY) -m pytest; rc=$$?; \
 	echo "make test: pytest took $$(( $$(date +%s) - start )) s (exit $$rc)"; exit $$rc
 
-# PROFILE=quick runs the CPU profile of every experiment; PRIVKIT_DATA sets the data folder.
+# PROFILE=quick runs the CPU profile of every experiment; PRIVKIT_DATA sets the data folder;
+# RAY=auto (or a Ray address) trains the notebooks' sweeps as tasks on that Ray cluster.
 reproduce: $(STAMP)
-	$(VENV)/bin/privkit reproduce --profile $(PROFILE)
+	$(VENV)/bin/privkit reproduce --profile $(PROFILE) $(if $(RAY),--ray $(RAY))
 
 lab: $(STAMP) $(LAB_SETTINGS)
 	$(VENV)/bin/jupyter lab notebooks/

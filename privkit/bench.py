@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -107,7 +108,6 @@ def time_sweep(experiment: str | Path, *, device: str = "auto", data_root: str |
     """Wall time of an experiment's epsilon sweep (as its notebook runs it), compilation
     included, into a temporary folder so that no cached run is reused."""
     import tempfile
-    import time
 
     from privkit import experiments
 
@@ -122,6 +122,93 @@ def time_sweep(experiment: str | Path, *, device: str = "auto", data_root: str |
         experiments.sweep(configs, experiment="bench", out_dir=out, progress=progress)
     return {"experiment": str(experiment), "profile": profile, "models": len(configs),
             "epochs": sorted({c.epochs for c in configs}), "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def time_ray(
+    *,
+    address: str | None = None,
+    units: int = 8,
+    epochs: int = 1,
+    data_root: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """What running units of work as Ray tasks costs, in one run: the same ``units`` (one
+    DP-SGD model each, ``experiments.train_stack`` on the CPU) here with torch's threads and with
+    one (as a Ray task of one CPU runs), then on the Ray cluster at ``address`` (None:
+    ``ray.init()``'s choice, a new local one if none runs) with 1 and then 2 units at a time
+    (``max_in_flight``; each task asks for one CPU).
+
+    Per-unit dispatch overhead is the driver's wall time from dispatch to result less the unit's
+    own time where it ran (transfers, scheduling, the result's way back), measured with one unit
+    at a time, after a warm-up that starts two workers (their imports are reported apart).
+    """
+    from privkit import executors, experiments
+
+    ds, described = _bench_dataset("pneumoniamnist", data_root, torch.device("cpu"))
+    base = TrainConfig(epsilon=None, noise_multiplier=1.0, epochs=epochs, device="cpu", delta=1e-5)
+    work = [
+        executors.Unit(
+            name=f"bench {k}",
+            fn=experiments.train_stack,
+            data=ds,
+            args=([replace(base, seed=k)], [f"bench-{k}"], "bench"),
+        )
+        for k in range(units)
+    ]
+
+    def timed(executor: executors.Executor, batch: list) -> dict:
+        done: list[executors.Finished] = []
+        start = time.perf_counter()
+        executors.run(batch, executor=executor, on_finished=done.append, desc=executor.name,
+                      progress=progress)
+        wall = time.perf_counter() - start
+        unit_s = [f.seconds for f in done]
+        overhead_ms = [1000 * (f.wall_seconds - f.seconds) for f in done]
+        return {
+            "units": len(done),
+            "wall_s": wall,
+            "runs_per_minute": 60 * len(done) / wall,
+            "unit_s": statistics.median(unit_s),
+            "overhead_ms": statistics.median(overhead_ms),
+            "nodes": sorted({f.where["hostname"] for f in done}),
+        }
+
+    threads, rows = torch.get_num_threads(), []
+    for n in (threads, 1):  # 1: as a Ray task of one CPU runs
+        torch.set_num_threads(n)
+        row = timed(executors.LocalExecutor(), work)
+        rows.append({"executor": "local", "workers": 1, "threads": n, **row})
+    torch.set_num_threads(threads)
+    warm = timed(executors.RayExecutor(address, max_in_flight=2), work[:2])
+    for workers in (1, 2):
+        executor = executors.RayExecutor(address, max_in_flight=workers)
+        rows.append({"executor": "ray", "workers": workers, "threads": 1, **timed(executor, work)})
+    import ray
+
+    return {
+        "data": described,
+        "epochs": epochs,
+        "cluster": ray.cluster_resources(),
+        "warm_up_s": warm["wall_s"],
+        "rows": rows,
+    }
+
+
+def format_ray(report: dict) -> str:
+    """:func:`time_ray`'s report as a plain-text table."""
+    cpus = report["cluster"].get("CPU", 0)
+    lines = [
+        f"units of work: 1 model x {report['epochs']} epoch(s) on {report['data']}; Ray cluster of {cpus:g} "
+        f"CPU(s); first two Ray units (worker start, imports) {report['warm_up_s']:.1f} s",
+        f"{'executor':<10}{'workers':>8}{'threads':>8}{'units':>7}{'wall_s':>9}{'runs/min':>10}{'unit_s':>9}"
+        f"{'overhead_ms':>13}",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"{r['executor']:<10}{r['workers']:>8}{r['threads']:>8}{r['units']:>7}{r['wall_s']:>9.1f}"
+            f"{r['runs_per_minute']:>10.1f}{r['unit_s']:>9.2f}{r['overhead_ms']:>13.1f}"
+        )
+    return "\n".join(lines)
 
 
 def _literal(text: str):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from privkit import accounting, budget, data, randomness
 from privkit.budget import LedgerError
+from privkit.executors import UnitsFailedError
 from privkit.engine import DP_BACKENDS
 from privkit.models import MODELS
 from privkit.train import TrainConfig
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let the ledger charge a --randomness seeded run (recorded as such)")
     t.add_argument("--no-progress", action="store_true")
 
+    ray_help = ("as Ray tasks on the cluster at ADDRESS (auto: the one started on this machine; no ADDRESS: "
+                "$RAY_ADDRESS, else a new local one); see privkit.executors")
     b = commands.add_parser("bench", help="time every training engine on one device, or the accountant (a benchmark)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
@@ -81,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None, help="also write the report as JSON here")
     b.add_argument("--sweep", default=None, metavar="YAML",
                    help="also time this experiment's full epsilon sweep, e.g. experiments/privacy_utility.yaml")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"instead, time units of work run here and {ray_help}, 1 and 2 at a time")
+    b.add_argument("--units", type=int, default=8, help="units of work (one model each) timed per row of --ray")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--accounting", action="store_true",
                    help="time the accountant instead (epsilon, calibration, curves, individual plans) against "
@@ -97,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--notebooks-dir", default="notebooks")
     r.add_argument("--results-dir", default="results")
     r.add_argument("--figures-dir", default="figures")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"train the notebooks' sweeps {ray_help}")
     c = commands.add_parser("site", help="execute the tutorials and build the course site (what `make site` does)")
     c.add_argument("--out", default="results/course", help="executed notebooks in OUT/notebooks, the site in OUT/site")
     c.add_argument("--no-solutions", action="store_true", help="leave the solutions notebooks out of the site")
@@ -269,11 +277,19 @@ def _train(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from privkit import bench
 
-    if args.accounting:
-        from privkit import bench_accounting
+    if args.accounting or args.ray is not None:
+        if args.accounting:
+            from privkit import bench_accounting
 
-        report = bench_accounting.run(plan_groups=args.plan_groups, all_baselines=args.all_baselines)
-        print(bench_accounting.format_table(report))
+            report = bench_accounting.run(plan_groups=args.plan_groups, all_baselines=args.all_baselines)
+            print(bench_accounting.format_table(report))
+        else:
+            timed = bench.time_ray(
+                address=args.ray or None, units=args.units, epochs=args.epochs, data_root=args.data_root,
+                progress=not args.no_progress,
+            )
+            report = {"ray": timed}
+            print(bench.format_ray(report["ray"]))
         if args.json:
             bench.write_json(report, args.json)
         return 0
@@ -299,6 +315,13 @@ def _site(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor(ray_address: str | None) -> str | None:
+    """``--ray`` as an executor name: None (local), ``"ray"`` or ``"ray:<address>"``."""
+    if ray_address is None:
+        return None
+    return f"ray:{ray_address}" if ray_address else "ray"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -315,10 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         reproduce(
             profile=args.profile, experiments_dir=args.experiments_dir,
             notebooks_dir=args.notebooks_dir, results_dir=args.results_dir,
-            figures_dir=args.figures_dir, force=args.force,
+            figures_dir=args.figures_dir, force=args.force, executor=_executor(args.ray),
         )  # fmt: skip
         return 0
-    except (ValueError, FileNotFoundError, LedgerError) as err:
+    except (ValueError, FileNotFoundError, LedgerError, UnitsFailedError) as err:
         print(f"privkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -23,7 +23,7 @@ import types
 import zipfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +129,14 @@ class Dataset:
     def split(self, name: str) -> Split:
         """Return the split called ``"train"``, ``"val"`` or ``"test"``."""
         return getattr(self, _validate.one_of(SPLITS, split=name))
+
+    def to(self, device: str | torch.device) -> Dataset:
+        """The same dataset with its splits on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.train.images.device == device:
+            return self
+        moved = {s: Split(self.split(s).images.to(device), self.split(s).labels.to(device)) for s in SPLITS}
+        return replace(self, **moved)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(self.split(s))}" for s in SPLITS)

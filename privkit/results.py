@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from privkit._io import atomic_write, atomic_write_text, locked
+from privkit.budget import Spend
 from privkit.train import TrainConfig, TrainResult
 
 COLUMNS = [
@@ -123,14 +124,18 @@ def write_provenance(out_dir: str | Path, run: str, record: dict[str, Any]) -> P
     return atomic_write_text(Path(out_dir) / "runs" / f"{run}.json", json.dumps(record, indent=2, default=str))
 
 
-def write_run_record(out_dir: str | Path, run: str, result: TrainResult, *, data_sha256: str, trained_together_with: int) -> Path:
-    """``<out_dir>/runs/<run>.json`` for a trained run: provenance, wall time and stack size."""
+def run_record(result: TrainResult, *, data_sha256: str, trained_together_with: int) -> dict[str, Any]:
+    """A trained run's provenance, wall time and stack size, taken where it trained."""
     record = provenance(result.config, data_sha256=data_sha256, device=result.device)
     record["seconds"] = result.seconds
     record["trained_together_with"] = trained_together_with
-    if result.spend is not None:  # the ledger's head after this charge: an anchor kept outside the ledger
-        record["ledger"] = {"spend_id": result.spend.id, "head": result.spend.hash}
-    return write_provenance(out_dir, run, record)
+    return record | ledger_entry(result.spend)
+
+
+def ledger_entry(spend: Spend | None) -> dict[str, Any]:
+    """``{"ledger": {spend_id, head}}`` for a charged run: the ledger's head after its charge,
+    an anchor kept outside the ledger (``privkit budget verify --head``); ``{}`` if uncharged."""
+    return {} if spend is None else {"ledger": {"spend_id": spend.id, "head": spend.hash}}
 
 
 def _version(name: str) -> str:

@@ -297,20 +297,7 @@ def train_many(
     generators = _generators(configs, device)
     spends: list[budget.Spend | None] = [None] * len(configs)
     if ledger is not None:  # before a single record is read; refused -> BudgetExceededError
-        charged = charged_scopes(first.dataset, scopes)
-        for i, (c, m) in enumerate(zip(configs, mechs)):
-            spends[i] = ledger.charge(
-                charged,
-                noise_multiplier=m.noise_multiplier,
-                sample_rate=m.sample_rate,
-                steps=int(m.steps),
-                delta=m.delta,
-                accountant=c.accountant,
-                run_id=f"{c.model}-seed{c.seed}-{uuid.uuid4().hex[:8]}",
-                actor=budget.default_actor(),
-                randomness=randomness.ledger_tag(randomness=c.randomness, identity=stream_identity(c)),
-                allow_seeded=allow_seeded,
-            )
+        spends = charge_runs(ledger, configs, mechs, scopes=scopes, allow_seeded=allow_seeded)
     if dataset is None:
         dataset = data.load(first.dataset, root=first.data_root, device=device)
     models = [_init_model(c, dataset, device) for c in configs]
@@ -368,6 +355,38 @@ def _generators(configs: Sequence[TrainConfig], device: torch.device) -> list[to
     return [
         randomness.torch_generator(randomness=c.randomness, identity=stream_identity(c), device=device)
         for c in configs
+    ]
+
+
+def charge_runs(
+    ledger: budget.Ledger,
+    configs: Sequence[TrainConfig],
+    mechanisms: Sequence[Mechanism],
+    *,
+    scopes: Sequence[str] | None = None,
+    run_ids: Sequence[str] | None = None,
+    allow_seeded: bool = False,
+) -> list[budget.Spend]:
+    """Charge each run's mechanism to ``ledger`` before any of its records is read: on
+    :func:`charged_scopes`, with its randomness (``secure`` or its seeded stream), under
+    ``run_ids`` (default: model, seed and a random suffix). A refused run raises
+    ``budget.BudgetExceededError`` (or ``SeededRunError``); the runs before it stay charged."""
+    charged = charged_scopes(configs[0].dataset, scopes)
+    ids = run_ids or [f"{c.model}-seed{c.seed}-{uuid.uuid4().hex[:8]}" for c in configs]
+    return [
+        ledger.charge(
+            charged,
+            noise_multiplier=m.noise_multiplier,
+            sample_rate=m.sample_rate,
+            steps=int(m.steps),
+            delta=m.delta,
+            accountant=c.accountant,
+            run_id=run,
+            actor=budget.default_actor(),
+            randomness=randomness.ledger_tag(randomness=c.randomness, identity=stream_identity(c)),
+            allow_seeded=allow_seeded,
+        )
+        for c, m, run in zip(configs, mechanisms, ids, strict=True)
     ]
 
 

@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.special import expit
-from tqdm.auto import tqdm
 
-from privkit import _validate, budget, calibration, data, experiments, fairness, results
+from privkit import _validate, budget, calibration, data, executors, experiments, fairness, results
 from privkit._io import atomic_write, locked
 from privkit.metrics import evaluate
-from privkit.train import TrainConfig, logits, train_many
+from privkit.train import TrainConfig, logits, resolve_device, train_many
 
 SCORE_COLUMNS = [
     "run_id", "experiment", "dataset", "model", "seed", "randomness", "epsilon_target", "epsilon_spent",
@@ -54,15 +53,17 @@ def scored_sweep(
     max_stack: int | None = None,
     ledger: budget.Ledger | None = None,
     allow_seeded: bool = False,
+    executor: str | executors.Executor | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every config whose scores are not yet in ``<out_dir>/scores.csv``; return their scores.
 
     As ``privkit.experiments.sweep``: run ids from ``privkit.results.run_id`` (same config,
     same data, same id), models that can share a stack train together (all on a GPU, one at a
-    time on a CPU, or ``max_stack``), each run gets ``runs/<run_id>.json`` with its provenance,
-    a ledger is charged before training (``allow_seeded`` as there). Rows are appended
-    atomically per group.
+    time on a CPU, or ``max_stack``), each stack is a unit of work run by ``executor``
+    (:func:`score_stack`), the ledger is charged before a stack is dispatched (``allow_seeded``
+    as there), and this process alone writes: each run's ``runs/<run_id>.json`` with its
+    provenance and where it ran, then the stack's rows, appended atomically.
 
     Returns:
         The scores of ``configs``: columns ``SCORE_COLUMNS``, one row per run, split (``val``,
@@ -70,6 +71,7 @@ def scored_sweep(
 
     Raises:
         ValueError: a config's dataset is not binary.
+        privkit.executors.UnitsFailedError: stacks that failed for good, once the others are written.
     """
     out_dir = Path(out_dir)
     path = out_dir / "scores.csv"
@@ -78,31 +80,68 @@ def scored_sweep(
             raise ValueError(
                 f"Expected a binary dataset; got dataset={config.dataset!r} (per-case reports need one label)."
             )
-    runs = experiments.load_runs(configs)
-    batches = experiments.stack_groups(runs, done=set(read_scores(path)["run_id"]), max_stack=max_stack)
-    for group in tqdm(batches, desc=experiment, disable=not progress):
-        dataset = group[0][2]
-        trained = train_many(
-            [c for _, c, _ in group], dataset=dataset, ledger=ledger, allow_seeded=allow_seeded, progress=progress
-        )
-        frames = []
-        for (run, config, _), result in zip(group, trained):
-            results.write_run_record(out_dir, run, result, data_sha256=dataset.sha256, trained_together_with=len(group))
-            for split in SPLITS:
-                part = dataset.split(split)
-                z = logits(result.model, part.images)[:, 0].double().cpu().numpy()  # (n,)
-                frames.append(pd.DataFrame({
-                    "run_id": run, "experiment": experiment, "dataset": config.dataset,
-                    "model": config.model, "seed": config.seed, "randomness": config.randomness,
-                    "epsilon_target": config.epsilon if config.epsilon is not None else math.nan,
-                    "epsilon_spent": result.mechanism.epsilon, "delta": result.mechanism.delta,
-                    "noise_multiplier": result.mechanism.noise_multiplier, "split": split,
-                    "index": np.arange(len(z)), "label": part.labels[:, 0].long().cpu().numpy(),
-                    "logit": z,
-                }))  # fmt: skip
-        _append(path, pd.concat(frames, ignore_index=True))
+    runner = executors.resolve(executor)
+    runs = experiments.load_runs(configs, device=runner.data_device)
+    batches = experiments.stack_groups(
+        runs,
+        done=set(read_scores(path)["run_id"]),
+        max_stack=max_stack,
+        gpus=runner.has_gpus(),
+        gpu_stack=runner.gpu_stack(),
+    )
+
+    def write(finished: executors.Finished) -> None:
+        scores, records = finished.value
+        for run, record in zip(finished.unit.args[1], records):
+            anchor = results.ledger_entry(spends.get(run))
+            results.write_provenance(out_dir, run, record | {"where": finished.where} | anchor)
+        _append(path, scores)
+
+    spends: dict[str, budget.Spend] = {}
+    experiments.run_stacks(
+        batches,
+        score_stack,
+        args=(experiment, progress and runner.inner_progress),
+        on_finished=write,
+        executor=runner,
+        experiment=experiment,
+        ledger=ledger,
+        allow_seeded=allow_seeded,
+        progress=progress,
+        spends=spends,
+    )
     table = read_scores(path)
     return table[table["run_id"].isin([r[0] for r in runs])].reset_index(drop=True)
+
+
+def score_stack(
+    dataset: data.Dataset,
+    configs: Sequence[TrainConfig],
+    runs: Sequence[str],
+    experiment: str,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, list[dict]]:
+    """:func:`scored_sweep`'s unit of work: train one stack where it runs, return its scores
+    (``SCORE_COLUMNS``) and each run's record (``results.run_record``); nothing written."""
+    dataset = dataset.to(resolve_device(configs[0].device))
+    trained = train_many(configs, dataset=dataset, progress=progress)
+    frames, records = [], []
+    for run, config, result in zip(runs, configs, trained):
+        record = results.run_record(result, data_sha256=dataset.sha256, trained_together_with=len(configs))
+        records.append(record)
+        for split in SPLITS:
+            part = dataset.split(split)
+            z = logits(result.model, part.images)[:, 0].double().cpu().numpy()  # (n,)
+            frames.append(pd.DataFrame({
+                "run_id": run, "experiment": experiment, "dataset": config.dataset,
+                "model": config.model, "seed": config.seed, "randomness": config.randomness,
+                "epsilon_target": config.epsilon if config.epsilon is not None else math.nan,
+                "epsilon_spent": result.mechanism.epsilon, "delta": result.mechanism.delta,
+                "noise_multiplier": result.mechanism.noise_multiplier, "split": split,
+                "index": np.arange(len(z)), "label": part.labels[:, 0].long().cpu().numpy(),
+                "logit": z,
+            }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS], records
 
 
 def _append(path: Path, rows: pd.DataFrame) -> None:

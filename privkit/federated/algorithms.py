@@ -251,13 +251,7 @@ def train_federated(
     unknown = sorted(set(config.site_epsilons or {}) - set(names))
     if unknown:
         raise ValueError(f"site_epsilons names unknown site(s) {unknown}; the sites are {names}.")
-    plans = [
-        plan_site(s.name, len(s), epsilon=config.site_epsilon(s.name), delta=config.delta,
-                  batch_size=config.batch_size, local_epochs=config.local_epochs, rounds=config.rounds,
-                  max_grad_norm=config.max_grad_norm, accountant=config.accountant)
-        for s in sites
-    ]  # fmt: skip
-    server = plan_server(config, len(sites))
+    plans, server = plan_run(config, sites)
     skipped = _charge(
         ledger, config, sites, plans, server, dataset_name or evaluation.info.name, on_over_budget, allow_seeded
     )
@@ -285,6 +279,43 @@ def train_federated(
     }
     return FederatedResult(config, [p for _, p, _ in active], skipped, server, metrics, losses, model,
                            time.perf_counter() - start)  # fmt: skip
+
+
+def plan_run(config: FederatedConfig, sites: Sequence[Site]) -> tuple[list[SitePlan], ServerPlan | None]:
+    """Every site's mechanism (sample-level DP) and the server's (site-level DP, if any)."""
+    plans = [
+        plan_site(
+            s.name,
+            len(s),
+            epsilon=config.site_epsilon(s.name),
+            delta=config.delta,
+            batch_size=config.batch_size,
+            local_epochs=config.local_epochs,
+            rounds=config.rounds,
+            max_grad_norm=config.max_grad_norm,
+            accountant=config.accountant,
+        )
+        for s in sites
+    ]
+    return plans, plan_server(config, len(sites))
+
+
+def charge_run(
+    ledger: budget.Ledger,
+    config: FederatedConfig,
+    sites: Sequence[Site],
+    *,
+    dataset_name: str,
+    allow_seeded: bool = False,
+) -> None:
+    """Charge a run's sites to ``ledger`` as :func:`train_federated` would before reading
+    records, for a driver that then trains the run elsewhere (without a ledger).
+
+    Raises:
+        budget.BudgetExceededError: a site over its budget; the sites before it stay charged.
+    """
+    plans, server = plan_run(config, sites)
+    _charge(ledger, config, list(sites), plans, server, dataset_name, "raise", allow_seeded)
 
 
 def _charge(

@@ -22,12 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from privkit import _validate, budget, data
+from privkit import _validate, budget, data, executors, experiments, results
 from privkit._io import atomic_write, locked
-from privkit.federated.algorithms import ALGORITHMS, FederatedConfig, site_batch_size, train_federated
-from privkit.federated.sites import SCHEMES, split_sites
+from privkit.federated.algorithms import (
+    ALGORITHMS,
+    FederatedConfig,
+    charge_run,
+    site_batch_size,
+    train_federated,
+)
+from privkit.federated.sites import SCHEMES, Site, split_sites
 from privkit.train import TrainConfig, train
 
 METHODS = ("centralised", *ALGORITHMS)
@@ -74,9 +79,14 @@ def run_study(
     alpha: float = 0.5,
     min_size: int = 10,
     ledger: budget.Ledger | None = None,
+    executor: str | executors.Executor | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train every run not yet in ``<out_dir>/metrics.csv``; return the study's metric and site tables.
+
+    Each run is a unit of work (``_train_one``) run by ``executor`` (``privkit.executors``);
+    this process charges the ledger before a run is dispatched and alone writes the tables and
+    ``runs/<run_id>.json`` (provenance, where the run trained) as runs come back.
 
     Args:
         dataset: the loaded dataset (train split divided among sites; val and test evaluate).
@@ -89,54 +99,135 @@ def run_study(
         alpha: Dirichlet concentration of ``label_skew`` and ``size_skew``.
         min_size: the fewest records a site may hold.
         ledger: charge every run here before it reads records.
+        executor: ``"local"``, ``"ray"``, ``"ray:<address>"`` or an executor; None reads
+            ``$PRIVKIT_EXECUTOR`` (default local).
         progress: a progress bar over the runs.
+
+    Raises:
+        privkit.executors.UnitsFailedError: runs that failed for good, once the others are written.
     """
     out_dir = Path(out_dir)
     table_path, sites_path = out_dir / "metrics.csv", out_dir / "site_budgets.csv"
-    common = dict(rounds=rounds, batch_size=batch_size, lr=lr, momentum=momentum, delta=delta, alpha=alpha,
-                  min_size=min_size, data=dataset.sha256)  # fmt: skip
-    ids = [_run_id({**run, **common}) for run in runs]
+    study = dict(
+        rounds=rounds, batch_size=batch_size, lr=lr, momentum=momentum, delta=delta, alpha=alpha, min_size=min_size
+    )
+    ids = [_run_id({**run, **study, "data": dataset.sha256}) for run in runs]
     done = set(_read(table_path, COLUMNS)["run_id"])
-    for run, rid in tqdm(list(zip(runs, ids)), desc="federated study", disable=not progress):
-        if rid in done:
-            continue
-        rows, site_rows = _train_one(dataset, run, rid, rounds=rounds, batch_size=batch_size, lr=lr,
-                                     momentum=momentum, delta=delta, alpha=alpha, min_size=min_size,
-                                     ledger=ledger)  # fmt: skip
+    runner = executors.resolve(executor)
+    shipped = dataset.to(runner.data_device) if runner.data_device else dataset
+    units = [
+        executors.Unit(
+            name=f"federated study: {rid} ({run['method']}, {run['partition']}, {run['n_sites']} site(s), "
+            f"ε={run['epsilon']:g}, seed {run['seed']})",
+            fn=_train_one,
+            data=shipped,
+            args=(run, rid, study),
+            gpu=False,
+        )
+        for run, rid in zip(runs, ids)
+        if rid not in done
+    ]
+
+    def charge(unit: executors.Unit) -> None:
+        run, rid, _ = unit.args
+        if run["method"] == "centralised":
+            config = _centralised(run, study)
+            experiments.charge_stack(ledger, [config], n_train=len(dataset.train), runs=[rid])
+        else:
+            config, sites = _federated(dataset, run, study)
+            charge_run(ledger, config, sites, dataset_name=dataset.info.name)
+
+    def write(finished: executors.Finished) -> None:
+        rows, site_rows, record = finished.value
+        rid = finished.unit.args[1]
+        results.write_provenance(out_dir, rid, record | {"where": finished.where})
         _append(sites_path, site_rows, SITE_COLUMNS)
         _append(table_path, rows, COLUMNS)  # last: a run in this table is complete
+
+    executors.run(
+        units,
+        executor=runner,
+        on_finished=write,
+        before_dispatch=charge if ledger else None,
+        desc="federated study",
+        progress=progress,
+    )
     table, sites = _read(table_path, COLUMNS), _read(sites_path, SITE_COLUMNS)
     return (table[table["run_id"].isin(ids)].reset_index(drop=True),
             sites[sites["run_id"].isin(ids)].drop_duplicates().reset_index(drop=True))  # fmt: skip
 
 
-def _train_one(dataset, run, rid, *, rounds, batch_size, lr, momentum, delta, alpha, min_size, ledger):
+def _centralised(run: dict[str, Any], study: dict[str, Any]) -> TrainConfig:
+    """A centralised run's config (on the pooled records)."""
+    return TrainConfig(
+        epsilon=run["epsilon"],
+        delta=study["delta"],
+        epochs=study["rounds"],
+        batch_size=study["batch_size"],
+        lr=study["lr"],
+        momentum=study["momentum"],
+        seed=run["seed"],
+        device="cpu",
+    )
+
+
+def _federated(
+    dataset: data.Dataset, run: dict[str, Any], study: dict[str, Any]
+) -> tuple[FederatedConfig, list[Site]]:
+    """A federated run's config and its hospitals (the partition is drawn from the run's seed)."""
+    sites = split_sites(
+        dataset.train,
+        n_sites=run["n_sites"],
+        scheme=run["partition"],
+        alpha=study["alpha"],
+        min_size=study["min_size"],
+        seed=run["seed"],
+        prefix=f"{run['partition']}-{run['n_sites']}sites-h",
+    )
+    config = FederatedConfig(
+        algorithm=run["method"],
+        rounds=study["rounds"],
+        lr=study["lr"],
+        momentum=study["momentum"],
+        batch_size=site_batch_size(run["method"], study["batch_size"], run["n_sites"]),
+        epsilon=run["epsilon"],
+        delta=study["delta"],
+        seed=run["seed"],
+    )
+    return config, sites
+
+
+def _train_one(
+    dataset: data.Dataset, run: dict[str, Any], rid: str, study: dict[str, Any]
+) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """The study's unit of work: one run from plain settings and the data, no ledger, nothing
+    written. Returns its metric rows, its site rows and its provenance."""
     key = dict(run_id=rid, method=run["method"], partition=run["partition"], n_sites=run["n_sites"],
                seed=run["seed"], epsilon_target=run["epsilon"])  # fmt: skip
     if run["method"] == "centralised":
-        config = TrainConfig(epsilon=run["epsilon"], delta=delta, epochs=rounds, batch_size=batch_size, lr=lr,
-                             momentum=momentum, seed=run["seed"], device="cpu")  # fmt: skip
-        result = train(config, dataset=dataset, ledger=ledger, progress=False)
+        config = _centralised(run, study)
+        result = train(config, dataset=dataset, progress=False)
         mech = result.mechanism
         site_rows = [{**key, "site": "pooled", "n_records": len(dataset.train),
                       "positive_fraction": float(dataset.train.labels.mean()), "noise_multiplier": mech.noise_multiplier,
                       "sample_rate": mech.sample_rate, "steps": mech.steps, "epsilon_spent": mech.epsilon}]  # fmt: skip
         spent, metrics = mech.epsilon, result.metrics
     else:
-        sites = split_sites(dataset.train, n_sites=run["n_sites"], scheme=run["partition"], alpha=alpha,
-                            min_size=min_size, seed=run["seed"], prefix=f"{run['partition']}-{run['n_sites']}sites-h")  # fmt: skip
-        config = FederatedConfig(algorithm=run["method"], rounds=rounds, lr=lr, momentum=momentum,
-                                 batch_size=site_batch_size(run["method"], batch_size, run["n_sites"]),
-                                 epsilon=run["epsilon"], delta=delta, seed=run["seed"])  # fmt: skip
-        result = train_federated(config, sites, evaluation=dataset, ledger=ledger, progress=False)
+        config, sites = _federated(dataset, run, study)
+        result = train_federated(config, sites, evaluation=dataset, progress=False)
         site_rows = [{**key, "site": site.name, "n_records": len(site),
                       "positive_fraction": float(site.train.labels.mean()), "noise_multiplier": p.noise_multiplier,
                       "sample_rate": p.sample_rate, "steps": p.steps, "epsilon_spent": p.epsilon}
                      for site, p in zip(sites, result.sites)]  # fmt: skip
         spent, metrics = result.epsilon, result.metrics
-    rows = [{**key, "epsilon_spent": spent, "delta": delta, "rounds": rounds, "split": split, "metric": m, "value": v}
-            for split, values in metrics.items() for m, v in values.items()]  # fmt: skip
-    return rows, site_rows
+    common = {**key, "epsilon_spent": spent, "delta": study["delta"], "rounds": study["rounds"]}
+    rows = [
+        {**common, "split": split, "metric": m, "value": v}
+        for split, values in metrics.items()
+        for m, v in values.items()
+    ]
+    record = results.provenance(config, data_sha256=dataset.sha256, device="cpu")
+    return rows, site_rows, record | {"run": run, "study": study, "seconds": result.seconds}
 
 
 def _run_id(values: dict[str, Any]) -> str:

@@ -341,7 +341,7 @@ def site_generator(config: FederatedConfig, site: str) -> torch.Generator:
     )
 
 
-def _server_generator(config: FederatedConfig) -> torch.Generator:
+def server_generator(config: FederatedConfig) -> torch.Generator:
     """The server's generator: which sites join a round, and site-level noise."""
     return randomness.torch_generator(
         randomness=config.randomness, identity=stream_identity(config, "server"), device=config.device
@@ -367,15 +367,43 @@ def clip_update(update: torch.Tensor, bound: float) -> torch.Tensor:
     return update * min(1.0, bound / (float(update.norm()) + 1e-12))
 
 
+def sample_sites(config: FederatedConfig, n_sites: int, generator: torch.Generator) -> list[int]:
+    """The sites (indices) that join a round: each with probability ``site_sample_rate`` (one
+    uniform draw per site from the server's ``generator``), or all of them when it is 1."""
+    if config.site_sample_rate == 1:
+        return list(range(n_sites))
+    draws = torch.rand(n_sites, generator=generator, device=generator.device)
+    return [i for i in range(n_sites) if draws[i] < config.site_sample_rate]
+
+
+def server_step(
+    config: FederatedConfig,
+    params: Params,
+    aggregate: torch.Tensor,
+    velocity: torch.Tensor | None,
+    server: ServerPlan | None,
+    n_sites: int,
+    generator: torch.Generator,
+) -> tuple[Params, torch.Tensor]:
+    """Apply one round's aggregate to the global model; return it and the server's momentum.
+
+    ``aggregate`` is the flat weighted average of the participants' updates, or under site-level
+    DP their clipped sum over the expected number of participants ``q * N``; to that the server
+    adds Gaussian noise of standard deviation ``noise_multiplier * update_clip / (q * N)``
+    (DP-FedAvg, McMahan et al. 2018), then steps by ``server_lr`` with ``server_momentum``.
+    """
+    if server is not None:
+        noise = torch.randn(aggregate.numel(), generator=generator, device=generator.device)
+        aggregate = aggregate + noise * server.noise_multiplier * server.update_clip / (server.sample_rate * n_sites)
+    velocity = aggregate if velocity is None else config.server_momentum * velocity + aggregate
+    return unflatten(flatten(params) + config.server_lr * velocity, params), velocity
+
+
 def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
-    server_gen = _server_generator(config)
+    server_gen = server_generator(config)
     velocity, losses = None, []
     for r in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
-        if config.site_sample_rate < 1:  # each site joins the round with this probability
-            draws = torch.rand(len(active), generator=server_gen, device=server_gen.device)
-            chosen = [i for i in range(len(active)) if draws[i] < server.sample_rate]
-        else:
-            chosen = list(range(len(active)))
+        chosen = sample_sites(config, len(active), server_gen)
         total_records = max(1, sum(len(active[i][0]) for i in chosen))
         contributions, round_loss = {}, 0.0
         for i in chosen:  # at each site: train, and send only the (weighted, clipped) update
@@ -403,11 +431,7 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
             losses.append(round_loss)
             continue
         average = torch.as_tensor(summed, dtype=torch.float32, device=flatten(params).device)
-        if server is not None:  # noise on the sum, over the expected number of sites
-            noise = torch.randn(length, generator=server_gen, device=server_gen.device)
-            average = average + noise * server.noise_multiplier * server.update_clip / (server.sample_rate * n_sites)
-        velocity = average if velocity is None else config.server_momentum * velocity + average
-        params = unflatten(flatten(params) + config.server_lr * velocity, params)
+        params, velocity = server_step(config, params, average, velocity, server, n_sites, server_gen)
         losses.append(round_loss)
     return params, losses
 

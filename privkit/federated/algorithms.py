@@ -257,9 +257,8 @@ def train_federated(
         for s in sites
     ]  # fmt: skip
     server = plan_server(config, len(sites))
-    skipped = _charge(
-        ledger, config, sites, plans, server, dataset_name or evaluation.info.name, on_over_budget, allow_seeded
-    )
+    skipped = charge(ledger, config, plans, server, dataset_name=dataset_name or evaluation.info.name,
+                     on_over_budget=on_over_budget, allow_seeded=allow_seeded)  # fmt: skip
     gens = [site_generator(config, s.name) for s in sites]
     active = [(s, p, g) for s, p, g in zip(sites, plans, gens) if s.name not in skipped]
     if not active:
@@ -286,42 +285,50 @@ def train_federated(
                            time.perf_counter() - start)  # fmt: skip
 
 
-def _charge(
+def charge(
     ledger: budget.Ledger | None,
     config: FederatedConfig,
-    sites: list[Site],
-    plans: list[SitePlan],
+    plans: Sequence[SitePlan],
     server: ServerPlan | None,
+    *,
     dataset_name: str,
-    on_over_budget: str,
-    allow_seeded: bool,
+    on_over_budget: str = "raise",
+    allow_seeded: bool = False,
+    run: str | None = None,
 ) -> list[str]:
-    """Charge before any record is read; return the sites skipped for want of budget."""
+    """Charge the sites' ledger scopes before any of their records is read; return the sites
+    skipped for want of budget (``on_over_budget="skip"``).
+
+    Each site is charged its own DP-SGD mechanism (``plans``); when site-level DP is the only
+    protection, the server's mechanism is charged once on every site's scope. A hospital on
+    the network path charges its own ledger with its one plan (:mod:`privkit.federated.flower`).
+    ``run`` names the spends (default: the algorithm, the seed and a random suffix).
+    """
     if ledger is None:
         return []
     tag = lambda party: randomness.ledger_tag(  # noqa: E731
         randomness=config.randomness, identity=stream_identity(config, party)
     )
     scope = lambda site: f"dataset:{dataset_name}/institution:{site}"  # noqa: E731
-    run = f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
+    run = run or f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
     actor = budget.default_actor()
     if server is not None and not any(p.private for p in plans):  # site-level DP only
-        ledger.charge([scope(s.name) for s in sites], noise_multiplier=server.noise_multiplier,
+        ledger.charge([scope(p.site) for p in plans], noise_multiplier=server.noise_multiplier,
                       sample_rate=server.sample_rate, steps=server.rounds, delta=server.delta,
                       run_id=f"{run}-server", actor=actor, accountant=config.accountant,
                       randomness=tag("server"), allow_seeded=allow_seeded)  # fmt: skip
         return []
     skipped = []
-    for site, plan in zip(sites, plans):
+    for plan in plans:
         try:
-            ledger.charge([scope(site.name)], noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                          steps=plan.steps, delta=plan.delta, run_id=f"{run}-{site.name}", actor=actor,
-                          accountant=config.accountant, randomness=tag(f"site:{site.name}"),
+            ledger.charge([scope(plan.site)], noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                          steps=plan.steps, delta=plan.delta, run_id=f"{run}-{plan.site}", actor=actor,
+                          accountant=config.accountant, randomness=tag(f"site:{plan.site}"),
                           allow_seeded=allow_seeded)  # fmt: skip
         except budget.BudgetExceededError:
             if on_over_budget == "raise":
                 raise
-            skipped.append(site.name)
+            skipped.append(plan.site)
     return skipped
 
 

@@ -106,9 +106,9 @@ def _flower(args: argparse.Namespace) -> int:
 
     if args.flower_command == "certs":
         made = credentials.make_certificates(args.out, hosts=args.host, days=args.days)
-        print(f"CA: {made.ca_certificate} (give it to every hospital; keep {made.ca_key} offline)\n"
-              f"SuperLink: --ssl-ca-certfile {made.ca_certificate} --ssl-certfile {made.superlink_certificate} "
-              f"--ssl-keyfile {made.superlink_key}")  # fmt: skip
+        print(f"CA: {made.ca_certificate} (give it to every hospital; keep {made.ca_key} offline)")
+        print(f"SuperLink: --ssl-ca-certfile {made.ca_certificate} --ssl-certfile {made.superlink_certificate}"
+              f" --ssl-keyfile {made.superlink_key}")
     else:
         private, public = credentials.make_supernode_key(args.out, name=args.name)
         print(f"SuperNode: --auth-supernode-private-key {private} (stays at the hospital)\n"

@@ -2,9 +2,9 @@
 
 A coordinator controls its ServerApp entirely; this one serves the run as privkit's does and
 also writes each reply's numbers (arrays, and SecAgg+'s masked vectors, which travel as
-serialised NumPy arrays) to ``<folder>/<n>.npz`` (default folder: ``received`` beside ``out``). Tests read them as an
-attacker would. Used in-process (Flower's simulation runtime) and, copied into an app folder,
-by a SuperLink (the component ``flower_recorder:app``).
+serialised NumPy arrays) to ``<folder>/<n>.npz`` (default folder: ``received`` beside ``out``).
+Tests read them as an attacker would. Used in-process (Flower's simulation runtime) and,
+copied into an app folder, by a SuperLink (the component ``flower_recorder:app``).
 """
 
 from __future__ import annotations

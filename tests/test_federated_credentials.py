@@ -12,11 +12,15 @@ import threading
 from pathlib import Path
 
 import pytest
+
 pytest.importorskip("cryptography", reason="comes with Flower: pip install 'privkit[flower]'")
 
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key  # noqa: E402
+from cryptography.hazmat.primitives.serialization import (
+    load_ssh_private_key,
+    load_ssh_public_key,
+)  # noqa: E402
 
 from privkit import cli  # noqa: E402
 from privkit.federated import credentials  # noqa: E402
@@ -51,11 +55,15 @@ def handshake(certs: credentials.Certificates, *, trust: Path, name: str) -> Non
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> credentials.Certificates:
-    return credentials.make_certificates(tmp_path_factory.mktemp("certs"), hosts=["127.0.0.1", "superlink.test"])
+    return credentials.make_certificates(
+        tmp_path_factory.mktemp("certs"), hosts=["127.0.0.1", "superlink.test"]
+    )
 
 
 @pytest.mark.parametrize("name", ["127.0.0.1", "superlink.test"])
-def test_the_superlink_certificate_passes_tls_for_its_names(certs: credentials.Certificates, name: str) -> None:
+def test_the_superlink_certificate_passes_tls_for_its_names(
+    certs: credentials.Certificates, name: str
+) -> None:
     handshake(certs, trust=certs.ca_certificate, name=name)
 
 
@@ -82,7 +90,9 @@ def test_a_supernode_key_is_what_flower_loads_and_signs_with(tmp_path: Path) -> 
     key = load_ssh_private_key(private.read_bytes(), None)  # what flower-supernode does
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
     assert register.try_load_public_key(public)  # what flwr supernode register does; exits on a bad key
-    signature = key.sign(b"timestamp", ec.ECDSA(hashes.SHA256()))  # the registered key checks the node's signature
+    signature = key.sign(
+        b"timestamp", ec.ECDSA(hashes.SHA256())
+    )  # the registered key checks the node's signature
     load_ssh_public_key(public.read_bytes()).verify(signature, b"timestamp", ec.ECDSA(hashes.SHA256()))
     with pytest.raises(FileExistsError):
         credentials.make_supernode_key(tmp_path, name="hospital-a")
@@ -91,9 +101,16 @@ def test_a_supernode_key_is_what_flower_loads_and_signs_with(tmp_path: Path) -> 
 
 
 def test_privkit_flower_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["flower", "certs", "--out", str(tmp_path / "c"), "--host", "10.0.0.5", "--days", "2"]) == 0
+    assert (
+        cli.main(["flower", "certs", "--out", str(tmp_path / "c"), "--host", "10.0.0.5", "--days", "2"]) == 0
+    )
     assert "--ssl-certfile" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ca.crt", "ca.key", "superlink.crt", "superlink.key"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "ca.crt",
+        "ca.key",
+        "superlink.crt",
+        "superlink.key",
+    ]
     assert cli.main(["flower", "key", "--out", str(tmp_path / "k"), "--name", "hospital-b"]) == 0
     assert "flwr supernode register hospital-b.pub" in capsys.readouterr().out
     assert cli.main(["flower", "key", "--out", str(tmp_path / "k"), "--name", "hospital-b"]) == 2

@@ -258,7 +258,7 @@ def train_federated(
     ]  # fmt: skip
     server = plan_server(config, len(sites))
     skipped = charge(ledger, config, plans, server, dataset_name=dataset_name or evaluation.info.name,
-                     on_over_budget=on_over_budget, allow_seeded=allow_seeded)  # fmt: skip
+                     on_over_budget=on_over_budget, allow_seeded=allow_seeded)
     gens = [site_generator(config, s.name) for s in sites]
     active = [(s, p, g) for s, p, g in zip(sites, plans, gens) if s.name not in skipped]
     if not active:
@@ -321,8 +321,9 @@ def charge(
     skipped = []
     for plan in plans:
         try:
-            ledger.charge([scope(plan.site)], noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                          steps=plan.steps, delta=plan.delta, run_id=f"{run}-{plan.site}", actor=actor,
+            ledger.charge([scope(plan.site)], noise_multiplier=plan.noise_multiplier,
+                          sample_rate=plan.sample_rate, steps=plan.steps, delta=plan.delta,
+                          run_id=f"{run}-{plan.site}", actor=actor,
                           accountant=config.accountant, randomness=tag(f"site:{plan.site}"),
                           allow_seeded=allow_seeded)  # fmt: skip
         except budget.BudgetExceededError:

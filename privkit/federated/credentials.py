@@ -85,32 +85,61 @@ def make_certificates(out: str | Path, *, hosts: Sequence[str], days: int = 365)
     ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "privkit federation CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
-    )  # fmt: skip
+    )
     leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
         .add_extension(x509.SubjectAlternativeName(_subject_names(hosts)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA384())
-    )  # fmt: skip
-    pem = lambda k: k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # noqa: E731
-                                    serialization.NoEncryption())  # fmt: skip
+    )
+    pem = lambda k: k.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,  # noqa: E731
+        serialization.NoEncryption(),
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (out / "superlink.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    return Certificates(out / "ca.crt", _write_private(out / "ca.key", pem(ca_key)), out / "superlink.crt",
-                        _write_private(out / "superlink.key", pem(key)))  # fmt: skip
+    return Certificates(
+        out / "ca.crt",
+        _write_private(out / "ca.key", pem(ca_key)),
+        out / "superlink.crt",
+        _write_private(out / "superlink.key", pem(key)),
+    )
 
 
 def make_supernode_key(out: str | Path, *, name: str) -> tuple[Path, Path]:
@@ -125,10 +154,15 @@ def make_supernode_key(out: str | Path, *, name: str) -> tuple[Path, Path]:
         raise ValueError(f"Expected name={name!r} of letters, digits, '_', '.', '-'.")
     out = Path(out)
     key = ec.generate_private_key(ec.SECP384R1())
-    private = _write_private(out / name, key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.OpenSSH,
-                                                           serialization.NoEncryption()))  # fmt: skip
+    private = _write_private(
+        out / name,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+    )
     public = out / f"{name}.pub"
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH) + f" {name}\n".encode())  # fmt: skip
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        + f" {name}\n".encode()
+    )
     return private, public

@@ -56,9 +56,11 @@ from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.server import Grid, LegacyContext, ServerConfig
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
@@ -103,9 +105,13 @@ def run_config(config: FederatedConfig, **app: Any) -> dict[str, Any]:
     (2, 4.0, inf, 5, 'pneumoniamnist')
     """
     if config.site_epsilons:
-        raise ValueError(f"site_epsilons={dict(config.site_epsilons)} is not offered on the Flower path: every "
-                         "hospital runs the run's epsilon (its ledger's budget refuses more).")  # fmt: skip
-    values = {_key(f.name): getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in _NOT_CONFIG}
+        raise ValueError(
+            f"site_epsilons={dict(config.site_epsilons)} is not offered on the Flower path: every "
+            "hospital runs the run's epsilon (its ledger's budget refuses more)."
+        )
+    values = {
+        _key(f.name): getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in _NOT_CONFIG
+    }
     unknown = sorted(set(map(_key, app)) - set(APP_KEYS))
     if unknown:
         raise ValueError(f"Unknown app key(s) {unknown}; the app's keys are {sorted(APP_KEYS)}.")
@@ -121,10 +127,14 @@ def federated_config(run: Mapping[str, Any], *, device: str = "cpu") -> Federate
         if f.name in _NOT_CONFIG:
             continue
         if _key(f.name) not in run:
-            raise ValueError(f"The run configuration lacks {_key(f.name)!r}; apps/hospitals/pyproject.toml "
-                             "declares every FederatedConfig field.")  # fmt: skip
+            raise ValueError(
+                f"The run configuration lacks {_key(f.name)!r}; apps/hospitals/pyproject.toml "
+                "declares every FederatedConfig field."
+            )
         value = run[_key(f.name)]
-        values[f.name] = float(value) if isinstance(f.default, float) and not isinstance(value, bool) else value
+        values[f.name] = (
+            float(value) if isinstance(f.default, float) and not isinstance(value, bool) else value
+        )
     return FederatedConfig(**values, device=device)
 
 
@@ -139,8 +149,9 @@ def _app_value(run: Mapping[str, Any], key: str) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 
-def _secure_aggregation_policy(msg: Message, context: Context, call_next: Callable, *, run: Mapping,
-                               node: Mapping) -> Message:  # fmt: skip
+def _secure_aggregation_policy(
+    msg: Message, context: Context, call_next: Callable, *, run: Mapping, node: Mapping
+) -> Message:
     """Run SecAgg+ on training messages that carry it; refuse a training message in the clear
     when the run (``secure-aggregation``) or the hospital (``require-secure-aggregation``) wants it."""
     if msg.metadata.message_type != MessageType.TRAIN:
@@ -150,8 +161,10 @@ def _secure_aggregation_policy(msg: Message, context: Context, call_next: Callab
     run = {**run, **context.run_config}
     node = {**node, **context.node_config}
     if bool(run.get("secure-aggregation", False)) or bool(node.get("require-secure-aggregation", False)):
-        raise PermissionError("This hospital sends its update only under secure aggregation; the server asked for "
-                              "it in the clear.")  # fmt: skip
+        raise PermissionError(
+            "This hospital sends its update only under secure aggregation; the server asked for "
+            "it in the clear."
+        )
     return call_next(msg, context)
 
 
@@ -189,12 +202,17 @@ class HospitalClient(NumPyClient):
         if "generator" in state:  # continue the stream of the earlier rounds
             generator.set_state(torch.from_numpy(np.frombuffer(state["generator"], dtype=np.uint8).copy()))
         size = int(_app_value(self.run, "image-size"))
-        model = create_model(cfg.model, in_channels=site.train.images.shape[1],
-                             n_outputs=site.train.labels.shape[1], image_size=size).to(cfg.device)  # fmt: skip
+        model = create_model(
+            cfg.model,
+            in_channels=site.train.images.shape[1],
+            n_outputs=site.train.labels.shape[1],
+            image_size=size,
+        ).to(cfg.device)
         names = [k for k, _ in model.named_parameters()]
         received = {k: torch.as_tensor(v, device=cfg.device) for k, v in zip(names, parameters, strict=True)}
-        new, _, _ = local_training(model, received, site, plan, lr=cfg.lr, momentum=cfg.momentum,
-                                   generator=generator)  # fmt: skip
+        new, _, _ = local_training(
+            model, received, site, plan, lr=cfg.lr, momentum=cfg.momentum, generator=generator
+        )
         update = flatten(new) - flatten(received)
         if server is not None:  # DP-FedAvg: the update clipped; the server's noise covers it
             update = clip_update(update, server.update_clip)
@@ -215,38 +233,61 @@ class HospitalClient(NumPyClient):
 
         dataset, size = str(_app_value(self.run, "dataset")), int(_app_value(self.run, "image-size"))
         if "data-root" not in self.node:
-            raise ValueError("The SuperNode's node configuration lacks 'data-root' (the folder with the "
-                             f"hospital's {dataset}.npz): --node-config 'data-root=\"/path\" site=\"name\"'.")  # fmt: skip
+            raise ValueError(
+                "The SuperNode's node configuration lacks 'data-root' (the folder with the "
+                f'hospital\'s {dataset}.npz): --node-config \'data-root="/path" site="name"\'.'
+            )
         root = Path(str(self.node["data-root"]))
         path = data.dataset_path(dataset, root, size)
         if not path.is_file():  # a hospital trains on its own records, never on a download
             raise FileNotFoundError(f"This hospital's records are missing: no {path.name} in its data-root.")
         partition = self.node.get("partition-id")
         if partition is not None:  # research: one file split among simulated hospitals, as split_sites does
-            sites = split_sites(data.load(dataset, root=root, size=size, device=cfg.device).train,
-                                n_sites=int(self.node["num-partitions"]),
-                                scheme=str(_app_value(self.run, "partition-scheme")),
-                                alpha=float(_app_value(self.run, "partition-alpha")),
-                                seed=int(_app_value(self.run, "partition-seed")))  # fmt: skip
-            name, n, records = sites[int(partition)].name, len(sites[int(partition)]), sites[int(partition)].train
+            sites = split_sites(
+                data.load(dataset, root=root, size=size, device=cfg.device).train,
+                n_sites=int(self.node["num-partitions"]),
+                scheme=str(_app_value(self.run, "partition-scheme")),
+                alpha=float(_app_value(self.run, "partition-alpha")),
+                seed=int(_app_value(self.run, "partition-seed")),
+            )
+            mine = sites[int(partition)]
+            name, n, records = mine.name, len(mine), mine.train
         elif "site" in self.node:
             name, n, records = None, data.train_size(dataset, root=root, size=size), None
         else:
-            raise ValueError("The SuperNode's node configuration lacks 'site', the hospital's institution id.")
+            raise ValueError(
+                "The SuperNode's node configuration lacks 'site', the hospital's institution id."
+            )
         name = str(self.node.get("site", name))
-        plan = plan_site(name, n, epsilon=cfg.epsilon, delta=cfg.delta, batch_size=cfg.batch_size,
-                         local_epochs=cfg.local_epochs, rounds=cfg.rounds, max_grad_norm=cfg.max_grad_norm,
-                         accountant=cfg.accountant)  # fmt: skip
+        plan = plan_site(
+            name,
+            n,
+            epsilon=cfg.epsilon,
+            delta=cfg.delta,
+            batch_size=cfg.batch_size,
+            local_epochs=cfg.local_epochs,
+            rounds=cfg.rounds,
+            max_grad_norm=cfg.max_grad_norm,
+            accountant=cfg.accountant,
+        )
         if charge and self.node.get("ledger"):  # refused -> BudgetExceededError, and nothing is read
-            charge_ledger(budget.Ledger(str(self.node["ledger"])), cfg, [plan], server, dataset_name=dataset,
-                          allow_seeded=bool(self.node.get("allow-seeded", False)),
-                          run=f"flower-run{self.context.run_id}")  # fmt: skip
+            charge_ledger(
+                budget.Ledger(str(self.node["ledger"])),
+                cfg,
+                [plan],
+                server,
+                dataset_name=dataset,
+                allow_seeded=bool(self.node.get("allow-seeded", False)),
+                run=f"flower-run{self.context.run_id}",
+            )
         if records is None:
             records = data.load(dataset, root=root, size=size, device=cfg.device).train
         return Site(name, records), plan
 
 
-def make_client_app(*, run: Mapping[str, Any] | None = None, node: Mapping[str, Any] | None = None) -> ClientApp:
+def make_client_app(
+    *, run: Mapping[str, Any] | None = None, node: Mapping[str, Any] | None = None
+) -> ClientApp:
     """A hospital's ClientApp; ``run`` and ``node`` fill in what the context lacks (Flower's
     simulation runtime gives only ``partition-id`` and ``num-partitions``)."""
     run, node = dict(run or {}), dict(node or {})
@@ -272,22 +313,40 @@ class PrivkitFedAvg(FedAvg):
     of their updates (or, under site-level DP, their clipped sum over ``q * N`` plus noise)
     applied with ``server_lr`` and ``server_momentum``."""
 
-    def __init__(self, config: FederatedConfig, *, n_sites: int, params: dict[str, torch.Tensor],
-                 server: ServerPlan | None, generator: torch.Generator, timeout: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: FederatedConfig,
+        *,
+        n_sites: int,
+        params: dict[str, torch.Tensor],
+        server: ServerPlan | None,
+        generator: torch.Generator,
+        timeout: float,
+    ) -> None:
         initial = ndarrays_to_parameters([v.cpu().numpy() for v in params.values()])
-        super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n_sites,
-                         min_available_clients=n_sites, min_evaluate_clients=0, initial_parameters=initial,
-                         accept_failures=False)  # fmt: skip
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=0.0,
+            min_fit_clients=n_sites,
+            min_available_clients=n_sites,
+            min_evaluate_clients=0,
+            initial_parameters=initial,
+            accept_failures=False,
+        )
         self.config, self.n_sites, self.params, self.server = config, n_sites, params, server
         self.generator, self.timeout, self.velocity = generator, timeout, None
         self.applied, self.skipped = 0, 0  # rounds applied; rounds sampling too few hospitals
 
-    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         from privkit.federated.algorithms import sample_sites
 
         if not client_manager.wait_for(self.n_sites, timeout=int(self.timeout)):
-            raise RuntimeError(f"Only {client_manager.num_available()} of n-sites={self.n_sites} hospitals "
-                               f"connected within {self.timeout:g} s.")  # fmt: skip
+            raise RuntimeError(
+                f"Only {client_manager.num_available()} of n-sites={self.n_sites} hospitals "
+                f"connected within {self.timeout:g} s."
+            )
         nodes = sorted(client_manager.all().values(), key=lambda proxy: int(proxy.cid))
         if len(nodes) != self.n_sites:
             raise RuntimeError(f"Expected n-sites={self.n_sites} hospitals, {len(nodes)} are connected.")
@@ -297,25 +356,34 @@ class PrivkitFedAvg(FedAvg):
             return []
         return [(nodes[i], FitIns(parameters, {})) for i in chosen]
 
-    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         return []  # no metric leaves a hospital
 
-    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list
+    ) -> tuple[Parameters, dict[str, Scalar]]:
         import torch
 
         from privkit.federated.algorithms import server_step
 
         if failures:
-            raise RuntimeError(f"Round {server_round}: {len(failures)} hospital(s) failed ({failures[0]!r}); "
-                               "no partial average.")  # fmt: skip
+            raise RuntimeError(
+                f"Round {server_round}: {len(failures)} hospital(s) failed ({failures[0]!r}); "
+                "no partial average."
+            )
         counts = [r.num_examples for _, r in results]
-        updates = [np.concatenate([a.ravel() for a in parameters_to_ndarrays(r.parameters)]) for _, r in results]
+        updates = [
+            np.concatenate([a.ravel() for a in parameters_to_ndarrays(r.parameters)]) for _, r in results
+        ]
         average = sum(c / sum(counts) * u.astype(np.float64) for c, u in zip(counts, updates))
         if self.server is not None:  # the clipped sum over the expected number of participants
             average = average * len(results) / (self.server.sample_rate * self.n_sites)
         aggregate = torch.as_tensor(average, dtype=torch.float32, device=self.config.device)
-        self.params, self.velocity = server_step(self.config, self.params, aggregate, self.velocity, self.server,
-                                                 self.n_sites, self.generator)  # fmt: skip
+        self.params, self.velocity = server_step(
+            self.config, self.params, aggregate, self.velocity, self.server, self.n_sites, self.generator
+        )
         self.applied += 1
         return ndarrays_to_parameters([v.cpu().numpy() for v in self.params.values()]), {}
 
@@ -349,30 +417,55 @@ def serve(grid: Grid, context: Context, *, run: Mapping[str, Any] | None = None)
     dataset = str(_app_value(run, "dataset"))
     if server is not None and _app_value(run, "server-ledger"):  # before any hospital sends an update
         budget.Ledger(str(run["server-ledger"])).charge(
-            [f"dataset:{dataset}"], noise_multiplier=server.noise_multiplier, sample_rate=server.sample_rate,
-            steps=server.rounds, delta=server.delta, run_id=f"flower-run{context.run_id}-server",
-            actor=budget.default_actor(), accountant=config.accountant,
-            randomness=randomness.ledger_tag(randomness=config.randomness, identity=stream_identity(config, "server")),
+            [f"dataset:{dataset}"],
+            noise_multiplier=server.noise_multiplier,
+            sample_rate=server.sample_rate,
+            steps=server.rounds,
+            delta=server.delta,
+            run_id=f"flower-run{context.run_id}-server",
+            actor=budget.default_actor(),
+            accountant=config.accountant,
+            randomness=randomness.ledger_tag(
+                randomness=config.randomness, identity=stream_identity(config, "server")
+            ),
             allow_seeded=bool(_app_value(run, "server-allow-seeded")),
-        )  # fmt: skip
+        )
     info = data.info(dataset)
     torch.manual_seed(config.seed)  # the simulation's initialisation
-    model = create_model(config.model, in_channels=info.n_channels, n_outputs=info.n_labels,
-                         image_size=int(_app_value(run, "image-size")))  # fmt: skip
+    model = create_model(
+        config.model,
+        in_channels=info.n_channels,
+        n_outputs=info.n_labels,
+        image_size=int(_app_value(run, "image-size")),
+    )
     timeout = float(_app_value(run, "round-timeout"))
-    strategy = PrivkitFedAvg(config, n_sites=n_sites, params={k: v.detach() for k, v in model.named_parameters()},
-                             server=server, generator=server_generator(config), timeout=timeout)  # fmt: skip
+    strategy = PrivkitFedAvg(
+        config,
+        n_sites=n_sites,
+        params={k: v.detach() for k, v in model.named_parameters()},
+        server=server,
+        generator=server_generator(config),
+        timeout=timeout,
+    )
     fit = None
     if config.secure_aggregation:
         records = config.weighting == "records" and server is None
-        fit = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=1.0,
-                                 max_weight=float(_app_value(run, "max-records")) if records else 1.0,
-                                 clipping_range=server.update_clip if server is not None
-                                 else float(_app_value(run, "secagg-clipping-range")),
-                                 quantization_range=QUANTIZATION_RANGE, modulus_range=MODULUS_RANGE,
-                                 timeout=timeout)  # fmt: skip
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds, round_timeout=timeout),
-                           strategy=strategy)  # fmt: skip
+        fit = SecAggPlusWorkflow(
+            num_shares=1.0,
+            reconstruction_threshold=1.0,
+            max_weight=float(_app_value(run, "max-records")) if records else 1.0,
+            clipping_range=(
+                server.update_clip if server is not None else float(_app_value(run, "secagg-clipping-range"))
+            ),
+            quantization_range=QUANTIZATION_RANGE,
+            modulus_range=MODULUS_RANGE,
+            timeout=timeout,
+        )
+    legacy = LegacyContext(
+        context=context,
+        config=ServerConfig(num_rounds=config.rounds, round_timeout=timeout),
+        strategy=strategy,
+    )
     DefaultWorkflow(fit_workflow=fit)(grid, legacy)
     if strategy.applied + strategy.skipped != config.rounds:
         raise RuntimeError(f"Only {strategy.applied} of {config.rounds} rounds were applied; see the log.")
@@ -411,9 +504,10 @@ def simulate(
     backend_config: Mapping[str, Any] | None = None,
     **app: Any,
 ) -> dict[str, np.ndarray]:
-    """Run the apps on Flower's simulation runtime (Ray): ``n_sites`` hospitals splitting
-    ``<data_root>/<dataset>.npz`` as :func:`~privkit.federated.sites.split_sites` does (names
-    ``site1`` ...), so that in research mode (``randomness="seeded"``) the model equals
+    """Run the apps on Flower's simulation runtime (Ray: ``pip install 'flwr[simulation]'``):
+    ``n_sites`` hospitals splitting ``<data_root>/<dataset>.npz`` as
+    :func:`~privkit.federated.sites.split_sites` does (names ``site1`` ...), so that in research
+    mode (``randomness="seeded"``) the model equals
     :func:`~privkit.federated.algorithms.train_federated`'s on the same sites.
 
     Args:
@@ -432,10 +526,12 @@ def simulate(
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "global.npz"
         run = run_config(config, n_sites=n_sites, out=str(out), **app)
-        run_simulation(server_app=server_app(run), client_app=make_client_app(run=run, node={"data-root": str(data_root)}),
-                       num_supernodes=n_sites,
-                       backend_config=dict(backend_config or {"client_resources": {"num_cpus": 1}}))  # fmt: skip
+        run_simulation(
+            server_app=server_app(run),
+            client_app=make_client_app(run=run, node={"data-root": str(data_root)}),
+            num_supernodes=n_sites,
+            backend_config=dict(backend_config or {"client_resources": {"num_cpus": 1}}),
+        )
         if not out.is_file():
             raise RuntimeError("The simulated ServerApp ended without a model; see Flower's log above.")
         return load_weights(out)
-

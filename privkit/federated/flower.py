@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -57,7 +58,7 @@ from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -152,11 +153,21 @@ def _app_value(run: Mapping[str, Any], key: str) -> Any:
 def _secure_aggregation_policy(
     msg: Message, context: Context, call_next: Callable, *, run: Mapping, node: Mapping
 ) -> Message:
-    """Run SecAgg+ on training messages that carry it; refuse a training message in the clear
-    when the run (``secure-aggregation``) or the hospital (``require-secure-aggregation``) wants it."""
+    """Run SecAgg+ on training messages that carry it, if its setup is privkit's (every
+    participant a neighbour of every other, all shares needed); refuse a training message in the
+    clear when the run (``secure-aggregation``) or the hospital (``require-secure-aggregation``)
+    wants secure aggregation."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
     if RECORD_KEY_CONFIGS in msg.content.config_records:
+        setup = msg.content.config_records[RECORD_KEY_CONFIGS]
+        if setup.get(Key.STAGE) == Stage.SETUP and not (
+            setup.get(Key.SAMPLE_NUMBER) == setup.get(Key.SHARE_NUMBER) == setup.get(Key.THRESHOLD)
+        ):  # fewer neighbours mean fewer masks; a lower threshold lets fewer parties unmask
+            raise PermissionError(
+                "This hospital takes part in SecAgg+ only with every participant as its neighbour and "
+                "every share needed to unmask."
+            )
         return secaggplus_mod(msg, context, call_next)
     run = {**run, **context.run_config}
     node = {**node, **context.node_config}
@@ -186,7 +197,7 @@ class HospitalClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         import torch
 
-        from privkit.federated.algorithms import clip_update, flatten, plan_server, site_generator, unflatten
+        from privkit.federated.algorithms import clip_update, flatten, site_generator, unflatten
         from privkit.federated.local import local_training
         from privkit.models import create_model
 
@@ -195,9 +206,7 @@ class HospitalClient(NumPyClient):
         rounds = int(state.get("rounds", 0))
         if rounds >= cfg.rounds:  # the ledger was charged for this many
             raise RuntimeError(f"This hospital was charged for {cfg.rounds} rounds; refusing more.")
-        n_sites = int(_app_value(self.run, "n-sites"))
-        server = plan_server(cfg, n_sites)
-        site, plan = self._site(cfg, server, charge=rounds == 0)
+        site, plan = self._site(cfg, state)
         generator = site_generator(cfg, site.name)
         if "generator" in state:  # continue the stream of the earlier rounds
             generator.set_state(torch.from_numpy(np.frombuffer(state["generator"], dtype=np.uint8).copy()))
@@ -214,21 +223,26 @@ class HospitalClient(NumPyClient):
             model, received, site, plan, lr=cfg.lr, momentum=cfg.momentum, generator=generator
         )
         update = flatten(new) - flatten(received)
-        if server is not None:  # DP-FedAvg: the update clipped; the server's noise covers it
-            update = clip_update(update, server.update_clip)
-        count = 1 if server is not None or cfg.weighting == "equal" else len(site)
+        if cfg.site_level:  # DP-FedAvg: the update clipped; the server's noise covers it
+            update = clip_update(update, cfg.update_clip)
+        count = 1 if cfg.site_level or cfg.weighting == "equal" else len(site)
         if cfg.secure_aggregation and count > int(_app_value(self.run, "max-records")):
             raise ValueError(f"This hospital's {count} records exceed max-records; SecAgg+ would overflow.")
-        state.update(rounds=rounds + 1, generator=generator.get_state().numpy().tobytes())
+        state.update(
+            rounds=rounds + 1,
+            generator=generator.get_state().numpy().tobytes(),
+            plan=json.dumps(dataclasses.asdict(plan)),
+        )
         self.context.state.config_records[_STATE] = ConfigRecord(state)
         # The loss stays here: it is not covered by the accounted mechanism.
         return [v.cpu().numpy() for v in unflatten(update, received).values()], count, {}
 
-    def _site(self, cfg: FederatedConfig, server: ServerPlan | None, *, charge: bool) -> tuple[Any, Any]:
-        """The hospital's records and plan; on the run's first round its ledger is charged first."""
+    def _site(self, cfg: FederatedConfig, state: dict) -> tuple[Any, Any]:
+        """The hospital's records and plan; on the run's first round its ledger is charged first
+        (``state`` holds the plan charged, for the later rounds)."""
         from privkit import budget, data
-        from privkit.federated.algorithms import charge as charge_ledger
-        from privkit.federated.local import plan_site
+        from privkit.federated.algorithms import charge as charge_ledger, plan_server
+        from privkit.federated.local import SitePlan, plan_site
         from privkit.federated.sites import Site, split_sites
 
         dataset, size = str(_app_value(self.run, "dataset")), int(_app_value(self.run, "image-size"))
@@ -242,7 +256,7 @@ class HospitalClient(NumPyClient):
         if not path.is_file():  # a hospital trains on its own records, never on a download
             raise FileNotFoundError(f"This hospital's records are missing: no {path.name} in its data-root.")
         partition = self.node.get("partition-id")
-        if partition is not None:  # research: one file split among simulated hospitals, as split_sites does
+        if partition is not None:  # research: a public file split as split_sites does (read first)
             sites = split_sites(
                 data.load(dataset, root=root, size=size, device=cfg.device).train,
                 n_sites=int(self.node["num-partitions"]),
@@ -259,27 +273,30 @@ class HospitalClient(NumPyClient):
                 "The SuperNode's node configuration lacks 'site', the hospital's institution id."
             )
         name = str(self.node.get("site", name))
-        plan = plan_site(
-            name,
-            n,
-            epsilon=cfg.epsilon,
-            delta=cfg.delta,
-            batch_size=cfg.batch_size,
-            local_epochs=cfg.local_epochs,
-            rounds=cfg.rounds,
-            max_grad_norm=cfg.max_grad_norm,
-            accountant=cfg.accountant,
-        )
-        if charge and self.node.get("ledger"):  # refused -> BudgetExceededError, and nothing is read
-            charge_ledger(
-                budget.Ledger(str(self.node["ledger"])),
-                cfg,
-                [plan],
-                server,
-                dataset_name=dataset,
-                allow_seeded=bool(self.node.get("allow-seeded", False)),
-                run=f"flower-run{self.context.run_id}",
+        if "plan" in state:  # the mechanism charged on the first round
+            plan = SitePlan(**json.loads(state["plan"]))
+        else:
+            plan = plan_site(
+                name,
+                n,
+                epsilon=cfg.epsilon,
+                delta=cfg.delta,
+                batch_size=cfg.batch_size,
+                local_epochs=cfg.local_epochs,
+                rounds=cfg.rounds,
+                max_grad_norm=cfg.max_grad_norm,
+                accountant=cfg.accountant,
             )
+            if self.node.get("ledger"):  # refused -> BudgetExceededError, and nothing is read
+                charge_ledger(
+                    budget.Ledger(str(self.node["ledger"])),
+                    cfg,
+                    [plan],
+                    plan_server(cfg, int(_app_value(self.run, "n-sites"))),
+                    dataset_name=dataset,
+                    allow_seeded=bool(self.node.get("allow-seeded", False)),
+                    run=f"flower-run{self.context.run_id}",
+                )
         if records is None:
             records = data.load(dataset, root=root, size=size, device=cfg.device).train
         return Site(name, records), plan

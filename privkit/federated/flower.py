@@ -27,7 +27,8 @@ as Flower deploys today (SuperLink, SuperNodes, ``flwr run``). Optional extra:
   Updates are quantised to 2^24 levels over ``[-r, r]`` (``r = update_clip`` under site-level
   DP, where no coordinate can exceed it; else ``secagg-clipping-range``). A hospital refuses
   to send its update in the clear when the run or its own node configuration asks for
-  secure aggregation. Flower's masks are drawn from ``numpy.random.RandomState`` seeded with
+  secure aggregation, and a SecAgg+ setup with fewer neighbours or a lower threshold than
+  privkit's server asks for. Flower's masks are drawn from ``numpy.random.RandomState`` seeded with
   the 32-bit XOR of a base64 text key, whose top bits are always zero: at most 28 bits per
   pairwise mask, which a curious server might search; privkit's own protocol
   (:mod:`privkit.federated.secure_aggregation`) does not share that limit.

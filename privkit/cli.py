@@ -8,6 +8,8 @@
     privkit budget set --scope dataset:pneumoniamnist --epsilon 4 --delta 1e-5
     privkit budget show                        # budgets, spent epsilon (composed and summed)
     privkit budget verify                      # check the ledger's hash chain, print its head
+    privkit flower certs --out certs --host coordinator.example.org   # a CA and the SuperLink's TLS files
+    privkit flower key --out keys --name hospital-a                    # a SuperNode's authentication keys
 """
 
 from __future__ import annotations
@@ -111,7 +113,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (else $PRIVKIT_DATA)")
     c.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
     _add_budget_parser(commands)
+    _add_flower_parser(commands)
     return parser
+
+
+def _add_flower_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("flower", help="credentials for a Flower federation (privkit.federated.flower)")
+    sub = p.add_subparsers(dest="flower_command", required=True)
+    c = sub.add_parser("certs", help="the coordinator: a CA and the SuperLink's TLS certificate and key")
+    c.add_argument("--out", required=True, help="folder for ca.crt, ca.key, superlink.crt, superlink.key")
+    c.add_argument("--host", required=True, action="append",
+                   help="a name or IP address by which the hospitals reach the SuperLink; repeat for several")
+    c.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    k = sub.add_parser("key", help="a hospital: its SuperNode's authentication key pair (send only the .pub)")
+    k.add_argument("--out", required=True, help="folder for <name> (private) and <name>.pub")
+    k.add_argument("--name", required=True, help="the hospital's institution id, e.g. hospital-a")
+
+
+def _flower(args: argparse.Namespace) -> int:
+    from privkit.federated import credentials
+
+    if args.flower_command == "certs":
+        made = credentials.make_certificates(args.out, hosts=args.host, days=args.days)
+        print(f"CA: {made.ca_certificate} (give it to every hospital; keep {made.ca_key} offline)")
+        print(f"SuperLink: --ssl-ca-certfile {made.ca_certificate} --ssl-certfile {made.superlink_certificate}"
+              f" --ssl-keyfile {made.superlink_key}")
+    else:
+        private, public = credentials.make_supernode_key(args.out, name=args.name)
+        print(f"SuperNode: --auth-supernode-private-key {private} (stays at the hospital)\n"
+              f"Coordinator: flwr supernode register {public.name} <superlink> --name {args.name}")
+    return 0
 
 
 def _add_budget_parser(commands: argparse._SubParsersAction) -> None:
@@ -333,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _budget(args)
         if args.command == "site":
             return _site(args)
+        if args.command == "flower":
+            return _flower(args)
         from privkit.experiments import reproduce
 
         reproduce(
@@ -341,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures_dir=args.figures_dir, force=args.force, executor=_executor(args.ray),
         )  # fmt: skip
         return 0
-    except (ValueError, FileNotFoundError, LedgerError, UnitsFailedError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, LedgerError, UnitsFailedError) as err:
         print(f"privkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -252,9 +252,8 @@ def train_federated(
     if unknown:
         raise ValueError(f"site_epsilons names unknown site(s) {unknown}; the sites are {names}.")
     plans, server = plan_run(config, sites)
-    skipped = _charge(
-        ledger, config, sites, plans, server, dataset_name or evaluation.info.name, on_over_budget, allow_seeded
-    )
+    skipped = charge(ledger, config, plans, server, dataset_name=dataset_name or evaluation.info.name,
+                     on_over_budget=on_over_budget, allow_seeded=allow_seeded)
     gens = [site_generator(config, s.name) for s in sites]
     active = [(s, p, g) for s, p, g in zip(sites, plans, gens) if s.name not in skipped]
     if not active:
@@ -315,45 +314,54 @@ def charge_run(
         budget.BudgetExceededError: a site over its budget; the sites before it stay charged.
     """
     plans, server = plan_run(config, sites)
-    _charge(ledger, config, list(sites), plans, server, dataset_name, "raise", allow_seeded)
+    charge(ledger, config, plans, server, dataset_name=dataset_name, allow_seeded=allow_seeded)
 
 
-def _charge(
+def charge(
     ledger: budget.Ledger | None,
     config: FederatedConfig,
-    sites: list[Site],
-    plans: list[SitePlan],
+    plans: Sequence[SitePlan],
     server: ServerPlan | None,
+    *,
     dataset_name: str,
-    on_over_budget: str,
-    allow_seeded: bool,
+    on_over_budget: str = "raise",
+    allow_seeded: bool = False,
+    run: str | None = None,
 ) -> list[str]:
-    """Charge before any record is read; return the sites skipped for want of budget."""
+    """Charge the sites' ledger scopes before any of their records is read; return the sites
+    skipped for want of budget (``on_over_budget="skip"``).
+
+    Each site is charged its own DP-SGD mechanism (``plans``); when site-level DP is the only
+    protection, the server's mechanism is charged once on every site's scope. A hospital on
+    the network path charges its own ledger with its one plan (:mod:`privkit.federated.flower`).
+    ``run`` names the spends (default: the algorithm, the seed and a random suffix).
+    """
     if ledger is None:
         return []
     tag = lambda party: randomness.ledger_tag(  # noqa: E731
         randomness=config.randomness, identity=stream_identity(config, party)
     )
     scope = lambda site: str(budget.Scope(dataset_name, institution=site))  # noqa: E731
-    run = f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
+    run = run or f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
     actor = budget.default_actor()
     if server is not None and not any(p.private for p in plans):  # site-level DP only
-        ledger.charge([scope(s.name) for s in sites], noise_multiplier=server.noise_multiplier,
+        ledger.charge([scope(p.site) for p in plans], noise_multiplier=server.noise_multiplier,
                       sample_rate=server.sample_rate, steps=server.rounds, delta=server.delta,
                       run_id=f"{run}-server", actor=actor, accountant=config.accountant,
                       randomness=tag("server"), allow_seeded=allow_seeded)  # fmt: skip
         return []
     skipped = []
-    for site, plan in zip(sites, plans):
+    for plan in plans:
         try:
-            ledger.charge([scope(site.name)], noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                          steps=plan.steps, delta=plan.delta, run_id=f"{run}-{site.name}", actor=actor,
-                          accountant=config.accountant, randomness=tag(f"site:{site.name}"),
+            ledger.charge([scope(plan.site)], noise_multiplier=plan.noise_multiplier,
+                          sample_rate=plan.sample_rate, steps=plan.steps, delta=plan.delta,
+                          run_id=f"{run}-{plan.site}", actor=actor,
+                          accountant=config.accountant, randomness=tag(f"site:{plan.site}"),
                           allow_seeded=allow_seeded)  # fmt: skip
         except budget.BudgetExceededError:
             if on_over_budget == "raise":
                 raise
-            skipped.append(site.name)
+            skipped.append(plan.site)
     return skipped
 
 
@@ -373,7 +381,7 @@ def site_generator(config: FederatedConfig, site: str) -> torch.Generator:
     )
 
 
-def _server_generator(config: FederatedConfig) -> torch.Generator:
+def server_generator(config: FederatedConfig) -> torch.Generator:
     """The server's generator: which sites join a round, and site-level noise."""
     return randomness.torch_generator(
         randomness=config.randomness, identity=stream_identity(config, "server"), device=config.device
@@ -399,15 +407,43 @@ def clip_update(update: torch.Tensor, bound: float) -> torch.Tensor:
     return update * min(1.0, bound / (float(update.norm()) + 1e-12))
 
 
+def sample_sites(config: FederatedConfig, n_sites: int, generator: torch.Generator) -> list[int]:
+    """The sites (indices) that join a round: each with probability ``site_sample_rate`` (one
+    uniform draw per site from the server's ``generator``), or all of them when it is 1."""
+    if config.site_sample_rate == 1:
+        return list(range(n_sites))
+    draws = torch.rand(n_sites, generator=generator, device=generator.device)
+    return [i for i in range(n_sites) if draws[i] < config.site_sample_rate]
+
+
+def server_step(
+    config: FederatedConfig,
+    params: Params,
+    aggregate: torch.Tensor,
+    velocity: torch.Tensor | None,
+    server: ServerPlan | None,
+    n_sites: int,
+    generator: torch.Generator,
+) -> tuple[Params, torch.Tensor]:
+    """Apply one round's aggregate to the global model; return it and the server's momentum.
+
+    ``aggregate`` is the flat weighted average of the participants' updates, or under site-level
+    DP their clipped sum over the expected number of participants ``q * N``; to that the server
+    adds Gaussian noise of standard deviation ``noise_multiplier * update_clip / (q * N)``
+    (DP-FedAvg, McMahan et al. 2018), then steps by ``server_lr`` with ``server_momentum``.
+    """
+    if server is not None:
+        noise = torch.randn(aggregate.numel(), generator=generator, device=generator.device)
+        aggregate = aggregate + noise * server.noise_multiplier * server.update_clip / (server.sample_rate * n_sites)
+    velocity = aggregate if velocity is None else config.server_momentum * velocity + aggregate
+    return unflatten(flatten(params) + config.server_lr * velocity, params), velocity
+
+
 def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
-    server_gen = _server_generator(config)
+    server_gen = server_generator(config)
     velocity, losses = None, []
-    for _ in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
-        if config.site_sample_rate < 1:  # each site joins the round with this probability
-            draws = torch.rand(len(active), generator=server_gen, device=server_gen.device)
-            chosen = [i for i in range(len(active)) if draws[i] < server.sample_rate]
-        else:
-            chosen = list(range(len(active)))
+    for r in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
+        chosen = sample_sites(config, len(active), server_gen)
         total_records = max(1, sum(len(active[i][0]) for i in chosen))
         contributions, round_loss = {}, 0.0
         for i in chosen:  # at each site: train, and send only the (weighted, clipped) update
@@ -433,11 +469,7 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
             losses.append(round_loss)
             continue
         average = torch.as_tensor(summed, dtype=torch.float32, device=flatten(params).device)
-        if server is not None:  # noise on the sum, over the expected number of sites
-            noise = torch.randn(length, generator=server_gen, device=server_gen.device)
-            average = average + noise * server.noise_multiplier * server.update_clip / (server.sample_rate * n_sites)
-        velocity = average if velocity is None else config.server_momentum * velocity + average
-        params = unflatten(flatten(params) + config.server_lr * velocity, params)
+        params, velocity = server_step(config, params, average, velocity, server, n_sites, server_gen)
         losses.append(round_loss)
     return params, losses
 

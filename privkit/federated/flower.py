@@ -435,7 +435,7 @@ def serve(grid: Grid, context: Context, *, run: Mapping[str, Any] | None = None)
     dataset = str(_app_value(run, "dataset"))
     if server is not None and _app_value(run, "server-ledger"):  # before any hospital sends an update
         budget.Ledger(str(run["server-ledger"])).charge(
-            [f"dataset:{dataset}"],
+            [str(budget.Scope(dataset))],
             noise_multiplier=server.noise_multiplier,
             sample_rate=server.sample_rate,
             steps=server.rounds,

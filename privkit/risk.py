@@ -6,24 +6,33 @@ H0 "the patient was not in the training data" against H1 "they were". The false-
 (FPR) is the share of non-members accused, the true-positive rate (TPR) the share of members
 found; random guessing gets TPR = FPR. DP caps the TPR of every attack at each FPR:
 :func:`tpr_bound` from one (epsilon, delta), :func:`tpr_bound_mechanism` (tighter) from the
-DP-SGD mechanism's whole privacy profile :func:`delta_bound`. :func:`gaussian_tpr` is the exact
-curve of mu-Gaussian DP; :func:`mu_from_mechanism` an approximation, for illustration only.
+DP-SGD mechanism's whole privacy profile :func:`delta_bound`, for adding or removing the patient
+or for replacing them by another; :func:`tpr_against_bound` sets a measured attack against it,
+with its statistical error. :func:`gaussian_tpr` is the exact curve of mu-Gaussian DP;
+:func:`mu_from_mechanism` an approximation, for illustration only.
 :func:`reconstruction_bound` caps reconstructing an image; :func:`summary` says it in words.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy.signal import lfilter
 from scipy.special import log_ndtr, ndtr, ndtri
 
 from privkit import _prv
-from privkit._validate import in_range, positive_int
+from privkit._validate import in_range, one_of, positive_int
+from privkit.attacks.scores import tpr_at_fpr_interval
 
 _EPS_ERROR = 0.005  # PRV error band in epsilon (half Opacus's default)
 _DELTA_ERROR = 1e-9  # PRV error band in delta: far below any FPR a report quotes
+
+# What the two training sets being told apart differ by: one patient added (or removed), the
+# relation the accountant's epsilon is for; or one patient replaced by another, as between two
+# training sets of equal size (the shadow models of privkit.attacks.membership).
+NEIGHBOURS = ("add_remove", "substitution")
 
 
 def _fpr(fpr: float | np.ndarray) -> np.ndarray:
@@ -180,19 +189,34 @@ def delta_bound(epsilon: float | np.ndarray, *, noise_multiplier: float,
     return _out(np.clip(est + _DELTA_ERROR, 0.0, 1.0), epsilon)
 
 
-def tpr_bound_mechanism(fpr: float | np.ndarray, *, noise_multiplier: float,
-                        sample_rate: float, steps: int) -> float | np.ndarray:
+def tpr_bound_mechanism(fpr: float | np.ndarray, *, noise_multiplier: float, sample_rate: float,
+                        steps: int, neighbours: str = "add_remove") -> float | np.ndarray:
     """Highest TPR of any membership-inference attack on DP-SGD, from its whole profile.
 
+    ``neighbours="add_remove"``: the patient is in the training set or not, all else equal.
     Each (eps, delta(eps)) caps the TPR by ``e^eps fpr + delta(eps)``; the infimum over all
     real eps is the exact trade-off curve of the pair (convex duality, as in Dong, Roth & Su
     2019, Prop. 2.12). Taken over the PRV grid with :func:`delta_bound`'s upper bounds, each
     line stays valid; the result is above the exact curve by about a factor e^0.005.
     ``sample_rate == 1`` is exactly mu-GDP, mu = sqrt(steps)/sigma: :func:`gaussian_tpr`.
 
+    ``neighbours="substitution"``: the patient or another one is in the training set, as when
+    training sets have a fixed size. Replacing k by j goes through the set holding neither (or
+    both): remove k, then add j (or add j, then remove k), so the cap is the add/remove cap
+    applied after that of removal, its reverse test, whose lines ``1 - e^-eps (1 - delta(eps)
+    - fpr)`` come from the same profile (the chain behind group privacy in Dong, Roth & Su
+    2019, Thm 2.14); the lower of both orders. Far weaker than the add/remove cap (48% against
+    7.3% below). Valid, so above the optimal test of two records whose gradients point
+    opposite ways at every step (dp_accounting's REPLACE_ONE PLD), which a run attains; but
+    loose at low FPR (9.4% against that pair's 5.4% at FPR 0.1%, sigma 0.92, q 0.25, 8
+    steps): the profile's error band, 0.005 in epsilon, costs the removal step up to
+    1 - e^-0.005 = 0.5% in absolute terms. ``sample_rate == 1`` is exact: the sum moves by up
+    to 2C, 2 mu-GDP.
+
     Args:
         fpr: False-positive rate(s) in [0, 1], a float or an array of any shape.
         noise_multiplier: sigma, > 0. sample_rate: q, in (0, 1]. steps: an integer >= 1.
+        neighbours: one of :data:`NEIGHBOURS`.
 
     Returns:
         The TPR bound, shaped like ``fpr``; a fraction of a second for 540 steps at q = 0.054.
@@ -204,25 +228,102 @@ def tpr_bound_mechanism(fpr: float | np.ndarray, *, noise_multiplier: float,
     >>> kw = dict(noise_multiplier=1.0, sample_rate=256 / 4708, steps=540)  # epsilon 8.62
     >>> round(tpr_bound_mechanism(0.001, **kw), 4)  # vs 0.9998 from (8.62, 1e-5) alone
     0.0733
+    >>> round(tpr_bound_mechanism(0.001, **kw, neighbours="substitution"), 4)
+    0.4847
     """
     alpha = _fpr(fpr)
     _mechanism(noise_multiplier, sample_rate, steps)
+    one_of(NEIGHBOURS, neighbours=neighbours)
     if sample_rate == 1:
-        return gaussian_tpr(fpr, mu=math.sqrt(steps) / noise_multiplier)
-    t, d1, d2 = _prv_sums(noise_multiplier, sample_rate, steps)
-    # lines at eps_j = t_j + _EPS_ERROR, plus one past the grid where the estimate is 0: (N + 1,)
-    t = np.append(t, t[-1] + (t[-1] - t[0]) / (len(t) - 1))
-    d1, d2 = np.append(d1, 0.0), np.append(d2, 0.0)
-    delta_j = np.maximum(d1 - d2, 0.0) + _DELTA_ERROR
-    with np.errstate(divide="ignore"):
-        # the line at j beats j+1 once P0(Y >= t_j) = e^-t_j d2[j] <= e^_EPS_ERROR fpr
-        key = np.minimum.accumulate(np.log(d2) - t)  # nonincreasing
-        log_a = np.log(alpha)[..., None]  # (..., 1)
-    i = np.searchsorted(-key, -(_EPS_ERROR + log_a.ravel()), side="left").reshape(log_a.shape)
-    j = np.clip(i + np.array([-1, 0, 1]), 0, len(t) - 1)  # (..., 3); any j is a valid line
-    with np.errstate(over="ignore"):
-        lines = np.exp(t[j] + _EPS_ERROR + log_a) + delta_j[j]
-    return _out(np.minimum(1.0, lines.min(axis=-1)), fpr)
+        mu = math.sqrt(steps) / noise_multiplier
+        return gaussian_tpr(fpr, mu=mu if neighbours == "add_remove" else 2 * mu)
+    lines = _Lines(*_prv_sums(noise_multiplier, sample_rate, steps))
+    if neighbours == "add_remove":
+        return _out(lines.add(alpha), fpr)
+    return _out(np.minimum(lines.add(lines.remove(alpha)), lines.remove(lines.add(alpha))), fpr)
+
+
+class _Lines:
+    """The lines (eps_j, delta_j) of the profile on the PRV grid, and the caps they give.
+
+    Built from :func:`_prv_sums`: the lines sit at eps_j = t_j + _EPS_ERROR, plus one past the
+    grid where the estimate is 0, (N + 1,). Any line is a valid cap; each cap reads the few
+    around the best one.
+    """
+
+    def __init__(self, t: np.ndarray, d1: np.ndarray, d2: np.ndarray) -> None:
+        self.t = np.append(t, t[-1] + (t[-1] - t[0]) / (len(t) - 1))
+        self.d1, self.d2 = np.append(d1, 0.0), np.append(d2, 0.0)
+        self.delta = np.maximum(self.d1 - self.d2, 0.0) + _DELTA_ERROR
+
+    def _near(self, i: np.ndarray) -> np.ndarray:
+        return np.clip(i[..., None] + np.arange(-2, 3), 0, len(self.t) - 1)  # (..., 5)
+
+    def add(self, alpha: np.ndarray) -> np.ndarray:
+        """TPR cap of telling "without" (H0) from "with" (H1): min_j e^eps_j alpha + delta_j."""
+        with np.errstate(divide="ignore"):
+            # the line at j beats j+1 once P0(Y >= t_j) = e^-t_j d2[j] <= e^_EPS_ERROR alpha
+            key = np.minimum.accumulate(np.log(self.d2) - self.t)  # nonincreasing
+            log_a = np.log(alpha)
+        i = np.searchsorted(-key, -(_EPS_ERROR + log_a.ravel()), side="left").reshape(log_a.shape)
+        j = self._near(i)
+        with np.errstate(over="ignore"):
+            lines = np.exp(self.t[j] + _EPS_ERROR + log_a[..., None]) + self.delta[j]
+        return np.minimum(1.0, lines.min(axis=-1))
+
+    def remove(self, alpha: np.ndarray) -> np.ndarray:
+        """TPR cap of the reverse test, "with" (H0) from "without" (H1): the same hockey stick
+        on the complement of the rejection region, min_j 1 - e^-eps_j (1 - delta_j - alpha)."""
+        # the line at j beats j+1 once P1(Y >= t_j) = d1[j] <= 1 - alpha - _DELTA_ERROR
+        target = 1 - alpha - _DELTA_ERROR
+        i = np.searchsorted(-self.d1, -target.ravel(), side="left").reshape(alpha.shape)
+        j = self._near(i)
+        with np.errstate(over="ignore", invalid="ignore"):
+            lines = 1 - np.exp(-self.t[j] - _EPS_ERROR) * np.maximum(1 - self.delta[j] - alpha[..., None], 0)
+        return np.clip(lines.min(axis=-1), alpha, 1.0)  # never below guessing: any line >= alpha
+
+
+def tpr_against_bound(scores: Any, membership: Any, *, fpr: float, noise_multiplier: float,
+                      sample_rate: float, steps: int, neighbours: str = "add_remove",
+                      confidence: float = 0.95) -> dict[str, float | bool]:
+    """An attack's TPR at ``fpr``, with its statistical error, against the DP cap of the mechanism.
+
+    The threshold is :func:`privkit.attacks.scores.tpr_at_fpr`'s; its true rates lie, with
+    probability >= ``confidence``, at TPR >= ``tpr_low`` and FPR <= ``fpr_high`` (each side of
+    a Clopper-Pearson interval at ``confidence``: one-sided at (1 - confidence) / 2, as in
+    Jagielski, Ullman & Oprea 2020). The cap grows with the FPR, so DP allows at most
+    ``bound`` = :func:`tpr_bound_mechanism` at ``fpr_high``; ``above_bound`` (``tpr_low >
+    bound``) says the attack beats DP beyond its statistical error: a bug in the mechanism,
+    its accounting or the attack's evaluation. A few records cannot measure a low FPR: with
+    384 non-members and none accused, ``fpr_high`` is 0.96%, not 0.1%. Approximate when
+    counted trials share a trained model (pooled targets) and because the threshold is chosen
+    on the same scores; :mod:`privkit.audit` counts independent runs.
+
+    Args:
+        scores: (n,) attack scores, higher meaning "member" (pooled targets: flatten them).
+        membership: (n,) 1/True for members.
+        fpr: the false-positive rate to read the TPR at, in [0, 1].
+        noise_multiplier, sample_rate, steps, neighbours: the mechanism, as in
+            :func:`tpr_bound_mechanism`: ``"substitution"`` for training sets of fixed size.
+        confidence: of the joint statement, in (0, 1).
+
+    Returns:
+        :func:`privkit.attacks.scores.tpr_at_fpr_interval`'s keys (``tpr``, ``tpr_low``,
+        ``tpr_high``, ``fpr``, ``fpr_low``, ``fpr_high``, ``members``, ``non_members``), plus
+        ``bound`` (the cap at ``fpr_high``) and ``above_bound``.
+
+    >>> r = tpr_against_bound([4, 3, 2, 1], [1, 0, 1, 0], fpr=0.0, noise_multiplier=1.0,
+    ...                       sample_rate=1.0, steps=1)
+    >>> r["tpr"], round(r["fpr_high"], 3), round(r["bound"], 3), r["above_bound"]
+    (0.5, 0.842, 0.977, False)
+    """
+    out: dict[str, float | bool] = dict(
+        tpr_at_fpr_interval(scores, membership, fpr=fpr, confidence=confidence)
+    )
+    out["bound"] = float(tpr_bound_mechanism(out["fpr_high"], noise_multiplier=noise_multiplier,
+                                             sample_rate=sample_rate, steps=steps, neighbours=neighbours))
+    out["above_bound"] = bool(out["tpr_low"] > out["bound"])
+    return out
 
 
 def reconstruction_bound(*, prior: float, noise_multiplier: float | None = None,

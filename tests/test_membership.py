@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from privkit import data
+from privkit import data, risk
 from privkit.attacks import membership, scores
 from privkit.engine import per_sample_loss
 from privkit.train import TrainConfig, logits
@@ -97,6 +97,33 @@ def test_lira_calibrates_per_record_where_a_global_threshold_fails():
     assert threshold["auc"] < 0.65 and lira["tpr_at_fpr_0.01"] > 5 * threshold["tpr_at_fpr_0.01"]
 
 
+def test_lira_finds_nothing_where_models_differ_but_not_by_membership():
+    """Playing the attacker on a mechanism that ignores its data (epsilon = 0: TPR = FPR for any
+    attack): each model shifts every record's phi by its own offset, signed by the label, as
+    the DP noise on a final bias does. Were a target's complementary partner among its shadows,
+    it would sit in the "out" fit of each member and the "in" fit of each non-member, and its
+    offset alone would sort them: per-target AUCs of 0.0 to 0.86 here, before the fix."""
+    rng = np.random.default_rng(0)
+    members = membership.balanced_membership(6, 1000, seed=0)
+    sign = 2 * rng.integers(0, 2, size=1000) - 1
+    offset = rng.normal(0, 1.0, size=(6, 1)) * sign
+    phi = rng.normal(0, 3, size=1000) + offset + rng.normal(0, 0.3, size=(6, 1000))
+    s = membership.lira_leave_one_out(phi, members, fixed_variance=True)
+    for t in range(6):  # one AUC has a standard error of 0.018 here
+        assert scores.attack_metrics(s[t], members[t])["auc"] == pytest.approx(0.5, abs=0.06)
+    pooled = scores.tpr_at_fpr_interval(s, members, fpr=0.01)
+    assert pooled["tpr_low"] <= pooled["fpr_high"]  # not above TPR = FPR beyond its error
+
+
+def test_lira_leave_one_out_needs_complementary_pairs():
+    phi, members = _world(6, 50, shift=0.0)
+    swapped = members[[0, 2, 1, 3, 4, 5]]  # the same design, pairs out of place
+    with pytest.raises(ValueError, match="complementary pairs"):
+        membership.lira_leave_one_out(phi, swapped)
+    with pytest.raises(ValueError, match="complementary pairs"):
+        membership.lira_leave_one_out(phi[:5], members[:5])
+
+
 def test_lira_needs_enough_shadows():
     phi, members = _world(4, 50, shift=0.0)  # leave-one-out: 1 "in" or 1 "out" shadow
     with pytest.raises(ValueError, match="'out' shadow"):
@@ -127,3 +154,25 @@ def test_train_shadows_trains_each_model_on_its_half(synthetic_root):
     assert shadows.phi.shape == shadows.loss_scores.shape == (4, 64)
     with pytest.raises(ValueError, match="n_models=5"):
         membership.train_shadows(config, n_models=5, dataset=ds)
+
+
+def test_lira_on_dp_models_stays_within_their_dp_bound(synthetic_root):
+    """Playing the attacker end to end, at the tutorial's tiny settings (epsilon 4): on each
+    target's 64 members and 64 non-members, LiRA's scores and their negation (an attack too)
+    must not beat the cap of DP for replacing one record (the halves have a fixed size)
+    beyond their statistical error. Before the fix, targets 1 to 3 scored an AUC of 1.0, 0.0
+    and 0.0 here: their partners' DP noise, not their own models, sorted their records."""
+    ds = data.load("pneumoniamnist", root=synthetic_root)
+    config = TrainConfig(epsilon=4.0, epochs=2, batch_size=16, delta=1e-3, randomness="seeded", seed=500,
+                         data_root=str(synthetic_root))
+    shadows = membership.train_shadows(config, n_models=6, pool_size=128, dataset=ds, seed=5, progress=False)
+    m = shadows.results[0].mechanism
+    mech = dict(noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate, steps=m.steps)
+    lira = membership.lira_leave_one_out(shadows.phi, shadows.members, fixed_variance=True)
+    for t in range(6):
+        for attack in (lira[t], -lira[t]):
+            r = risk.tpr_against_bound(attack, shadows.members[t], fpr=0.05, **mech,
+                                       neighbours="substitution")
+            assert not r["above_bound"], (t, r)
+    pooled = risk.tpr_against_bound(lira, shadows.members, fpr=0.01, **mech, neighbours="substitution")
+    assert not pooled["above_bound"] and pooled["tpr"] < pooled["bound"]

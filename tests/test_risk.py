@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 from scipy.special import log_ndtr, ndtr
-from scipy.stats import norm
+from scipy.stats import beta, norm
 
 from privkit import accounting, risk
+from privkit.attacks import scores
 
 FPR = np.concatenate([[0.0], np.logspace(-6, 0, 121)])  # (122,) from 0 to 1
 PNEUMONIA = dict(noise_multiplier=1.0, sample_rate=256 / 4708, steps=540)  # 30 epochs
@@ -141,6 +142,85 @@ def test_profile_against_dp_accounting(sigma: float, q: float, steps: int) -> No
     assert np.all(risk.tpr_bound_mechanism(FPR, **kw) >= reference - 1e-12)
 
 
+# 3b. Replacing one patient by another (training sets of fixed size).
+@pytest.mark.parametrize("sigma, steps", [(1.0, 1), (2.0, 4)])
+def test_full_batch_substitution_is_a_gaussian_twice_as_far(sigma: float, steps: int) -> None:
+    kw = dict(noise_multiplier=sigma, sample_rate=1.0, steps=steps, neighbours="substitution")
+    sigma_one = sigma / math.sqrt(steps)  # the sum moves by 2C: N(0, s^2) vs N(2, s^2)
+    np.testing.assert_allclose(risk.tpr_bound_mechanism(FPR, **kw), np_gaussian_tpr(FPR, sigma_one / 2),
+                               rtol=1e-9, atol=1e-15)
+
+
+def np_subsampled_reverse_tpr(fpr: np.ndarray, sigma: float, q: float) -> np.ndarray:
+    """Optimal test of (1 - q) N(0, s^2) + q N(1, s^2) (H0: with the patient) vs N(0, s^2): the
+    likelihood ratio falls with x, so reject below c, where the mixture puts mass fpr."""
+    def level(c: float) -> float:
+        return (1 - q) * norm.cdf(c / sigma) + q * norm.cdf((c - 1) / sigma)
+    def threshold(a: float) -> float:
+        return -np.inf if a == 0 else np.inf if a == 1 else brentq(lambda x: level(x) - a, -60, 60)
+    c = np.array([threshold(a) for a in np.ravel(fpr)])
+    return norm.cdf(c / sigma).reshape(np.shape(fpr))
+
+
+@pytest.mark.parametrize("sigma, q", [(1.0, 0.05), (0.5, 0.1), (0.7, 0.5)])
+def test_one_step_substitution_chains_the_exact_curves(sigma: float, q: float) -> None:
+    """Replace k by j through the set with neither (remove k, add j) or with both (add j,
+    remove k): the exact one-step curves chained, the lower of both, capped closely: the
+    profile's error band (0.005 in epsilon) costs the removal step up to 1 - e^-0.005."""
+    add = lambda a: np_subsampled_tpr(a, sigma, q)  # noqa: E731
+    remove = lambda a: np_subsampled_reverse_tpr(a, sigma, q)  # noqa: E731
+    exact = np.minimum(add(remove(FPR)), remove(add(FPR)))
+    band = 1 - math.exp(-0.005)
+    banded = np.minimum(add(np.minimum(remove(FPR) + band, 1)), remove(add(FPR)) + band)
+    bound = risk.tpr_bound_mechanism(FPR, noise_multiplier=sigma, sample_rate=q, steps=1,
+                                     neighbours="substitution")
+    assert np.all(bound >= exact - 1e-12)
+    assert np.all(bound <= banded * math.exp(0.01) + 1e-7)
+    assert np.all(bound >= risk.tpr_bound_mechanism(FPR, noise_multiplier=sigma, sample_rate=q, steps=1))
+
+
+def dp_accounting_replace_one(sigma: float, q: float, steps: int):
+    """dp_accounting's optimistic PLD of replacing one record under Poisson sampling: the pair
+    (1 - q) N(0) + q N(1) vs (1 - q) N(0) + q N(-1) composed, which a run attains."""
+    pld = pytest.importorskip("dp_accounting").pld.privacy_loss_distribution
+    relation = pytest.importorskip("dp_accounting.privacy_accountant").NeighboringRelation.REPLACE_ONE
+    return pld.from_gaussian_mechanism(sigma, value_discretization_interval=1e-3, sampling_prob=q,
+                                       pessimistic_estimate=False, use_connect_dots=False,
+                                       neighboring_relation=relation).self_compose(steps)
+
+
+@pytest.mark.parametrize("sigma, q, steps", [(0.92, 0.25, 8), (2.0, 0.1, 50)])
+def test_substitution_caps_the_worst_replacement_composed(sigma: float, q: float, steps: int) -> None:
+    """Two records whose clipped gradients point opposite ways at every step: the bound must
+    cap the optimal test of that run (lines at the optimistic PLD's losses, as above)."""
+    grid = np.arange(-3000, 15001) * 1e-3
+    lower = np.asarray(dp_accounting_replace_one(sigma, q, steps).get_delta_for_epsilon(grid))
+    lines = np.exp(grid)[None, :] * FPR[:, None] + lower[None, :]
+    reference = np.minimum(lines.min(axis=1), np.minimum(1 - math.exp(-3), math.exp(15) * FPR))
+    kw = dict(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    bound = risk.tpr_bound_mechanism(FPR, **kw, neighbours="substitution")
+    assert np.all(bound >= reference - 1e-12)
+    add_remove = risk.tpr_bound_mechanism(FPR, **kw)
+    assert bound[FPR == 1e-2][0] > 1.5 * add_remove[FPR == 1e-2][0]  # replacing is far weaker
+
+
+def test_tpr_against_bound_reads_both_errors() -> None:
+    rng = np.random.default_rng(0)
+    members = np.repeat([True, False], 1000)
+    kw = dict(noise_multiplier=2.0, sample_rate=0.1, steps=50)  # cap 2.7% at FPR 1%
+    leaky = rng.normal(0, 1, 2000) + 3.0 * members  # an attack no such mechanism allows
+    r = risk.tpr_against_bound(leaky, members, fpr=0.01, **kw)
+    fp, tp = round(r["fpr"] * 1000), round(r["tpr"] * 1000)
+    assert r["fpr"] <= 0.01 and r["tpr"] == scores.tpr_at_fpr(leaky, members, fpr=0.01)
+    assert r["fpr_high"] == pytest.approx(beta.isf(0.025, fp + 1, 1000 - fp))
+    assert r["tpr_low"] == pytest.approx(beta.ppf(0.025, tp, 1000 - tp + 1))
+    assert r["bound"] == risk.tpr_bound_mechanism(r["fpr_high"], **kw) and r["above_bound"]
+    guessing = risk.tpr_against_bound(rng.normal(size=2000), members, fpr=0.01, **kw)
+    assert not guessing["above_bound"]
+    replaced = risk.tpr_against_bound(leaky, members, fpr=0.01, **kw, neighbours="substitution")
+    assert replaced["bound"] == risk.tpr_bound_mechanism(r["fpr_high"], **kw, neighbours="substitution")
+
+
 # 4. Monotone, and the reconstruction bound between the prior and 1.
 def test_monotone_in_fpr_and_epsilon() -> None:
     by_eps = np.stack([risk.tpr_bound(FPR, epsilon=e, delta=1e-5) for e in (0, 0.5, 1, 2, 4, 8)])
@@ -207,6 +287,7 @@ def test_summary_states_the_bounds() -> None:
         (lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "sample_rate": 1.5}),
          "sample_rate=1.5"),
         (lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "steps": 0}), "steps=0"),
+        (lambda: risk.tpr_bound_mechanism(0.1, **PNEUMONIA, neighbours="replace"), "neighbours='replace'"),
         (lambda: risk.delta_bound(1.0, **{**PNEUMONIA, "steps": 2.5}), "steps=2.5"),
         (lambda: risk.reconstruction_bound(prior=0.0, epsilon=1.0, delta=1e-5), "prior=0.0"),
         (lambda: risk.reconstruction_bound(prior=1.0, epsilon=1.0, delta=1e-5), "prior=1.0"),

@@ -16,9 +16,16 @@ with :mod:`privkit.attacks.scores`.
 
 Protocol (Carlini et al. 2022, Sec. VI): a pool of records (the training split), M models
 each trained on a random half with each record in exactly half of the models
-(:func:`balanced_membership`); each model in turn is the target and the other M - 1 are its
-shadows (:func:`lira_leave_one_out`); the scores of all M targets are pooled.
-:func:`train_shadows` trains the M models at once with ``privkit.train.train_many``.
+(:func:`balanced_membership`, complementary pairs); each model in turn is the target and the
+M - 2 models trained independently of it are its shadows (:func:`lira_leave_one_out`); the
+scores of all M targets are pooled. :func:`train_shadows` trains the M models at once with
+``privkit.train.train_many``.
+
+A target's shadows must not depend on what the target trained on: if they did (its pair
+partner trained on exactly the records it did not), the in/out fits would carry the target's
+membership past its model, and the attack could beat the DP bound of the model it attacks.
+Membership here swaps a record for another (halves of fixed size), so compare with DP's bound
+for replacing one record: ``privkit.risk.tpr_bound_mechanism(..., neighbours="substitution")``.
 """
 
 from __future__ import annotations
@@ -101,9 +108,11 @@ def balanced_membership(n_models: int, n_records: int, *, seed: int = 0) -> np.n
     """Which records each model trains on: (n_models, n_records) bool, a balanced design.
 
     Models come in complementary pairs: model 2i trains on a random half of the records and
-    model 2i + 1 on the other half. So every record is in exactly half of the models (as
-    Carlini et al. 2022 require for leave-one-out evaluation) and every model trains on half
-    of the records, up to one for odd ``n_records`` (so all plan the same number of steps).
+    model 2i + 1 on the other half, each pair drawn independently. So every record is in
+    exactly half of the models (as Carlini et al. 2022 require for leave-one-out evaluation)
+    and every model trains on half of the records, up to one for odd ``n_records`` (so all
+    plan the same number of steps). A model's partner knows its membership (the complement):
+    :func:`lira_leave_one_out` never uses it as the model's shadow.
 
     >>> design = balanced_membership(4, 5, seed=0)
     >>> design.sum(axis=0).tolist(), design.sum(axis=1).tolist()
@@ -179,9 +188,8 @@ def lira_scores(
                 f"Expected >= {need} '{name}' shadow model(s) per record for "
                 f"fixed_variance={fixed_variance}, got {fewest} for some record."
             )
-    # Equal counts for every record (Carlini et al.'s code trims the same way): in
-    # leave-one-out the target's own group has one shadow fewer, and a fit from fewer shadows
-    # is wider-tailed, which would score members lower than non-members by itself.
+    # Equal counts for every record (Carlini et al.'s code trims the same way): a fit from fewer
+    # shadows is wider-tailed, which would score records with fewer shadows differently by itself.
     groups = [(name, _first(mask, int(mask.sum(axis=0).min()))) for name, mask in groups]
     fits = {name: _gaussian_fit(shadows, mask) for name, mask in groups}
     if fixed_variance:  # one spread for all records: pool the squared deviations of all groups
@@ -225,15 +233,28 @@ def _log_normal(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
 def lira_leave_one_out(
     phi: Any, members: Any, *, online: bool = True, fixed_variance: bool = False
 ) -> np.ndarray:
-    """LiRA scores of every model as the target, the other models as its shadows.
+    """LiRA scores of every model as the target, the models trained independently of it as its shadows.
+
+    ``members`` must be :func:`balanced_membership`'s complementary pairs (rows 2i and 2i + 1).
+    Target t's partner t ^ 1 trained on exactly the records t did not, so it is left out: were it
+    a shadow, it would sit in the "out" fit of each of t's members and in the "in" fit of each
+    non-member, and whatever sets the partner apart (its DP noise, its initialisation) would
+    score t's members apart from its non-members, with no help from t's model. The other pairs
+    were drawn independently of t's, so each record is in exactly half of t's M - 2 shadows,
+    whether t trained on it or not.
 
     Args:
         phi: (M, n) each model's ``phi`` on each record of the pool.
-        members: (M, n) bool, whether each model trained on each record.
+        members: (M, n) bool, whether each model trained on each record; M even, >= 6 (4
+            shadows: 2 "in" and 2 "out" per record).
         online, fixed_variance: as in :func:`lira_scores`.
 
     Returns:
         (M, n) scores; pool them with ``members`` into :func:`privkit.attacks.scores.attack_metrics`.
+
+    Raises:
+        ValueError: If shapes disagree, rows 2i and 2i + 1 are not complementary, or there are
+            too few shadows for the fit (:func:`lira_scores`).
     """
     phi = _numpy(phi)
     members = np.asarray(members, dtype=bool)
@@ -241,12 +262,18 @@ def lira_leave_one_out(
         raise ValueError(
             f"Expected phi and members of equal shape (M, n), got {phi.shape} and {members.shape}."
         )
-    everyone = np.arange(len(phi))
-    return np.stack([
-        lira_scores(phi[t], phi[everyone != t], members[everyone != t],
-                    online=online, fixed_variance=fixed_variance)
-        for t in everyone
-    ])  # fmt: skip
+    if len(members) % 2 or not (members[0::2] ^ members[1::2]).all():
+        raise ValueError(
+            f"Expected members in complementary pairs (rows 2i and 2i + 1, as balanced_membership "
+            f"makes them), got {len(members)} rows that are not."
+        )
+    pair = np.arange(len(phi)) // 2  # (M,) the pair of each model
+    per_target = [
+        lira_scores(phi[t], phi[pair != pair[t]], members[pair != pair[t]], online=online,
+                    fixed_variance=fixed_variance)
+        for t in range(len(phi))
+    ]
+    return np.stack(per_target)
 
 
 @dataclass
@@ -303,8 +330,8 @@ def train_shadows(
 
     Args:
         config: the training run (``backend='fast'``), privacy included.
-        n_models: M, even, >= 4; leave-one-out LiRA needs M >= 6 (each target then has
-            >= 2 "in" and 2 "out" shadows per record).
+        n_models: M, even, >= 4; leave-one-out LiRA needs M >= 6 (each target then has 2
+            "in" and 2 "out" shadows per record, its partner left out).
         pool_size: how many training records the models share; smaller pools overfit more.
         dataset: already loaded data; loaded from ``config`` otherwise.
         max_stack: most models trained at once.

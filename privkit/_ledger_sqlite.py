@@ -40,7 +40,7 @@ import os
 import socket
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,7 +180,7 @@ class LedgerTamperedError(LedgerError):
     """
 
     @classmethod
-    def at(cls, path: Path, problem: str, event: Event | None = None) -> LedgerTamperedError:
+    def at(cls, path: str | Path, problem: str, event: Event | None = None) -> LedgerTamperedError:
         where = ""
         if event is not None:
             run = f", run {event.run_id!r}" if isinstance(event, Spend) else ""
@@ -195,14 +195,30 @@ class LedgerTamperedError(LedgerError):
 
 
 @dataclass(frozen=True)
+class Check:
+    """What a charge composed for one budget it had to satisfy, for one kind of patient (PostgreSQL keeps
+    these with the spend, for an audit; :mod:`privkit._ledger_postgres`)."""
+
+    spend_id: int  # 0 until the spend is stored
+    budget_id: int
+    institution: str  # the patient's institution, or "" for one the ledger had not seen
+    group: str  # likewise
+    spends: tuple[int, ...]  # the ids of the spends composed with the run, in order
+    epsilon: float  # their composition with the run, at the budget's delta
+
+
+@dataclass(frozen=True)
 class State:
-    """Every row of the ledger, read in one snapshot."""
+    """Every row of the ledger (that its reader may see), read in one snapshot."""
 
     version: int
     budgets: list[Budget]  # each in order of id
     datasets: list[Registration]
     spends: list[Spend]
     stray_scopes: list[int]  # spend ids in spend_scopes that are not in spends
+    visible: frozenset[str] | None = None  # the datasets its reader may see (PostgreSQL); None: every one
+    reader: str | None = None  # who reads (PostgreSQL: the database user)
+    checks: list[Check] = dataclasses.field(default_factory=list)  # PostgreSQL's record of each charge
 
     @functools.cached_property
     def events(self) -> list[Event]:
@@ -257,6 +273,7 @@ class LedgerFile:
 
     def __init__(self, path: str | Path | None = None, *, read_only: bool = False):
         self.path = Path(path).expanduser() if path is not None else default_path()
+        self.location = str(self.path)
         self.read_only = read_only
         if read_only and not self.path.is_file():
             raise LedgerError(f"No ledger at {self.path} (opened read-only, so none was created).")
@@ -325,7 +342,7 @@ class LedgerFile:
                         db.execute("ROLLBACK")
                 db.close()
 
-    def _read(self) -> State:
+    def read(self) -> State:
         with self._transaction(write=False) as db:
             return _load(db)
 
@@ -364,13 +381,29 @@ class LedgerFile:
                                          "ledger")  # fmt: skip
         return Verified(state.head, len(events), places[head])
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[tuple[sqlite3.Connection, State]]:
-        """A write transaction on a ledger that verifies: its connection and what it holds."""
+    def write(self, decide: Callable[[State], tuple[Event, Sequence[Check]]]) -> Event:
+        """In one write transaction on a ledger that verifies, let ``decide`` make the event from what the
+        ledger holds (or refuse: nothing is written), and append it; returns it as stored."""
         with self._transaction(write=True) as db:
             state = _load(db)
             self._verify(db, state)
-            yield db, state
+            event, _ = decide(state)  # the checks are for a database that cannot compose them itself
+            return self._append(db, state, event)
+
+    def import_events(self, events: Sequence[Event]) -> None:
+        """Write ``events`` (a whole ledger's, in chain order) as they are into this ledger, which has none."""
+        with self._transaction(write=True) as db:
+            state = _load(db)
+            if state.events:
+                raise LedgerError(f"Events are imported into a new ledger only; {self.path} has "
+                                  f"{len(state.events)}. Nothing was changed.")  # fmt: skip
+            for event in events:
+                row = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "scopes"}
+                db.execute(f"INSERT INTO {event.table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                           tuple(row.values()))  # fmt: skip
+                if isinstance(event, Spend):
+                    db.executemany("INSERT INTO spend_scopes VALUES (?, ?)", [(event.id, s) for s in event.scopes])
+            self._verify(db, _load(db))
 
     def _append(self, db: sqlite3.Connection, state: State, event: Event) -> Event:
         """Insert ``event`` as the chain's next link, with the next id of its table; return it as stored."""

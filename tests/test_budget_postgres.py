@@ -97,13 +97,22 @@ def test_every_event_the_database_appends_hashes_as_privkit_hashes_it(pg_url: Ca
 
 
 def _hospital(pg_url: Callable[[str], str]) -> Ledger:
-    """A steward's ledger: budgets on both datasets, and a spend on each by its researcher."""
+    """A steward's ledger: budgets on both datasets, and a spend on each by its researcher (events 1-4)."""
     steward = Ledger(pg_url("steward"))
     steward.set_budget(D, epsilon=4.0, delta=1e-5)
     steward.set_budget(C, epsilon=4.0, delta=1e-5)
     charge(Ledger(pg_url("alice")), H1, run_id="alice-1")
     charge(Ledger(pg_url("bob")), C, run_id="bob-1")
     return steward
+
+
+@pytest.fixture(scope="module")
+def hospital(postgres_cluster) -> tuple[Ledger, Callable[[str], str]]:
+    """One hospital for every refusal below (each checks that nothing changed): the steward's ledger, and the
+    URL of each user."""
+    name = postgres_cluster.new_database()
+    url = lambda user: postgres_cluster.url(user, name)  # noqa: E731
+    return _hospital(url), url
 
 
 @pytest.mark.parametrize(
@@ -131,8 +140,8 @@ def _hospital(pg_url: Callable[[str], str]) -> Ledger:
          "'[]'::jsonb)", "the dataset chestmnist is not granted to alice"),
     ],
 )  # fmt: skip
-def test_a_researcher_is_refused_by_the_database(pg_url: Callable[[str], str], statement: str, message: str) -> None:
-    steward = _hospital(pg_url)
+def test_a_researcher_is_refused_by_the_database(hospital: tuple, statement: str, message: str) -> None:
+    steward, pg_url = hospital
     before = [admin_rows(steward.location, f"SELECT * FROM privkit.{t} ORDER BY 1") for t in ("budgets", "spends")]
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match=message):
         sql(pg_url("alice"), statement)
@@ -194,3 +203,261 @@ def test_nobody_rewrites_a_spend_but_a_superuser_and_verify_finds_it(pg_url: Cal
         steward.verify()
     admin_rows(location, "ALTER TABLE privkit.spends ENABLE TRIGGER spends_append_only")
     assert steward.verify().events == 4
+
+
+# -- the charge: what the database checks, and what it takes on trust ---------------------------------------
+
+CHARGE = "SELECT run_id FROM privkit.charge(%s::text[], %s, 0.05, 50, 1e-5, 'prv', 2.7, %s, 'secure', %s::jsonb)"
+
+
+def _claims(*claims: tuple[int, str, str, list[int], float]) -> str:
+    return json.dumps([dict(zip(("budget", "institution", "group", "spends", "epsilon"), c)) for c in claims])
+
+
+def _sqlstate(url: str, *args, serializable: bool = True) -> str:
+    with pytest.raises(psycopg.Error) as refused:
+        sql(url, CHARGE, args, serializable=serializable)
+    return refused.value.sqlstate
+
+
+def test_a_charge_must_compose_the_spends_the_database_finds_and_stay_within_budget(
+    pg_url: Callable[[str], str],
+) -> None:
+    budget = Ledger(pg_url("steward")).set_budget(D, epsilon=(eps_of(1) + eps_of(2)) / 2, delta=1e-5)
+    first = charge(Ledger(pg_url("alice")), H1, run_id="first")  # spend 1: h1's patients have one run
+    alice, b = pg_url("alice"), budget.id
+    assert _sqlstate(alice, [H1], 1.0, "r", "[]") == "40001"  # no claim for D's budget: read again, retry
+    assert _sqlstate(alice, [H1], 1.0, "r", _claims((b, "h1", "", [], 2.7))) == "40001"  # composed without spend 1
+    assert _sqlstate(alice, [D], 1.0, "r", _claims((b, "h1", "", [1], eps_of(2)))) == "40001"  # other patients?
+    assert _sqlstate(alice, [H1], 1.0, "r", _claims((b, "h1", "", [1], eps_of(2)))) == "PK001"  # over budget
+    assert _sqlstate(alice, [H2], 0.0, "r", _claims((b, "h2", "", [], 0.0))) == "PK001"  # no noise: refused
+    honest = _claims((b, "h2", "", [], eps_of(1)))
+    assert _sqlstate(alice, [H2], 1.0, "r", honest, serializable=False) == "PK000"  # READ COMMITTED: refused
+    assert sql(alice, CHARGE, ([H2], 1.0, "second", honest)) == [("second",)]
+    assert [s.run_id for s in Ledger(alice).history()] == ["first", "second"] and first.id == 1
+    assert Ledger(pg_url("steward")).verify().events == 3
+
+
+def test_a_client_that_under_reports_its_composition_is_found_by_verify(pg_url: Callable[[str], str]) -> None:
+    # The one thing the database takes on trust: the accountant's number. It keeps it, and verify checks it.
+    steward = Ledger(pg_url("steward"))
+    budget = steward.set_budget(D, epsilon=(eps_of(1) + eps_of(2)) / 2, delta=1e-5)
+    charge(Ledger(pg_url("alice")), H1, run_id="first")
+    lie = _claims((budget.id, "h1", "", [1], 0.5))  # the honest number is eps_of(2), over budget
+    assert sql(pg_url("alice"), CHARGE, ([H1], 1.0, "second", lie)) == [("second",)]
+    assert admin_rows(steward.location, "SELECT spend_id, spends, epsilon FROM privkit.spend_checks ORDER BY 1") == [
+        (1, [], pytest.approx(eps_of(1))), (2, [1], 0.5)]  # fmt: skip
+    message = (rf"spends row 2 \(event 3, run 'second'\): it claimed epsilon 0.5 composed against the budget of {D} "
+               rf"\(epsilon={budget.epsilon:g}, budget row 1\), but privkit's accountant composes {eps_of(2):.4g}: "
+               "alice charged it without privkit's accountant")  # fmt: skip
+    with pytest.raises(LedgerTamperedError, match=message):
+        steward.verify()
+    with pytest.raises(BudgetExceededError):  # privkit itself composes what was recorded: no third run
+        charge(Ledger(pg_url("alice")), H1, run_id="third")
+
+
+# -- concurrency and faults: real processes -------------------------------------------------------------------
+
+needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+
+
+def _race(url: str, barrier, i: int) -> None:
+    ledger = Ledger(url)
+    barrier.wait()
+    try:
+        ledger.charge([D if i % 2 else H1], run_id=f"p{i}", actor=f"process {os.getpid()}", **RUN)
+    except BudgetExceededError:
+        sys.exit(3)
+    sys.exit(0)
+
+
+@needs_fork
+def test_16_processes_racing_for_a_budget_for_3_runs_charge_exactly_3(pg_url: Callable[[str], str]) -> None:
+    # fork: separate processes, each with its own connections (and no torch import to wait for); the barrier
+    # makes them charge at once. Each charge is one SERIALIZABLE transaction on the head's row lock; a
+    # process that read the ledger before another's spend is told to retry by the database, and does.
+    steward = Ledger(pg_url("steward"))
+    budget = steward.set_budget(D, epsilon=(eps_of(3) + eps_of(4)) / 2, delta=1e-5)  # room for exactly 3 runs
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(16)
+    processes = [context.Process(target=_race, args=(pg_url("alice"), barrier, i)) for i in range(16)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=120)
+    assert sorted(p.exitcode for p in processes) == [0] * 3 + [3] * 13
+    assert count(steward, "spends") == 3 and count(steward, "spend_checks") >= 3
+    spent = steward.spent(D)
+    assert spent.n_spends == 3 and spent.epsilon == pytest.approx(eps_of(3)) and spent.epsilon <= budget.epsilon
+    assert steward.verify().events == 4  # the chain, and every claim composed again
+
+
+def _stall(url: str, conn, committed: bool) -> None:
+    """Charge, and stall (to be killed) with the spend written but not committed, or committed."""
+    import time
+
+    if committed:
+        write = _ledger_postgres.LedgerDatabase.write
+
+        def stalled(self, decide):
+            conn.send(write(self, decide).seq)
+            time.sleep(120)
+    else:
+        append = _ledger_postgres.LedgerDatabase._append
+
+        def stalled(self, db, event, checks):
+            conn.send(append(self, db, event, checks).seq)
+            time.sleep(120)
+
+    setattr(_ledger_postgres.LedgerDatabase, "write" if committed else "_append", stalled)
+    charge(Ledger(url), H1, run_id="killed")
+
+
+@needs_fork
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_client_killed_mid_charge_leaves_all_of_its_spend_or_none(
+    pg_url: Callable[[str], str], committed: bool
+) -> None:
+    steward = Ledger(pg_url("steward"))
+    steward.set_budget(D, epsilon=50.0, delta=1e-5)
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe()
+    process = context.Process(target=_stall, args=(pg_url("alice"), child, committed))
+    process.start()
+    assert parent.poll(60), f"the charge did not reach the database (exit code {process.exitcode})"
+    assert parent.recv() == 2  # the spend is event 2, written (and, or not, committed)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(timeout=60)
+    n = int(committed)
+    assert [count(steward, t) for t in ("spends", "spend_scopes", "spend_checks")] == [n, n, n]
+    after = charge(Ledger(pg_url("alice")), H1, run_id="after")  # the killed client's lock is gone
+    assert after.seq == 2 + n and steward.verify().events == 2 + n
+    assert [s.run_id for s in steward.history()] == ["killed"] * n + ["after"]
+
+
+def test_a_lost_connection_is_a_clear_error_and_no_training_starts(
+    pg_url: Callable[[str], str], monkeypatch: pytest.MonkeyPatch, synthetic_root: Path
+) -> None:
+    from privkit import data
+    from privkit.train import TrainConfig, train
+
+    ledger = Ledger(pg_url("alice"))
+    append = _ledger_postgres.LedgerDatabase._append
+
+    def cut(self, db, event, checks):  # the spend written; the server then drops the connection
+        stored = append(self, db, event, checks)
+        admin_rows(ledger.location, "SELECT pg_terminate_backend(%s)", (db.info.backend_pid,))
+        return stored
+
+    monkeypatch.setattr(_ledger_postgres.LedgerDatabase, "_append", cut)
+    read = []
+    monkeypatch.setattr(data, "load", lambda *args, **kwargs: read.append(args))
+    config = TrainConfig(dataset="pneumoniamnist", epsilon=None, noise_multiplier=1.0, epochs=1,
+                         data_root=str(synthetic_root), device="cpu")  # fmt: skip
+    with pytest.raises(LedgerError, match=r"Lost the connection to the ledger postgresql://alice:\*\*\*@127\.0\.0\.1"
+                       r".*may or may not have been recorded \(it counts if it was"):  # fmt: skip
+        train(config, ledger=ledger, progress=False)
+    assert read == [] and count(ledger, "spends") == 0  # no data read; here, the spend was not committed
+    with pytest.raises(LedgerError, match=r"Cannot connect to the ledger postgresql://alice:\*\*\*@127\.0\.0\.1:1/x: "):
+        Ledger("postgresql://alice:secret@127.0.0.1:1/x")  # no server there; the password never printed
+
+
+# -- moving a ledger; creating one ------------------------------------------------------------------------------
+
+
+def _sqlite_history(path: Path) -> list:
+    """An SQLite ledger with every kind of event and value: a registration, budgets (a raise with a reason),
+    spends on several scopes, seeded, without noise (epsilon inf), with text that is not ASCII."""
+    ledger = Ledger(path)
+    ledger.register_dataset("mimic-cxr", size=377_110, actor="steward@h", description="PhysioNet «v2»\n")
+    ledger.set_budget(D, epsilon=4.0, delta=1e-5, actor="dpo")
+    ledger.set_budget(D, epsilon=8.0, delta=1e-5, actor="dpo", raise_budget=True, reason="ticket 42 ✓")
+    charge(ledger, H1, f"{D}/group:kids", run_id="r1", sample_rate=256 / 4708)
+    charge(ledger, "dataset:mimic-cxr/institution:bidmc", run_id="r2", randomness="seeded:ab12", allow_seeded=True)
+    charge(ledger, "dataset:mimic-cxr", run_id="open", noise_multiplier=0.0)
+    return ledger.events()
+
+
+def test_an_sqlite_ledger_moves_to_postgresql_and_back_with_its_chain(
+    pg_url: Callable[[str], str], tmp_path: Path
+) -> None:
+    events = _sqlite_history(tmp_path / "ledger.sqlite")
+    head = events[-1].hash
+    verified = migrate(tmp_path / "ledger.sqlite", pg_url("steward"))
+    assert (verified.head, verified.events, verified.anchor) == (head, 6, 6)
+    moved = Ledger(pg_url("steward"))
+    assert moved.events() == events  # every field as it was: times, actors, floats, scopes in order
+    assert moved.spent(D) == Ledger(tmp_path / "ledger.sqlite").spent(D)
+    spend = charge(Ledger(pg_url("tester")), H2, run_id="in postgres")
+    assert (spend.seq, spend.prev, moved.verify(head=head).anchor) == (7, head, 6)  # the chain goes on
+    assert migrate(pg_url("steward"), tmp_path / "back.sqlite").head == spend.hash
+    assert Ledger(tmp_path / "back.sqlite").events() == [*events, spend]
+    with pytest.raises(LedgerError, match="imported into a new ledger only; this one has 7 events of its own"):
+        migrate(tmp_path / "ledger.sqlite", pg_url("steward"))
+    with pytest.raises(LedgerError, match="imported into a new ledger only; .*back.sqlite has 7"):
+        migrate(tmp_path / "ledger.sqlite", tmp_path / "back.sqlite")
+    assert count(moved, "spends") == 4
+
+
+def test_a_tampered_or_forged_history_is_not_imported(pg_url: Callable[[str], str], tmp_path: Path) -> None:
+    events = _sqlite_history(tmp_path / "ledger.sqlite")
+    target = Ledger(pg_url("steward"))
+    forged = [*events[:3], dataclasses.replace(events[3], epsilon=0.01), *events[4:]]
+    with pytest.raises(LedgerTamperedError, match="imported event 4 does not hash to its recorded hash"):
+        target._store.import_events(forged)
+    skipped = [*events[:3], *events[4:]]
+    with pytest.raises(LedgerError, match="an imported event must extend the chain: event 4 after"):
+        target._store.import_events(skipped)
+    assert target.events() == []
+    with pytest.raises(LedgerError, match="permission denied for function import_dataset"):
+        migrate(tmp_path / "ledger.sqlite", pg_url("alice"))  # a steward's, not a researcher's
+
+
+def test_init_needs_a_superuser_is_repeatable_and_a_database_without_it_is_no_ledger(
+    postgres_cluster, pg_url: Callable[[str], str]
+) -> None:
+    server = postgres_cluster.server
+    psycopg.connect(server.url(), autocommit=True).execute("CREATE DATABASE bare")
+    bare = postgres_cluster.url("steward", "bare")
+    with pytest.raises(LedgerError, match=r"No privkit ledger at postgresql://steward:\*\*\*@.*/bare .*privkit "
+                       "budget init URL"):  # fmt: skip
+        Ledger(bare)
+    with pytest.raises(LedgerError, match="privkit budget init needs a superuser .* gives no superuser"):
+        init(bare)
+    assert "Created the privkit ledger (schema version 2)" in init(server.url(database="bare"))
+    charge(Ledger(postgres_cluster.url("tester", "bare")), H1)
+    assert "Brought up to date" in init(server.url(database="bare"))  # again: data kept, functions renewed
+    assert Ledger(postgres_cluster.url("tester", "bare")).verify().events == 1
+
+
+def test_the_budget_commands_on_a_postgresql_ledger(
+    pg_url: Callable[[str], str], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steward, alice = ["--ledger", pg_url("steward")], ["--ledger", pg_url("alice")]
+    run = ["--noise-multiplier", "1", "--sample-rate", "0.05", "--steps", "50", "--delta", "1e-5"]
+    assert main(["budget", "register", "--dataset", "mimic-cxr", "--size", "1000", *steward]) == 0
+    assert main(["budget", "grant", "--dataset", "mimic-cxr", "--role", "alice", *steward]) == 0
+    assert "dataset:mimic-cxr granted to the role alice (postgresql://steward:***@" in capsys.readouterr().out
+    assert main(["budget", "set", "--scope", D, "--epsilon", f"{(eps_of(1) + eps_of(2)) / 2}", "--delta", "1e-5",
+                 *steward]) == 0  # fmt: skip
+    raise_ = ["--epsilon", "9", "--delta", "1e-5", "--raise", "--reason", "more"]
+    assert main(["budget", "set", "--scope", D, *raise_, *alice]) == 2
+    assert "permission denied for function set_budget" in capsys.readouterr().err
+    assert main(["budget", "charge", "--scope", H1, *run, "--run-id", "r1", *alice]) == 0
+    assert main(["budget", "charge", "--scope", D, *run, "--run-id", "r2", *alice]) == 2
+    assert f"Privacy budget of {D} exceeded" in capsys.readouterr().err
+    monkeypatch.setenv("PRIVKIT_LEDGER", pg_url("alice"))  # the researcher's connection string
+    assert main(["budget", "charge", "--scope", "dataset:mimic-cxr", *run, "--run-id", "r3"]) == 0
+    assert main(["budget", "history"]) == 0
+    out = capsys.readouterr().out
+    assert "r1" in out and "r3" in out and "alice" in out and "r2" not in out
+    assert main(["budget", "show", "--scope", C]) == 2
+    assert "not granted to alice" in capsys.readouterr().err
+    assert main(["budget", "verify", *steward]) == 0
+    assert "hash chain intact, 4 events" in capsys.readouterr().out
+    assert main(["budget", "grant", "--dataset", "mimic-cxr", "--role", "alice", "--revoke", *steward]) == 0
+    assert main(["budget", "charge", "--scope", "dataset:mimic-cxr", *run, "--run-id", "r4"]) == 2
+    sqlite = str(tmp_path / "copy.sqlite")
+    assert main(["budget", "migrate", pg_url("steward"), sqlite]) == 0
+    assert "Copied 4 events: hash chain intact" in capsys.readouterr().out
+    assert main(["budget", "init", sqlite]) == 0 and main(["budget", "verify", "--ledger", sqlite]) == 0

@@ -121,7 +121,7 @@ def canonical_sql(cls: type) -> str:
     body = " || ',' || ".join(f"'\"{n}\":' || {v}" for n, v in zip(names, values))
     extra = ", scopes text[]" if "scopes" in names else ""
     return (f"CREATE OR REPLACE FUNCTION privkit._canonical(r privkit.{cls.table}{extra}) RETURNS text "
-            f"LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp "
+            f"LANGUAGE sql IMMUTABLE "
             f"RETURN '[\"{cls.kind}\",{{' || {body} || '}}]';")  # fmt: skip
 
 

@@ -111,8 +111,7 @@ CREATE TABLE IF NOT EXISTS privkit.grants (  -- who may see and charge a dataset
 -- Append-only: no UPDATE, DELETE or TRUNCATE, for anyone (the owner and its functions included). Only a
 -- superuser can get round it (ALTER TABLE ... DISABLE TRIGGER, session_replication_role); verify() finds it.
 
-CREATE OR REPLACE FUNCTION privkit._append_only() RETURNS trigger LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION privkit._append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   RAISE EXCEPTION 'the privkit ledger is append-only: % on % refused', TG_OP, TG_TABLE_NAME
     USING ERRCODE = 'insufficient_privilege';
@@ -128,8 +127,7 @@ BEGIN
                    'FOR EACH STATEMENT EXECUTE FUNCTION privkit._append_only()', t);
   END LOOP;
 END $$;
-CREATE OR REPLACE FUNCTION privkit._head_moves_on() RETURNS trigger LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION privkit._head_moves_on() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP <> 'UPDATE' OR NEW.seq <> OLD.seq + 1 THEN
     RAISE EXCEPTION 'the head of the privkit ledger only moves on by one event: % refused', TG_OP
@@ -142,12 +140,14 @@ CREATE OR REPLACE TRIGGER head_moves_on BEFORE UPDATE OR DELETE ON privkit.head
 CREATE OR REPLACE TRIGGER head_no_truncate BEFORE TRUNCATE ON privkit.head
   FOR EACH STATEMENT EXECUTE FUNCTION privkit._append_only();
 
+-- Only the SECURITY DEFINER functions set search_path (to pg_catalog, pg_temp, against objects a caller
+-- would plant); the helpers they call name every object with its schema, and run in that path.
+
 -- The canonical serialisation of privkit._hashchain, for the database to hash what it appends. _json is
 -- json.dumps(s, ensure_ascii=True) and _hex is float.hex; the functions privkit._canonical(row) that put
 -- them together are generated from the event dataclasses (privkit._ledger_postgres.canonical_sql).
 
-CREATE OR REPLACE FUNCTION privkit._json(s text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT
-SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION privkit._json(s text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT AS $$
 DECLARE
   out text := '';
   c text;
@@ -173,8 +173,7 @@ BEGIN
   END LOOP;
   RETURN '"' || out || '"';
 END $$;
-CREATE OR REPLACE FUNCTION privkit._hex(x float8) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT
-SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION privkit._hex(x float8) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT AS $$
 DECLARE
   bits bytea := float8send(x);  -- IEEE 754, big-endian: sign, 11 exponent bits, 52 mantissa bits
   sign text := CASE WHEN get_byte(bits, 0) >= 128 THEN '-' ELSE '' END;
@@ -190,7 +189,6 @@ BEGIN
   RETURN sign || '0x1.' || mantissa || 'p' || CASE WHEN e >= 1023 THEN '+' ELSE '' END || (e - 1023)::text;
 END $$;
 CREATE OR REPLACE FUNCTION privkit._sha256(canonical text) RETURNS text LANGUAGE sql IMMUTABLE STRICT
-SET search_path = pg_catalog, pg_temp
 RETURN encode(sha256(convert_to(canonical, 'UTF8')), 'hex');
 
 -- @canonical (the generated privkit._canonical(row) functions go here)
@@ -231,9 +229,12 @@ CREATE POLICY granted ON privkit.budgets FOR SELECT
   USING ((SELECT privkit.is_steward()) OR dataset = ANY ((SELECT privkit.visible_datasets())::text[]));
 CREATE POLICY granted ON privkit.datasets FOR SELECT
   USING ((SELECT privkit.is_steward()) OR name = ANY ((SELECT privkit.visible_datasets())::text[]));
-CREATE POLICY granted ON privkit.spends FOR SELECT USING (privkit._spend_visible(id));
-CREATE POLICY granted ON privkit.spend_scopes FOR SELECT USING (privkit._spend_visible(spend_id));
-CREATE POLICY granted ON privkit.spend_checks FOR SELECT USING (privkit._spend_visible(spend_id));
+CREATE POLICY granted ON privkit.spends FOR SELECT
+  USING ((SELECT privkit.is_steward()) OR privkit._spend_visible(id));
+CREATE POLICY granted ON privkit.spend_scopes FOR SELECT
+  USING ((SELECT privkit.is_steward()) OR privkit._spend_visible(spend_id));
+CREATE POLICY granted ON privkit.spend_checks FOR SELECT
+  USING ((SELECT privkit.is_steward()) OR privkit._spend_visible(spend_id));
 CREATE POLICY granted ON privkit.grants FOR SELECT USING ((SELECT privkit.is_steward()) OR EXISTS (
   SELECT 1 FROM pg_roles r WHERE r.rolname = grantee AND pg_has_role(session_user, r.oid, 'MEMBER')));
 
@@ -292,10 +293,8 @@ END $$;
 -- gets its id, time, actor (session_user), place and hash here, not from the client.
 
 CREATE OR REPLACE FUNCTION privkit._now() RETURNS text LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
 RETURN to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
-CREATE OR REPLACE FUNCTION privkit._lock(verify boolean) RETURNS privkit.head LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION privkit._lock(verify boolean) RETURNS privkit.head LANGUAGE plpgsql AS $$
 DECLARE
   h privkit.head;
   v record;
@@ -315,20 +314,16 @@ BEGIN
   RETURN h;
 END $$;
 CREATE OR REPLACE FUNCTION privkit._advance(origin text, seq bigint, hash text) RETURNS void LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   UPDATE privkit.head SET seq = _advance.seq, hash = _advance.hash, origin = _advance.origin;
 END;
 CREATE OR REPLACE FUNCTION privkit._known(dataset text) RETURNS boolean LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 RETURN EXISTS (SELECT 1 FROM privkit.builtin_datasets b WHERE b.name = dataset)
     OR EXISTS (SELECT 1 FROM privkit.datasets d WHERE d.name = dataset);
 CREATE OR REPLACE FUNCTION privkit._part(scope text, kind text) RETURNS text LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 RETURN substring(scope FROM CASE kind WHEN 'dataset' THEN '^dataset:([A-Za-z0-9_.-]+)'
                                       ELSE '/' || kind || ':([A-Za-z0-9_.-]+)' END);
 CREATE OR REPLACE FUNCTION privkit._overlaps(a text, b text) RETURNS boolean LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 RETURN privkit._part(a, 'dataset') = privkit._part(b, 'dataset')
    AND coalesce(privkit._part(a, 'institution') = privkit._part(b, 'institution'), true)
    AND coalesce(privkit._part(a, 'group') = privkit._part(b, 'group'), true);
@@ -338,7 +333,7 @@ RETURN privkit._part(a, 'dataset') = privkit._part(b, 'dataset')
 -- current budget on a scope containing them, the spends that touched such a patient.
 CREATE OR REPLACE FUNCTION privkit._required_checks(scopes text[])
 RETURNS TABLE (budget_id bigint, budget_epsilon float8, institution text, grp text, spends bigint[])
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE AS $$
   WITH new AS (
     SELECT privkit._part(x, 'dataset') AS d, privkit._part(x, 'institution') AS i, privkit._part(x, 'group') AS g
     FROM unnest(scopes) x
@@ -540,8 +535,7 @@ END $$;
 
 -- Moving a ledger in: its events as they were (time, actor, place, hash), into a ledger that has had no
 -- events of its own, each one the next link of the chain and hashing to its recorded hash.
-CREATE OR REPLACE FUNCTION privkit._import_head(seq bigint, prev text) RETURNS void LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION privkit._import_head(seq bigint, prev text) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   h privkit.head := privkit._lock(false);
 BEGIN
@@ -554,8 +548,7 @@ BEGIN
       h.hash, seq, prev USING ERRCODE = 'PK003';
   END IF;
 END $$;
-CREATE OR REPLACE FUNCTION privkit._imported(hash text, computed text, seq bigint) RETURNS void LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION privkit._imported(hash text, computed text, seq bigint) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   IF hash <> computed THEN
     RAISE EXCEPTION 'imported event % does not hash to its recorded hash % (but to %)', seq, hash, computed

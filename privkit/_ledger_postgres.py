@@ -1,9 +1,10 @@
 """The privacy-budget ledger in a PostgreSQL database that a hospital shares: roles, grants and the hash chain
 kept by the database itself.
 
-:mod:`privkit.budget` decides what to charge and refuse, as for the SQLite file (:mod:`privkit._ledger_sqlite`:
-the same events, tables, columns and chain); this module stores it in the schema ``privkit`` that
-:func:`create` writes from ``_ledger_postgres.sql`` (``privkit budget init URL``, as a superuser).
+:mod:`privkit.budget` decides what to charge and refuse, as for the SQLite file
+(:mod:`privkit._ledger_sqlite`: the same events, tables, columns and chain); this module stores it in the
+schema ``privkit`` that :func:`create` writes from ``_ledger_postgres.sql`` (``privkit budget init URL``, as a
+superuser).
 
 **Roles.** Every table and function belongs to ``privkit_owner``, a role nobody logs in as. A member of
 ``privkit_steward`` sets budgets, registers datasets and grants them (:func:`privkit.set_budget`,
@@ -71,12 +72,24 @@ ROLES = ("privkit_owner", "privkit_steward", "privkit_researcher")
 CONNECT_TIMEOUT_S = 10
 _SQL = Path(__file__).with_name("_ledger_postgres.sql")
 _CANONICAL_HERE = "-- @canonical (the generated privkit._canonical(row) functions go here)\n"
-_TABLES = ("meta", "builtin_datasets", "budgets", "datasets", "spends", "spend_scopes", "spend_checks", "grants")
+_TABLES = ("meta", "builtin_datasets", "budgets", "datasets", "spends", "spend_scopes", "spend_checks",
+           "grants")
 _SECURED = ("budgets", "datasets", "spends", "spend_scopes", "spend_checks", "grants")  # row-level security
 _TRIGGERS = {f"{t}_{guard}" for t in _TABLES for guard in ("append_only", "no_truncate")}
 _TRIGGERS |= {"head_moves_on", "head_no_truncate"}
 _RETRY = ("40001", "40P01")  # serialization failure, deadlock: the transaction runs again
-_TAMPERED = "PK002"
+_LOCKED, _TAMPERED, _DENIED = "55P03", "PK002", "42501"
+_STORED = ("id", "time", "actor", "seq", "prev", "hash")  # what the database fills in
+_IMPORT = {  # the function that imports an event, and its fields in order
+    "budget": ("import_budget", "%s::bigint, %s, %s, %s::float8, %s::float8, %s, %s",
+               ("id", "time", "scope", "epsilon", "delta", "actor", "reason")),
+    "dataset": ("import_dataset", "%s::bigint, %s, %s, %s::bigint, %s, %s",
+                ("id", "time", "name", "size", "actor", "description")),
+    "spend": ("import_spend", "%s::bigint, %s, %s::text[], %s::float8, %s::float8, %s::bigint, %s::float8, "
+              "%s, %s::float8, %s, %s, %s",
+              ("id", "time", "scopes", "noise_multiplier", "sample_rate", "steps", "delta", "accountant",
+               "epsilon", "run_id", "actor", "randomness")),
+}
 
 
 def is_url(location: object) -> bool:
@@ -101,28 +114,28 @@ def _psycopg():
     return psycopg
 
 
-# -- the canonical serialisation in SQL --------------------------------------------------------------------
+# -- the schema --------------------------------------------------------------------------------------------
 
 
 def canonical_sql(cls: type) -> str:
     """``CREATE FUNCTION privkit._canonical(row)``: :func:`privkit._hashchain.canonical` of a row of ``cls``'s
     table, value for value as ``_hashchain._plain`` writes it (its JSON, sorted keys, ``float.hex``)."""
-    hints = typing.get_type_hints(cls)
+    text = "'[\"str\",' || privkit._json({0}) || ']'"
     sql = {
-        str: "'[\"str\",' || privkit._json({}) || ']'",
-        str | None: "CASE WHEN {0} IS NULL THEN 'null' ELSE '[\"str\",' || privkit._json({0}) || ']' END",
-        float: "'[\"float\",\"' || privkit._hex({}) || '\"]'",
-        int: "'[\"int\",\"' || ({})::text || '\"]'",
-        tuple[str, ...]: "'[\"list\",[' || coalesce((SELECT string_agg('[\"str\",' || privkit._json(u.x) || ']', "
-                         "',' ORDER BY u.n) FROM unnest({}) WITH ORDINALITY u(x, n)), '') || ']]'",
-    }  # fmt: skip
+        str: text,
+        str | None: f"CASE WHEN {{0}} IS NULL THEN 'null' ELSE {text} END",
+        float: "'[\"float\",\"' || privkit._hex({0}) || '\"]'",
+        int: "'[\"int\",\"' || ({0})::text || '\"]'",
+        tuple[str, ...]: "'[\"list\",[' || coalesce((SELECT string_agg(" + text.format("u.x")
+                         + ", ',' ORDER BY u.n) FROM unnest({0}) WITH ORDINALITY u(x, n)), '') || ']]'",
+    }
+    hints = typing.get_type_hints(cls)
     names = sorted(f.name for f in dataclasses.fields(cls) if f.name != "hash")
     values = [sql[hints[n]].format("scopes" if n == "scopes" else f"r.{n}") for n in names]
     body = " || ',' || ".join(f"'\"{n}\":' || {v}" for n, v in zip(names, values))
     extra = ", scopes text[]" if "scopes" in names else ""
     return (f"CREATE OR REPLACE FUNCTION privkit._canonical(r privkit.{cls.table}{extra}) RETURNS text "
-            f"LANGUAGE sql IMMUTABLE "
-            f"RETURN '[\"{cls.kind}\",{{' || {body} || '}}]';")  # fmt: skip
+            f"LANGUAGE sql IMMUTABLE RETURN '[\"{cls.kind}\",{{' || {body} || '}}]';")
 
 
 def create(url: str, *, builtin: Sequence[str]) -> str:
@@ -136,32 +149,39 @@ def create(url: str, *, builtin: Sequence[str]) -> str:
         try:
             with db.transaction():
                 superuser, encoding, number = db.execute(
-                    "SELECT rolsuper, pg_encoding_to_char(encoding), current_setting('server_version_num')::int "
-                    "FROM pg_roles, pg_database WHERE rolname = current_user AND datname = current_database()"
-                ).fetchone()  # fmt: skip
+                    "SELECT rolsuper, pg_encoding_to_char(encoding), "
+                    "current_setting('server_version_num')::int FROM pg_roles, pg_database "
+                    "WHERE rolname = current_user AND datname = current_database()"
+                ).fetchone()
                 if not superuser or encoding != "UTF8" or number < 140000:
-                    raise LedgerError(f"privkit budget init needs a superuser on PostgreSQL >= 14 and a UTF8 "
-                                      f"database; {where} gives {'a' if superuser else 'no'} superuser, "
-                                      f"{encoding}, version {number}. Nothing was changed.")  # fmt: skip
+                    raise LedgerError(
+                        f"privkit budget init needs a superuser on PostgreSQL >= 14 and a UTF8 database; "
+                        f"{where} gives {'a' if superuser else 'no'} superuser, {encoding}, version "
+                        f"{number}. Nothing was changed."
+                    )
                 found = db.execute("SELECT to_regclass('privkit.meta') IS NOT NULL").fetchone()[0]
                 version = _version(db) if found else None
                 if version is not None and version > SCHEMA_VERSION:
                     raise LedgerError(f"The ledger {where} has schema version {version}; this privkit writes "
-                                      f"up to {SCHEMA_VERSION}. Upgrade privkit.")  # fmt: skip
+                                      f"up to {SCHEMA_VERSION}. Upgrade privkit.")
                 tables, functions = _SQL.read_text().split(_CANONICAL_HERE)
                 db.execute(tables)
                 for cls in (Budget, Registration, Spend):
                     db.execute(canonical_sql(cls))
                 db.execute(functions)
-                db.cursor().executemany("INSERT INTO privkit.builtin_datasets VALUES (%s) ON CONFLICT DO NOTHING",
-                                        [(name,) for name in builtin])  # fmt: skip
+                db.cursor().executemany(
+                    "INSERT INTO privkit.builtin_datasets VALUES (%s) ON CONFLICT DO NOTHING",
+                    [(name,) for name in builtin],
+                )
         except psycopg.Error as error:
-            raise LedgerError(f"Cannot create the ledger schema in {where}: {error}. Nothing was changed.") from error
-    return (f"{'Brought up to date' if found else 'Created'} the privkit ledger (schema version {SCHEMA_VERSION}) "
-            f"in {where}: schema privkit, roles {', '.join(ROLES)}.")  # fmt: skip
+            raise LedgerError(f"Cannot create the ledger schema in {where}: {error}. Nothing was "
+                              "changed.") from error
+    done = "Brought up to date" if found else "Created"
+    return (f"{done} the privkit ledger (schema version {SCHEMA_VERSION}) in {where}: schema privkit, roles "
+            f"{', '.join(ROLES)}.")
 
 
-# -- connections and transactions -----------------------------------------------------------------------------
+# -- connections and transactions ----------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -171,7 +191,7 @@ def _connection(url: str, where: str) -> Iterator:
         db = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, application_name="privkit")
     except psycopg.Error as error:
         raise LedgerError(f"Cannot connect to the ledger {where}: {str(error).strip()}. Nothing was "
-                          "changed.") from error  # fmt: skip
+                          "changed.") from error
     try:
         yield db
     finally:
@@ -191,12 +211,11 @@ def _select(db, cls: type) -> list[dict]:
 def _load(db) -> State:
     """Every row this session may see (row-level security), in one snapshot."""
     scopes: dict[int, list[str]] = {}
-    for spend_id, scope in db.execute("SELECT spend_id, scope FROM privkit.spend_scopes ORDER BY spend_id, ord"):
+    for spend_id, scope in db.execute("SELECT spend_id, scope FROM privkit.spend_scopes ORDER BY 1, ord"):
         scopes.setdefault(spend_id, []).append(scope)
     visible, reader = db.execute("SELECT privkit.visible_datasets(), session_user").fetchone()
-    checks = [Check(*row[:4], tuple(row[4]), row[5]) for row in db.execute(
-        "SELECT spend_id, budget_id, institution, grp, spends, epsilon FROM privkit.spend_checks "
-        "ORDER BY spend_id, budget_id, institution, grp")]  # fmt: skip
+    checks = db.execute("SELECT spend_id, budget_id, institution, grp, spends, epsilon "
+                        "FROM privkit.spend_checks ORDER BY 1, 2, 3, 4")
     return State(
         version=_version(db),
         budgets=[Budget(**row) for row in _select(db, Budget)],
@@ -205,7 +224,7 @@ def _load(db) -> State:
         stray_scopes=[],  # a foreign key keeps them out
         visible=None if visible is None else frozenset(visible),
         reader=reader,
-        checks=checks,
+        checks=[Check(*row[:4], tuple(row[4]), row[5]) for row in checks],
     )
 
 
@@ -231,15 +250,15 @@ class LedgerDatabase:
             try:
                 found = db.execute("SELECT has_schema_privilege('privkit', 'USAGE')").fetchone()[0]
                 version = _version(db) if found else None
-            except psycopg.Error:
+            except psycopg.Error:  # no schema privkit
                 found = False
         if not found:
             raise LedgerError(f"No privkit ledger at {self.location} that this database user may read: a "
                               "superuser creates it with privkit budget init URL, and a steward's role "
-                              "(privkit_steward or privkit_researcher) reads it.")  # fmt: skip
+                              "(privkit_steward or privkit_researcher) reads it.")
         if version > SCHEMA_VERSION:
-            raise LedgerError(f"The ledger {self.location} has schema version {version}; this privkit reads up to "
-                              f"{SCHEMA_VERSION}. Upgrade privkit.")  # fmt: skip
+            raise LedgerError(f"The ledger {self.location} has schema version {version}; this privkit reads "
+                              f"up to {SCHEMA_VERSION}. Upgrade privkit.")
 
     def __repr__(self) -> str:
         return f"LedgerDatabase({self.location!r}{', read_only=True' if self.read_only else ''})"
@@ -247,28 +266,27 @@ class LedgerDatabase:
     def _error(self, error: Exception, *, write: bool, committing: bool = False) -> LedgerError:
         """A database error as the LedgerError to raise."""
         psycopg = _psycopg()
-        text = str(error).strip()
-        state = getattr(error, "sqlstate", None)
-        if isinstance(error, psycopg.OperationalError) and state is None or isinstance(
-                error, (psycopg.errors.AdminShutdown, psycopg.errors.ConnectionException)):  # fmt: skip
-            outcome = ("The charge may or may not have been recorded (it counts if it was: no refunds); privkit "
-                       "budget history tells." if committing else "Nothing was changed." if write else "")
-            return LedgerError(f"Lost the connection to the ledger {self.location} ({text}). {outcome}".strip())
-        if state == "55P03":
-            return LedgerError(f"The ledger {self.location} stayed locked {BUSY_TIMEOUT_S:g} s ({text}); nothing "
-                               "was changed.")  # fmt: skip
+        text, state, where = str(error).strip(), getattr(error, "sqlstate", None), self.location
+        unchanged = " Nothing was changed." if write else ""
+        if state == _LOCKED:
+            return LedgerError(f"The ledger {where} stayed locked {BUSY_TIMEOUT_S:g} s ({text}).{unchanged}")
         if state == _TAMPERED:
-            return LedgerTamperedError(f"The ledger {self.location} was changed outside privkit: {text}. privkit "
-                                       "writes nothing to a ledger that does not verify.")  # fmt: skip
-        if state == "42501":
-            return LedgerError(f"The ledger {self.location} refused: {text} (roles: privkit budget init; grants: "
-                               "privkit budget grant). Nothing was changed.")  # fmt: skip
-        return LedgerError(f"The ledger {self.location} refused: {text}." + (" Nothing was changed." * write))
+            return LedgerTamperedError(f"The ledger {where} was changed outside privkit: {text}. privkit "
+                                       "writes nothing to a ledger that does not verify.")
+        if isinstance(error, psycopg.OperationalError) and (state is None or state[:2] in ("08", "57")):
+            if committing:
+                unchanged = (" The write may or may not have been recorded (a charge counts if it was: no "
+                             "refunds); privkit budget history tells.")
+            return LedgerError(f"Lost the connection to the ledger {where} ({text}).{unchanged}")
+        if state == _DENIED:
+            return LedgerError(f"The ledger {where} refused: {text} (roles: privkit budget init; grants: "
+                               f"privkit budget grant).{unchanged}")
+        return LedgerError(f"The ledger {where} refused: {text}.{unchanged}")
 
     @contextlib.contextmanager
     def _transaction(self, db, *, write: bool) -> Iterator:
-        psycopg = _psycopg()
-        db.isolation_level = psycopg.IsolationLevel.SERIALIZABLE if write else psycopg.IsolationLevel.REPEATABLE_READ
+        levels = _psycopg().IsolationLevel
+        db.isolation_level = levels.SERIALIZABLE if write else levels.REPEATABLE_READ
         db.read_only = not write
         with db.transaction():
             db.execute(f"SET LOCAL lock_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -284,10 +302,9 @@ class LedgerDatabase:
                 raise self._error(error, write=False) from error
 
     def write(self, decide: Callable[[State], tuple[Event, Sequence[Check]]]) -> Event:
-        """Read the ledger, let ``decide`` make the event (or refuse), append it: one SERIALIZABLE transaction,
-        run again when another write came first; returns the event as stored."""
-        if self.read_only:
-            raise LedgerError(f"Cannot write to the ledger {self.location}: opened read-only. Nothing was changed.")
+        """Read the ledger, let ``decide`` make the event (or refuse), append it: one SERIALIZABLE
+        transaction, run again when another write came first; returns the event as stored."""
+        self._writable()
         psycopg = _psycopg()
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         with _connection(self.url, self.location) as db:
@@ -304,28 +321,35 @@ class LedgerDatabase:
                         continue
                     raise self._error(error, write=True, committing=committing) from error
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise LedgerError(f"Cannot write to the ledger {self.location}: opened read-only. Nothing was "
+                              "changed.")
+
     def _append(self, db, event: Event, checks: Sequence[Check]) -> Event:
         from psycopg.types.json import Jsonb
 
+        returning = f"SELECT {', '.join(_STORED)} FROM privkit."
         if isinstance(event, Budget):
-            row = db.execute("SELECT id, time, actor, seq, prev, hash FROM privkit.set_budget(%s, %s::float8, "
-                             "%s::float8, %s)", (event.scope, event.epsilon, event.delta, event.reason))  # fmt: skip
+            row = db.execute(returning + "set_budget(%s, %s::float8, %s::float8, %s)",
+                             (event.scope, event.epsilon, event.delta, event.reason))
         elif isinstance(event, Registration):
-            row = db.execute("SELECT id, time, actor, seq, prev, hash FROM privkit.register_dataset(%s, %s::bigint, "
-                             "%s)", (event.name, event.size, event.description))  # fmt: skip
+            row = db.execute(returning + "register_dataset(%s, %s::bigint, %s)",
+                             (event.name, event.size, event.description))
         else:
             claims = [{"budget": c.budget_id, "institution": c.institution, "group": c.group,
-                       "spends": list(c.spends), "epsilon": c.epsilon} for c in checks]  # fmt: skip
+                       "spends": list(c.spends), "epsilon": c.epsilon} for c in checks]
             row = db.execute(
-                "SELECT id, time, actor, seq, prev, hash FROM privkit.charge(%s::text[], %s::float8, %s::float8, "
-                "%s::bigint, %s::float8, %s, %s::float8, %s, %s, %s)",
+                returning + "charge(%s::text[], %s::float8, %s::float8, %s::bigint, %s::float8, %s, "
+                "%s::float8, %s, %s, %s)",
                 (list(event.scopes), event.noise_multiplier, event.sample_rate, event.steps, event.delta,
                  event.accountant, event.epsilon, event.run_id, event.randomness, Jsonb(claims)),
-            )  # fmt: skip
-        stored = dataclasses.replace(event, **dict(zip(("id", "time", "actor", "seq", "prev", "hash"), row.fetchone())))
-        if _hashchain.event_hash(stored) != stored.hash:  # privkit's hash, not only the database's
-            raise LedgerTamperedError.at(self.location, f"the database hashed it as {stored.hash}, privkit as "
-                                         f"{_hashchain.event_hash(stored)}: its functions were changed", stored)
+            )
+        stored = dataclasses.replace(event, **dict(zip(_STORED, row.fetchone())))
+        ours = _hashchain.event_hash(stored)
+        if ours != stored.hash:  # privkit's hash, not only the database's
+            raise LedgerTamperedError.at(self.location, f"the database hashed it as {stored.hash}, privkit "
+                                         f"as {ours}: its functions were changed", stored)
         return stored
 
     def verify(self, *, head: str | None = None) -> Verified:
@@ -336,62 +360,53 @@ class LedgerDatabase:
             try:
                 with self._transaction(db, write=False):
                     state = _load(db)
-                    events, last, anchor, table, row, seq, problem = db.execute(
-                        "SELECT * FROM privkit.verify_chain(%s)", (head,)).fetchone()  # fmt: skip
+                    verdict = db.execute("SELECT * FROM privkit.verify_chain(%s)", (head,)).fetchone()
                     guards = _guards(db)
             except psycopg.Error as error:
                 raise self._error(error, write=False) from error
+        events, last, anchor, table, row, seq, problem = verdict
         mine = state.events
         if state.visible is None:  # every event: checked here too, by privkit's own code
             broken = _hashchain.first_break(mine)
             if broken is not None:
                 raise LedgerTamperedError.at(self.location, broken[1], mine[broken[0]])
-        else:  # the events this session sees: their content against their hash
-            for event in mine:
-                if _hashchain.event_hash(event) != event.hash:
-                    raise LedgerTamperedError.at(self.location, "its content does not match its hash (rewritten)",
-                                                 event)  # fmt: skip
+        for event in mine:  # (else) the events this session sees: their content against their hash
+            if _hashchain.event_hash(event) != event.hash:
+                raise LedgerTamperedError.at(self.location, "its content does not match its hash (rewritten)",
+                                             event)
         if problem is not None:
             bad = next((e for e in mine if (e.table, e.id) == (table, row)), None)
             where = "" if bad or table is None else f"{table} row {row} (event {seq}): "
             raise LedgerTamperedError.at(self.location, where + problem, bad)
-        if state.visible is None and (events, last) != (len(mine), mine[-1].hash if mine else _hashchain.GENESIS):
-            raise LedgerTamperedError.at(self.location, f"the database reports {events} events ending in {last}, "
-                                         f"privkit reads {len(mine)}: its functions were changed")  # fmt: skip
+        head_here = mine[-1].hash if mine else _hashchain.GENESIS
+        if state.visible is None and (events, last) != (len(mine), head_here):
+            raise LedgerTamperedError.at(self.location, f"the database reports {events} events ending in "
+                                         f"{last}, privkit reads {len(mine)}: its functions were changed")
         if guards:
             raise LedgerTamperedError.at(self.location, guards)
         if head is not None and anchor is None:
-            raise LedgerTamperedError.at(self.location, f"the head {head} recorded earlier is not on its chain: "
-                                         "events up to it were rewritten, or it is another ledger")  # fmt: skip
+            raise LedgerTamperedError.at(self.location, f"the head {head} recorded earlier is not on its "
+                                         "chain: events up to it were rewritten, or it is another ledger")
         return Verified(last, events, anchor)
 
     def import_events(self, events: Sequence[Event]) -> None:
         """Append ``events`` (a whole ledger's, in chain order) as they are, into this new ledger."""
+        self._writable()
         psycopg = _psycopg()
-        calls = {
-            Budget: ("import_budget", ("id", "time", "scope", "epsilon", "delta", "actor", "reason")),
-            Registration: ("import_dataset", ("id", "time", "name", "size", "actor", "description")),
-            Spend: ("import_spend", ("id", "time", "scopes", "noise_multiplier", "sample_rate", "steps", "delta",
-                                     "accountant", "epsilon", "run_id", "actor", "randomness")),
-        }  # fmt: skip
-        types = {"scopes": "::text[]", "epsilon": "::float8", "delta": "::float8", "noise_multiplier": "::float8",
-                 "sample_rate": "::float8", "steps": "::bigint", "size": "::bigint", "id": "::bigint"}  # fmt: skip
         with _connection(self.url, self.location) as db:
             try:
                 with self._transaction(db, write=True):
                     for event in events:
-                        name, fields = calls[type(event)]
-                        fields = (*fields, "seq", "prev", "hash")
-                        values = [list(v) if isinstance(v := getattr(event, f), tuple) else v for f in fields]
-                        marks = ", ".join(f"%s{types.get(f, '')}" for f in fields)
-                        db.execute(f"SELECT privkit.{name}({marks})", values)
+                        name, marks, fields = _IMPORT[event.kind]
+                        values = [getattr(event, f) for f in (*fields, "seq", "prev", "hash")]
+                        values = [list(v) if isinstance(v, tuple) else v for v in values]
+                        db.execute(f"SELECT privkit.{name}({marks}, %s::bigint, %s, %s)", values)
             except psycopg.Error as error:
                 raise self._error(error, write=True) from error
 
     def grant(self, dataset: str, role: str, *, granted: bool = True) -> None:
         """Grant (or revoke) ``role`` the right to see and charge ``dataset``; a steward's."""
-        if self.read_only:
-            raise LedgerError(f"Cannot write to the ledger {self.location}: opened read-only. Nothing was changed.")
+        self._writable()
         psycopg = _psycopg()
         with _connection(self.url, self.location) as db:
             try:
@@ -405,27 +420,32 @@ def _guards(db) -> str | None:
     """What is wrong with the database's guards (triggers, row-level security, privileges, the owner role)."""
     triggers = dict(db.execute(
         "SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN "
-        "(SELECT oid FROM pg_class WHERE relnamespace = 'privkit'::regnamespace)").fetchall())  # fmt: skip
+        "(SELECT oid FROM pg_class WHERE relnamespace = 'privkit'::regnamespace)"
+    ).fetchall())
     missing = sorted(_TRIGGERS - set(triggers))
     if missing:
         return f"its append-only triggers {missing} were dropped"
-    off = sorted(t for t in _TRIGGERS if triggers[t] not in ("O", "A"))
+    off = sorted(t for t in _TRIGGERS if triggers[t] not in ("O", "A"))  # O: origin (default), A: always
     if off:
         return f"its append-only triggers {off} were disabled"
     open_tables = [t for (t,) in db.execute(
         "SELECT relname FROM pg_class WHERE relnamespace = 'privkit'::regnamespace AND relname = ANY (%s) "
-        "AND NOT relrowsecurity ORDER BY relname", (list(_SECURED),))]  # fmt: skip
+        "AND NOT relrowsecurity ORDER BY relname", (list(_SECURED),)
+    )]
     if open_tables:
         return f"row-level security was turned off on {open_tables}"
     writable = db.execute(
-        "SELECT r.rolname, c.relname FROM pg_class c, pg_roles r WHERE c.relnamespace = 'privkit'::regnamespace "
-        "AND c.relkind = 'r' AND r.rolname IN ('privkit_steward', 'privkit_researcher') "
-        "AND has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') ORDER BY 1, 2").fetchall()
+        "SELECT r.rolname, c.relname FROM pg_class c, pg_roles r WHERE c.relnamespace = "
+        "'privkit'::regnamespace AND c.relkind = 'r' AND r.rolname IN ('privkit_steward', "
+        "'privkit_researcher') AND has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') "
+        "ORDER BY 1, 2"
+    ).fetchall()
     if writable:
         return f"roles were granted writes on its tables: {writable}"
     owner = db.execute(
         "SELECT rolcanlogin, (SELECT count(*) FROM pg_auth_members WHERE roleid = r.oid) FROM pg_roles r "
-        "WHERE rolname = 'privkit_owner'").fetchone()  # fmt: skip
+        "WHERE rolname = 'privkit_owner'"
+    ).fetchone()
     if owner is None or owner[0] or owner[1]:
         return "its owner role privkit_owner can be logged in as, or has members"
     return None

@@ -213,9 +213,10 @@ CREATE OR REPLACE FUNCTION privkit._visible(dataset text) RETURNS boolean LANGUA
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 RETURN privkit.is_steward() OR dataset = ANY (privkit.visible_datasets());
 CREATE OR REPLACE FUNCTION privkit._spend_visible(spend bigint) RETURNS boolean LANGUAGE sql STABLE
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$  -- a spend on several datasets: if one is granted
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$  -- on several datasets: if one is granted
   SELECT privkit.is_steward() OR EXISTS (
-    SELECT 1 FROM privkit.spend_scopes x WHERE x.spend_id = spend AND x.dataset = ANY (privkit.visible_datasets()))
+    SELECT 1 FROM privkit.spend_scopes x
+    WHERE x.spend_id = spend AND x.dataset = ANY (privkit.visible_datasets()))
 $$;
 DO $$
 DECLARE t text;
@@ -268,9 +269,11 @@ BEGIN
   LOOP
     n := n + 1;
     problem := CASE
-      WHEN e.seq < n THEN format('its place in the chain (event %s) is taken: a row was inserted or rewritten', e.seq)
+      WHEN e.seq < n THEN
+        format('its place in the chain (event %s) is taken: a row was inserted or rewritten', e.seq)
       WHEN e.seq > n THEN format('event %s before it is missing: a row was deleted', n)
-      WHEN e.prev <> last THEN 'it does not follow the event before it: rows were deleted, inserted or reordered'
+      WHEN e.prev <> last THEN
+        'it does not follow the event before it: rows were deleted, inserted or reordered'
       WHEN privkit._sha256(e.c) <> e.hash THEN 'its content does not match its hash (rewritten)'
     END;
     IF problem IS NOT NULL THEN
@@ -283,8 +286,10 @@ BEGIN
   END LOOP;
   events := n;
   head := last;
-  IF h.seq <> n OR h.hash <> last THEN
+  IF h.seq <> n THEN
     problem := format('its head is event %s, its last event %s: events after it were deleted', h.seq, n);
+  ELSIF h.hash <> last THEN
+    problem := format('its head is not its last event %s: events after it were deleted, others written', n);
   END IF;
   RETURN NEXT;
 END $$;
@@ -328,14 +333,15 @@ RETURN privkit._part(a, 'dataset') = privkit._part(b, 'dataset')
    AND coalesce(privkit._part(a, 'institution') = privkit._part(b, 'institution'), true)
    AND coalesce(privkit._part(a, 'group') = privkit._part(b, 'group'), true);
 
--- What a charge on `scopes` must satisfy, as privkit.budget.Ledger.charge decides it: for each kind of patient
--- in the scopes (each institution and group the ledger knows in that dataset, or '' for any other) and each
--- current budget on a scope containing them, the spends that touched such a patient.
+-- What a charge on `scopes` must satisfy, as privkit.budget.Ledger.charge decides it: for each kind of
+-- patient in the scopes (each institution and group the ledger knows in that dataset, or '' for any other)
+-- and each current budget on a scope containing them, the spends that touched such a patient.
 CREATE OR REPLACE FUNCTION privkit._required_checks(scopes text[])
 RETURNS TABLE (budget_id bigint, budget_epsilon float8, institution text, grp text, spends bigint[])
 LANGUAGE sql STABLE AS $$
   WITH new AS (
-    SELECT privkit._part(x, 'dataset') AS d, privkit._part(x, 'institution') AS i, privkit._part(x, 'group') AS g
+    SELECT privkit._part(x, 'dataset') AS d, privkit._part(x, 'institution') AS i,
+           privkit._part(x, 'group') AS g
     FROM unnest(scopes) x
   ), known AS (
     SELECT b.dataset AS d, b.institution AS i, b.grp AS g FROM privkit.budgets b
@@ -378,10 +384,12 @@ BEGIN
   END IF;
   IF NOT (noise_multiplier >= 0 AND noise_multiplier < 'Infinity' AND sample_rate > 0 AND sample_rate <= 1
           AND steps >= 0 AND delta > 0 AND delta < 1 AND epsilon >= 0 AND epsilon <= 'Infinity'
-          AND accountant IN ('prv', 'rdp') AND btrim(run_id) <> '' AND randomness ~ '^(secure|seeded:[0-9a-f]+)$')
-     OR num_nulls(noise_multiplier, sample_rate, steps, delta, accountant, epsilon, run_id, randomness) > 0 THEN
-    RAISE EXCEPTION 'Expected noise_multiplier in [0, inf), sample_rate in (0, 1], steps >= 0, delta in (0, 1), '
-      'epsilon in [0, inf], accountant prv or rdp, a run_id and randomness secure or seeded:<hex>'
+          AND accountant IN ('prv', 'rdp') AND btrim(run_id) <> ''
+          AND randomness ~ '^(secure|seeded:[0-9a-f]+)$')
+     OR num_nulls(noise_multiplier, sample_rate, steps, delta, accountant, epsilon, run_id, randomness) > 0
+  THEN
+    RAISE EXCEPTION 'Expected noise_multiplier in [0, inf), sample_rate in (0, 1], steps >= 0, delta in '
+      '(0, 1), epsilon in [0, inf], accountant prv or rdp, a run_id and randomness secure or seeded:<hex>'
       USING ERRCODE = 'PK003';
   END IF;
   FOR dataset IN SELECT DISTINCT privkit._part(x, 'dataset') FROM unnest(scopes) x LOOP
@@ -404,12 +412,13 @@ BEGIN
   -- else the ledger changed since the client read it (or it composed something else), and it tries again.
   SELECT r.* INTO bad FROM privkit._required_checks(scopes) r WHERE NOT EXISTS (
     SELECT 1 FROM jsonb_to_recordset(checks) c(budget bigint, institution text, "group" text, spends bigint[])
-    WHERE c.budget = r.budget_id AND c.institution = r.institution AND c."group" = r.grp AND c.spends = r.spends)
+    WHERE c.budget = r.budget_id AND c.institution = r.institution AND c."group" = r.grp
+      AND c.spends = r.spends)
   LIMIT 1;
   IF FOUND THEN
     RAISE EXCEPTION 'the charge did not compose the spends % for budget % (institution %, group %): the '
-      'ledger changed since it was read; read it again', bad.spends, bad.budget_id, quote_literal(bad.institution),
-      quote_literal(bad.grp) USING ERRCODE = 'serialization_failure';
+      'ledger changed since it was read; read it again', bad.spends, bad.budget_id,
+      quote_literal(bad.institution), quote_literal(bad.grp) USING ERRCODE = 'serialization_failure';
   END IF;
   SELECT r.budget_id, r.budget_epsilon, c.epsilon INTO bad
   FROM privkit._required_checks(scopes) r
@@ -454,13 +463,16 @@ DECLARE
   b privkit.budgets;
   current privkit.budgets;
 BEGIN
-  IF scope IS NULL OR scope !~ '^dataset:[A-Za-z0-9_.-]+(/institution:[A-Za-z0-9_.-]+)?(/group:[A-Za-z0-9_.-]+)?$'
+  IF scope IS NULL
+     OR scope !~ '^dataset:[A-Za-z0-9_.-]+(/institution:[A-Za-z0-9_.-]+)?(/group:[A-Za-z0-9_.-]+)?$'
      OR NOT privkit._known(privkit._part(scope, 'dataset')) THEN
     RAISE EXCEPTION 'Unknown scope=%: dataset:<name>[/institution:<id>][/group:<id>] of a dataset built into '
       'privkit or registered', quote_literal(scope) USING ERRCODE = 'PK003';
   END IF;
-  IF NOT (epsilon > 0 AND epsilon < 'Infinity' AND delta > 0 AND delta < 1) OR num_nulls(epsilon, delta) > 0 THEN
-    RAISE EXCEPTION 'Expected epsilon=% in (0, inf) and delta=% in (0, 1)', epsilon, delta USING ERRCODE = 'PK003';
+  IF NOT (epsilon > 0 AND epsilon < 'Infinity' AND delta > 0 AND delta < 1) OR num_nulls(epsilon, delta) > 0
+  THEN
+    RAISE EXCEPTION 'Expected epsilon=% in (0, inf) and delta=% in (0, 1)', epsilon, delta
+      USING ERRCODE = 'PK003';
   END IF;
   SELECT * INTO current FROM privkit.budgets o WHERE o.scope = scope ORDER BY o.id DESC LIMIT 1;
   IF FOUND AND (epsilon > current.epsilon OR delta > current.delta) AND coalesce(btrim(reason), '') = '' THEN
@@ -544,11 +556,12 @@ BEGIN
       USING ERRCODE = 'PK003';
   END IF;
   IF seq <> h.seq + 1 OR prev <> h.hash THEN
-    RAISE EXCEPTION 'an imported event must extend the chain: event % after %, got event % after %', h.seq + 1,
-      h.hash, seq, prev USING ERRCODE = 'PK003';
+    RAISE EXCEPTION 'an imported event must extend the chain: event % after %, got event % after %',
+      h.seq + 1, h.hash, seq, prev USING ERRCODE = 'PK003';
   END IF;
 END $$;
-CREATE OR REPLACE FUNCTION privkit._imported(hash text, computed text, seq bigint) RETURNS void LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION privkit._imported(hash text, computed text, seq bigint) RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
   IF hash <> computed THEN
     RAISE EXCEPTION 'imported event % does not hash to its recorded hash % (but to %)', seq, hash, computed
@@ -557,8 +570,8 @@ BEGIN
   PERFORM privkit._advance('import', seq, hash);
 END $$;
 CREATE OR REPLACE FUNCTION privkit.import_budget(
-  id bigint, "time" text, scope text, epsilon float8, delta float8, actor text, reason text, seq bigint, prev text,
-  hash text
+  id bigint, "time" text, scope text, epsilon float8, delta float8, actor text, reason text, seq bigint,
+  prev text, hash text
 ) RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   b privkit.budgets;
@@ -569,25 +582,28 @@ BEGIN
   PERFORM privkit._imported(hash, privkit._sha256(privkit._canonical(b)), seq);
 END $$;
 CREATE OR REPLACE FUNCTION privkit.import_dataset(
-  id bigint, "time" text, name text, size bigint, actor text, description text, seq bigint, prev text, hash text
+  id bigint, "time" text, name text, size bigint, actor text, description text, seq bigint, prev text,
+  hash text
 ) RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   d privkit.datasets;
 BEGIN
   PERFORM privkit._import_head(seq, prev);
-  INSERT INTO privkit.datasets VALUES (id, "time", name, size, actor, description, seq, prev, hash) RETURNING * INTO d;
+  INSERT INTO privkit.datasets VALUES (id, "time", name, size, actor, description, seq, prev, hash)
+  RETURNING * INTO d;
   PERFORM privkit._imported(hash, privkit._sha256(privkit._canonical(d)), seq);
 END $$;
 CREATE OR REPLACE FUNCTION privkit.import_spend(
-  id bigint, "time" text, scopes text[], noise_multiplier float8, sample_rate float8, steps bigint, delta float8,
-  accountant text, epsilon float8, run_id text, actor text, randomness text, seq bigint, prev text, hash text
+  id bigint, "time" text, scopes text[], noise_multiplier float8, sample_rate float8, steps bigint,
+  delta float8, accountant text, epsilon float8, run_id text, actor text, randomness text, seq bigint,
+  prev text, hash text
 ) RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   s privkit.spends;
 BEGIN
   PERFORM privkit._import_head(seq, prev);
-  INSERT INTO privkit.spends VALUES (id, "time", noise_multiplier, sample_rate, steps, delta, accountant, epsilon,
-    run_id, actor, randomness, seq, prev, hash) RETURNING * INTO s;
+  INSERT INTO privkit.spends VALUES (id, "time", noise_multiplier, sample_rate, steps, delta, accountant,
+    epsilon, run_id, actor, randomness, seq, prev, hash) RETURNING * INTO s;
   INSERT INTO privkit.spend_scopes (spend_id, ord, scope)
   SELECT s.id, u.n, u.x FROM unnest(scopes) WITH ORDINALITY u(x, n);
   PERFORM privkit._imported(hash, privkit._sha256(privkit._canonical(s, scopes)), seq);
@@ -602,12 +618,13 @@ GRANT SELECT ON privkit.meta, privkit.builtin_datasets, privkit.budgets, privkit
   privkit.spend_scopes, privkit.spend_checks, privkit.grants TO privkit_steward, privkit_researcher;
 GRANT EXECUTE ON FUNCTION privkit.is_steward(), privkit.visible_datasets(), privkit._visible(text),
   privkit._spend_visible(bigint), privkit.verify_chain(text) TO privkit_steward, privkit_researcher;
-GRANT EXECUTE ON FUNCTION privkit.charge(text[], float8, float8, bigint, float8, text, float8, text, text, jsonb)
+GRANT EXECUTE ON FUNCTION
+  privkit.charge(text[], float8, float8, bigint, float8, text, float8, text, text, jsonb)
   TO privkit_researcher;
 GRANT EXECUTE ON FUNCTION privkit.set_budget(text, float8, float8, text),
   privkit.register_dataset(text, bigint, text), privkit.grant_dataset(text, text, boolean),
   privkit.import_budget(bigint, text, text, float8, float8, text, text, bigint, text, text),
   privkit.import_dataset(bigint, text, text, bigint, text, text, bigint, text, text),
-  privkit.import_spend(bigint, text, text[], float8, float8, bigint, float8, text, float8, text, text, text, bigint,
-                       text, text)
+  privkit.import_spend(bigint, text, text[], float8, float8, bigint, float8, text, float8, text, text, text,
+                       bigint, text, text)
   TO privkit_steward;

@@ -391,18 +391,15 @@ class LedgerFile:
             return self._append(db, state, event)
 
     def import_events(self, events: Sequence[Event]) -> None:
-        """Write ``events`` (a whole ledger's, in chain order) as they are into this ledger, which has none."""
+        """Write ``events`` (a whole ledger's, in chain order) as they are into this ledger, which has none;
+        they must verify."""
         with self._transaction(write=True) as db:
             state = _load(db)
             if state.events:
                 raise LedgerError(f"Events are imported into a new ledger only; {self.path} has "
-                                  f"{len(state.events)}. Nothing was changed.")  # fmt: skip
+                                  f"{len(state.events)}. Nothing was changed.")
             for event in events:
-                row = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "scopes"}
-                db.execute(f"INSERT INTO {event.table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                           tuple(row.values()))  # fmt: skip
-                if isinstance(event, Spend):
-                    db.executemany("INSERT INTO spend_scopes VALUES (?, ?)", [(event.id, s) for s in event.scopes])
+                _insert(db, event)
             self._verify(db, _load(db))
 
     def _append(self, db: sqlite3.Connection, state: State, event: Event) -> Event:
@@ -410,36 +407,23 @@ class LedgerFile:
         same = [e for e in state.events if e.kind == event.kind]
         event = dataclasses.replace(event, id=max((e.id for e in same), default=0) + 1)
         event = _hashchain.link(event, seq=len(state.events) + 1, prev=state.head)
-        row = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "scopes"}
-        db.execute(f"INSERT INTO {event.table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                   tuple(row.values()))  # fmt: skip
-        if isinstance(event, Spend):
-            db.executemany("INSERT INTO spend_scopes VALUES (?, ?)", [(event.id, s) for s in event.scopes])
+        _insert(db, event)
         return event
 
     def verify(self, *, head: str | None = None) -> Verified:
-        """Check the hash chain of every event, and that the file's guards are in place.
-
-        Without an anchor, this finds any change made outside privkit short of a rewrite of the whole file
-        (every hash recomputed) or a deletion of the last events with their counters: an unkeyed chain can be
-        recomputed by whoever rewrites the file. With ``head``, a head recorded earlier outside the file (in a
-        run's provenance, printed by ``privkit budget verify``, kept by a data steward), it also checks that
-        this head is still on the chain, which catches those too for every event up to it.
-
-        Returns:
-            The :class:`Verified` head and number of events (and the anchor's place).
-
-        Raises:
-            LedgerTamperedError: Naming the first bad row (or the anchor not found).
-            ValueError: If ``head`` is not a SHA-256 hex digest.
-            LedgerError: If the ledger has schema version 1 (opened read-only), without a chain.
-        """
-        if head is not None and not (isinstance(head, str) and len(head) == 64
-                                     and set(head.lower()) <= set("0123456789abcdef")):  # fmt: skip
-            raise ValueError(f"Expected head={head!r} to be a SHA-256 hex digest (64 characters 0-9, a-f), "
-                             "as printed by privkit budget verify.")  # fmt: skip
+        """Check the hash chain of every event and the file's guards; with ``head`` (a SHA-256 hex digest in
+        lower case), that this anchor is on the chain. See :meth:`privkit.budget.Ledger.verify`."""
         with self._transaction(write=False) as db:
-            return self._verify(db, _load(db), head and head.lower())
+            return self._verify(db, _load(db), head)
+
+
+def _insert(db: sqlite3.Connection, event: Event) -> None:
+    """``event``'s row, as it is (and a spend's scopes)."""
+    row = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "scopes"}
+    db.execute(f"INSERT INTO {event.table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+               tuple(row.values()))
+    if isinstance(event, Spend):
+        db.executemany("INSERT INTO spend_scopes VALUES (?, ?)", [(event.id, s) for s in event.scopes])
 
 
 def _migrate(db: sqlite3.Connection, *, record: bool) -> None:

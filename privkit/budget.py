@@ -46,21 +46,30 @@ refunded: it has touched the data, and what it computed (a partial model, logs, 
 the process. Refunds would let a run that crashes, is killed, or crashes on purpose, look at the data for
 free, as often as it likes.
 
-**Hard to fool.** The file is append-only (SQLite triggers), and its events (budgets, registrations, spends)
-form a hash chain: a rewrite, insertion, deletion or reordering of rows outside this API is found by
-:meth:`Ledger.verify`, and every write verifies first and refuses a ledger that does not
-(:class:`LedgerTamperedError`). A rewrite of the whole file, every hash recomputed, is caught by an *anchor*:
-a head recorded outside the file, such as the ``hash`` of the :class:`Spend` that :meth:`Ledger.charge`
-returns, kept in the run's provenance (:mod:`privkit._ledger_sqlite` has the file format, guards and schema
-versions).
+**Where it lives.** An SQLite file by default (one researcher, one machine; :mod:`privkit._ledger_sqlite`), or
+a PostgreSQL database that a lab or hospital shares (:mod:`privkit._ledger_postgres`), chosen by the location:
+``Ledger("ledger.sqlite")`` or ``sqlite:///path``, ``Ledger("postgresql://alice@dbhost/privacy")``, else
+``$PRIVKIT_LEDGER``. Same events, same API, same refusals; in PostgreSQL the database enforces the roles: a
+steward sets budgets, registers and grants datasets, a researcher charges and reads the datasets granted to
+them, nobody changes a row, and the actor recorded is the database user. :func:`init` creates either, and
+:func:`migrate` moves a ledger from one to the other with its chain.
 
-**Concurrency.** Each check-and-charge is one ``BEGIN IMMEDIATE`` transaction: of two processes racing for the
-last of a budget, one waits for the other and sees its spend.
+**Hard to fool.** The ledger is append-only (SQLite triggers; in PostgreSQL privileges and triggers), and its
+events (budgets, registrations, spends) form a hash chain: a rewrite, insertion, deletion or reordering of
+rows outside this API is found by :meth:`Ledger.verify`, and every write verifies first and refuses a ledger
+that does not (:class:`LedgerTamperedError`). A rewrite of the whole chain, every hash recomputed, is caught by an
+*anchor*: a head recorded outside the ledger, such as the ``hash`` of the :class:`Spend` that
+:meth:`Ledger.charge` returns, kept in the run's provenance.
 
-Errors: :class:`LedgerError` (a ``RuntimeError``: not a ledger, read-only, locked) and its subclasses
-:class:`BudgetExceededError`, :class:`LedgerTamperedError` and :class:`SeededRunError` (not ``OSError``, so
-handlers of file errors do not swallow a refusal); bad arguments, unknown scopes and unflagged raises raise
-``ValueError``.
+**Concurrency.** Each check-and-charge is one transaction: ``BEGIN IMMEDIATE`` in SQLite, SERIALIZABLE in
+PostgreSQL, where the database also checks that the charge composed the spends it finds under its lock (else
+the charge reads the ledger again and retries). Of processes racing for the last of a budget, each sees the
+spends of those that came first.
+
+Errors: :class:`LedgerError` (a ``RuntimeError``: not a ledger, read-only, locked, unreachable, refused by the
+database, a dataset not granted) and its subclasses :class:`BudgetExceededError`, :class:`LedgerTamperedError`
+and :class:`SeededRunError` (not ``OSError``, so handlers of file errors do not swallow a refusal); bad
+arguments, unknown scopes and unflagged raises raise ``ValueError``.
 
 >>> import pathlib, tempfile
 >>> ledger = Ledger(pathlib.Path(tempfile.mkdtemp()) / "ledger.sqlite")
@@ -296,11 +305,11 @@ def _canonical(text: str, state: State) -> Scope:
         hidden = " (or one registered but not granted to you)" if state.visible is not None else ""
         raise ValueError(f"Unknown dataset {scope.dataset!r} in scope {text!r}{hint} A scope names a "
                          "dataset privkit knows or one registered in this ledger with its size "
-                         f"({', '.join(known)}){hidden}; register another with Ledger.register_dataset (privkit "
-                         "budget register --dataset NAME --size N).")  # fmt: skip
+                         f"({', '.join(known)}){hidden}; register another with Ledger.register_dataset "
+                         "(privkit budget register --dataset NAME --size N).")  # fmt: skip
     if state.visible is not None and scope.dataset not in state.visible:
-        raise LedgerError(f"The dataset {scope.dataset!r} is not granted to {state.reader} on this ledger: you "
-                          "may neither see nor charge it. Its steward grants it (privkit budget grant).")
+        raise LedgerError(f"The dataset {scope.dataset!r} is not granted to {state.reader} on this ledger: "
+                          "you may neither see nor charge it. Its steward grants it (privkit budget grant).")
     stored = [b.scope for b in state.budgets] + [x for s in state.spends for x in s.scopes]
     seen = [parse_scope(x) for x in stored]
     for kind in ("institution", "group"):
@@ -461,8 +470,9 @@ class Ledger:
             if spent.epsilon > epsilon:
                 raise ValueError(f"Expected epsilon={epsilon!r} >= {spent.epsilon:.4g}, what {parsed} has already "
                                  f"spent at delta={delta:g} ({spent.n_spends} spends); a budget cannot go below it.")
-            return Budget(str(parsed), float(epsilon), float(delta), now(), actor or default_actor(), reason,
-                          0, 0, "", ""), []  # fmt: skip
+            new = Budget(str(parsed), float(epsilon), float(delta), now(), actor or default_actor(), reason,
+                         0, 0, "", "")  # fmt: skip
+            return new, []
 
         return self._store.write(decide)
 
@@ -586,12 +596,13 @@ class Ledger:
         Raises:
             LedgerTamperedError: Naming the first bad row (or the anchor not found, or the spend over budget).
             ValueError: If ``head`` is not a SHA-256 hex digest.
-            LedgerError: If the ledger is an SQLite file of schema version 1 (opened read-only), without a chain.
+            LedgerError: If the ledger is an SQLite file of schema version 1 (opened read-only), without a
+                chain.
         """
         if head is not None and not (isinstance(head, str) and len(head) == 64
-                                     and set(head.lower()) <= set("0123456789abcdef")):  # fmt: skip
+                                     and set(head.lower()) <= set("0123456789abcdef")):
             raise ValueError(f"Expected head={head!r} to be a SHA-256 hex digest (64 characters 0-9, a-f), "
-                             "as printed by privkit budget verify.")  # fmt: skip
+                             "as printed by privkit budget verify.")
         verified = self._store.verify(head=head and head.lower())
         state = self._read()
         spends, budgets = {s.id: s for s in state.spends}, {b.id: b for b in state.budgets}
@@ -600,15 +611,18 @@ class Ledger:
             mechanism = ((spend.noise_multiplier, spend.sample_rate, spend.steps),)
             composed = _epsilon([spends[i] for i in check.spends], budget.delta, spend.accountant, mechanism)
             if composed > budget.epsilon * (1 + 1e-9):
-                raise LedgerTamperedError.at(self.location, f"it claimed epsilon {check.epsilon:.4g} composed "
-                                             f"against the budget of {budget.scope} (epsilon={budget.epsilon:g}, "
-                                             f"budget row {budget.id}), but privkit's accountant composes "
-                                             f"{composed:.4g}: {spend.actor} charged it without privkit's "
-                                             "accountant, over that budget", spend)  # fmt: skip
+                raise LedgerTamperedError.at(
+                    self.location,
+                    f"it claimed epsilon {check.epsilon:.4g} composed against the budget of {budget.scope} "
+                    f"(epsilon={budget.epsilon:g}, budget row {budget.id}), but privkit's accountant composes "
+                    f"{composed:.4g}: {spend.actor} charged it without privkit's accountant, over that budget",
+                    spend,
+                )
         return verified
 
     def grant(self, dataset: str, role: str, *, revoke: bool = False) -> None:
-        """Let the database ``role`` (a researcher, or a group of them) see and charge ``dataset``, or no longer.
+        """Let the database ``role`` (a researcher, or a group of them) see and charge ``dataset``, or revoke
+        it.
 
         PostgreSQL only, by a steward; the grant and its revocation are kept (``privkit.grants``).
 
@@ -617,9 +631,9 @@ class Ledger:
                 refuses (not a steward; unknown dataset or role).
         """
         if not isinstance(self._store, _ledger_postgres.LedgerDatabase):
-            raise LedgerError(f"The ledger {self.location} is an SQLite file: it has no roles, whoever may write "
-                              "it may charge it. Grants need a PostgreSQL ledger (privkit budget init "
-                              "postgresql://...).")  # fmt: skip
+            raise LedgerError(f"The ledger {self.location} is an SQLite file: it has no roles, whoever may "
+                              "write it may charge it. Grants need a PostgreSQL ledger (privkit budget init "
+                              "postgresql://...).")
         one_of((False, True), revoke=revoke)
         self._store.grant(dataset, role, granted=not revoke)
 
@@ -658,9 +672,10 @@ class Ledger:
 def init(location: str | Path | None = None) -> str:
     """Create the ledger at ``location`` (as :class:`Ledger` reads it), or bring its schema up to date.
 
-    A file is created (and a schema-version-1 file migrated) as :class:`Ledger` does. A PostgreSQL database gets
-    the schema ``privkit``, its roles ``privkit_owner``, ``privkit_steward`` and ``privkit_researcher`` and
-    privkit's datasets (:mod:`privkit._ledger_postgres`); this needs a superuser, and is harmless to repeat.
+    A file is created (and a schema-version-1 file migrated) as :class:`Ledger` does. A PostgreSQL database
+    gets the schema ``privkit``, its roles ``privkit_owner``, ``privkit_steward`` and ``privkit_researcher``
+    and privkit's datasets (:mod:`privkit._ledger_postgres`); this needs a superuser, and is harmless to
+    repeat.
     Returns what was done, for a person to read.
     """
     if location is None:
@@ -676,8 +691,8 @@ def migrate(source: str | Path, destination: str | Path) -> Verified:
     (ids, times, actors, places, hashes): an SQLite file into PostgreSQL, or back.
 
     The source is verified first and the destination after, against the source's head (an anchor), so the
-    history and its hash chain arrive intact or not at all. In PostgreSQL the events keep their recorded actors
-    (who ran them then), and the import is a steward's, once, into a ledger with no events of its own.
+    history and its hash chain arrive intact or not at all. In PostgreSQL the events keep their recorded
+    actors (who ran them then), and the import is a steward's, once, into a ledger with no events of its own.
 
     Returns:
         The destination's :class:`Verified` head: the source's.
@@ -688,7 +703,9 @@ def migrate(source: str | Path, destination: str | Path) -> Verified:
     source_ledger, target = Ledger(source, read_only=True), Ledger(destination)
     head = source_ledger.verify().head
     events = source_ledger.events()
-    if _hashchain.first_break(events) is not None or (events[-1].hash if events else _hashchain.GENESIS) != head:
-        raise LedgerError(f"The ledger {source_ledger.location} changed while it was read; nothing was copied.")
+    last = events[-1].hash if events else _hashchain.GENESIS
+    if _hashchain.first_break(events) is not None or last != head:
+        raise LedgerError(f"The ledger {source_ledger.location} changed while it was read; nothing was "
+                          "copied.")
     target._store.import_events(events)
     return target.verify(head=head)

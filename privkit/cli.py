@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="append the result to <out>/metrics.csv (reused if finished)")
     t.add_argument("--experiment", default="cli", help="experiment name recorded in the table")
     t.add_argument("--ledger", default=None,
-                   help="privacy-budget ledger (a file or postgresql:// URL) to charge before any data are read "
-                        "(default: $PRIVKIT_LEDGER if set)")
+                   help="privacy-budget ledger (a file or postgresql:// URL) to charge before any data are "
+                        "read (default: $PRIVKIT_LEDGER if set)")
     t.add_argument("--scope", action="append", default=None,
                    help="a scope inside the dataset charged in addition to dataset:<name>; repeat for several")
     t.add_argument("--allow-seeded", action="store_true",
@@ -150,18 +150,18 @@ def _add_budget_parser(commands: argparse._SubParsersAction) -> None:
     c.add_argument("--randomness", default="secure",
                    help="secure (OS entropy), or seeded:<hex id>: noise that follows from a recorded seed")
     c.add_argument("--allow-seeded", action="store_true", help="accept a seeded run (public benchmarks only)")
-    i = sub.add_parser("init", help="create a ledger, or bring its schema up to date (PostgreSQL: as a superuser, "
-                       "with the roles privkit_steward and privkit_researcher)")  # fmt: skip
+    i = sub.add_parser("init", help="create a ledger, or bring its schema up to date (PostgreSQL: as a "
+                       "superuser; with the roles privkit_steward and privkit_researcher)")
     i.add_argument("location", nargs="?", default=None,
                    help="file, sqlite:///PATH or postgresql://USER@HOST/DATABASE (default: $PRIVKIT_LEDGER)")
     g = sub.add_parser("grant", parents=[ledger],
                        help="let a database role see and charge a dataset (PostgreSQL, a steward's)")
     g.add_argument("--dataset", required=True, help="a dataset known to privkit or registered")
-    g.add_argument("--role", required=True, help="a researcher's database role, or a group role of researchers")
+    g.add_argument("--role", required=True, help="a researcher's database role, or a group role of them")
     g.add_argument("--revoke", action="store_true", help="take the grant back")
     m = sub.add_parser("migrate", help="copy every event of a ledger, hash chain intact, into a new one")
     m.add_argument("source", help="the ledger to copy (file or URL); read only")
-    m.add_argument("destination", help="a new ledger, without events (PostgreSQL: init first, then as a steward)")
+    m.add_argument("destination", help="a new ledger without events (PostgreSQL: after init, as a steward)")
 
 
 def _event_row(event: budget.Event, previous: dict[str, budget.Budget]) -> dict[str, object]:
@@ -197,7 +197,7 @@ def _budget(args: argparse.Namespace) -> int:
     if args.budget_command == "grant":
         ledger.grant(args.dataset, args.role, revoke=args.revoke)
         print(f"dataset:{args.dataset} {'no longer granted to' if args.revoke else 'granted to'} the role "
-              f"{args.role} ({ledger.location})")  # fmt: skip
+              f"{args.role} ({ledger.location})")
     elif args.budget_command == "set":
         b = ledger.set_budget(args.scope, epsilon=args.epsilon, delta=args.delta, actor=args.actor,
                               raise_budget=args.raise_budget, reason=args.reason)  # fmt: skip
@@ -207,15 +207,15 @@ def _budget(args: argparse.Namespace) -> int:
     elif args.budget_command == "register":
         r = ledger.register_dataset(args.dataset, size=args.size, actor=args.actor,
                                     description=args.description)  # fmt: skip
-        print(f"dataset:{r.name} registered with {r.size} records ({r.time} by {r.actor}; {ledger.location}, "
-              f"head {r.hash})")  # fmt: skip
+        print(f"dataset:{r.name} registered with {r.size} records ({r.time} by {r.actor}; "
+              f"{ledger.location}, head {r.hash})")  # fmt: skip
     elif args.budget_command == "verify":
         v = ledger.verify(head=args.head)
         print(f"{ledger.location}: hash chain intact, {v.events} events, head {v.head}")
         if args.head:
             print(f"The head {args.head} recorded earlier is event {v.anchor}: nothing up to it was changed.")
-        print("Record the head outside the file (run provenance, a steward's notes): verify --head HASH "
-              "later catches a rewrite of the whole file, which an unkeyed chain alone cannot.")  # fmt: skip
+        print("Record the head outside the ledger (run provenance, a steward's notes): verify --head HASH "
+              "later catches a rewrite of the whole ledger, which an unkeyed chain alone cannot.")  # fmt: skip
     elif args.budget_command == "show":
         table = ledger.show(args.scope)
         num = lambda fmt: lambda x: "-" if pd.isna(x) else format(x, fmt)  # noqa: E731
@@ -230,8 +230,9 @@ def _budget(args: argparse.Namespace) -> int:
             "remaining": table["remaining"].map(num(".3f")),
             "spends": table["n_spends"],
         }).to_string(index=False) if len(table) else "No budgets or spends yet.")
-        print(f"({ledger.location}; spent for the worst-off patient of each scope. composed: all spends composed by "
-              "the accountant, at the budget's delta; sum: the runs' own epsilons added, at their deltas added)")
+        print(f"({ledger.location}; spent for the worst-off patient of each scope. composed: all spends "
+              "composed by the accountant, at the budget's delta; sum: the runs' own epsilons added, at their "
+              "deltas added)")
     elif args.budget_command == "history":
         previous: dict[str, budget.Budget] = {}
         every = {(e.kind, e.id): _event_row(e, previous) for e in ledger.events()}  # all: to tell raises

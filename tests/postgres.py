@@ -68,19 +68,19 @@ class Server:
             for path in (folder, folder / "pw"):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         done = server._run("initdb", "-D", str(folder / "data"), "-U", ADMIN, f"--pwfile={folder / 'pw'}",
-                           "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")  # fmt: skip
+                           "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
         if done.returncode != 0:
             server.remove()
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
         # fsync off: a test server's data need not survive a power cut (the clients are what tests kill)
         options = (f"-c listen_addresses=127.0.0.1 -p {server.port} -c unix_socket_directories={folder} "
                    "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=80")
-        done = server._run("pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "log"), "-o", options, "-w",
-                           "start")  # fmt: skip
+        log = folder / "log"
+        done = server._run("pg_ctl", "-D", str(folder / "data"), "-l", str(log), "-o", options, "-w", "start")
         if done.returncode != 0:
-            log = (folder / "log").read_text() if (folder / "log").exists() else ""
+            tail = log.read_text()[-2000:] if log.exists() else ""
             server.remove()
-            raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()} {log[-2000:]}")
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()} {tail}")
         return server
 
     def stop(self) -> None:
@@ -103,8 +103,12 @@ def _user_exists(name: str) -> bool:
 
 
 RESEARCHERS = {"alice": "pneumoniamnist", "bob": "chestmnist"}  # each granted one dataset
-USERS = {"steward": ("privkit_steward",), "tester": ("privkit_steward", "privkit_researcher"),
-         "alice": ("privkit_researcher",), "bob": ("privkit_researcher",)}  # fmt: skip
+USERS = {
+    "steward": ("privkit_steward",),
+    "tester": ("privkit_steward", "privkit_researcher"),
+    "alice": ("privkit_researcher",),
+    "bob": ("privkit_researcher",),
+}
 _ADMIN_URLS: dict[str, str] = {}  # a ledger's location (the URL without password) -> its superuser's URL
 
 
@@ -123,7 +127,8 @@ class Cluster:
         budget.init(server.url(database="privkit_template"))
         with psycopg.connect(server.url(), autocommit=True) as db:
             for user, roles in USERS.items():
-                db.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{self.passwords[user]}' IN ROLE {', '.join(roles)}")
+                password = self.passwords[user]
+                db.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {', '.join(roles)}")
         steward = budget.Ledger(self.url("steward", "privkit_template"))
         for user, dataset in RESEARCHERS.items():
             steward.grant(dataset, user)
@@ -151,7 +156,8 @@ def _location(url: str) -> str:
 
 
 def admin_rows(location: str, sql: str, params: tuple = ()) -> list[tuple]:
-    """``sql``'s rows as the superuser, in the database of the ledger at ``location``: every row, as stored."""
+    """``sql``'s rows as the superuser, in the database of the ledger at ``location``: every row, as
+    stored."""
     import psycopg
 
     with psycopg.connect(_ADMIN_URLS[location], autocommit=True) as db:

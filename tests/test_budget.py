@@ -148,7 +148,8 @@ def test_set_charge_show_and_history(ledger: Ledger) -> None:
     spent = ledger.spent(D)
     assert spent.epsilon == eps_of(1) and spent.epsilon_sum == eps_of(1) and spent.delta_sum == 1e-5
     assert spent.remaining == pytest.approx(4.0 - eps_of(1)) and spent.n_spends == 1
-    assert spent.budget.epsilon == 4.0 and spent.budget.actor == ("dpo" if ledger.path else "tester")  # db user
+    assert spent.budget.epsilon == 4.0
+    assert spent.budget.actor == ("dpo" if ledger.path else "tester")  # PostgreSQL: the database user
     charge(ledger, H1, run_id="r2")  # an institution without a budget of its own: no limit of its own
     table = ledger.show().set_index("scope")
     assert list(table.index) == [D, H1]

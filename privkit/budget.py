@@ -57,8 +57,8 @@ them, nobody changes a row, and the actor recorded is the database user. :func:`
 **Hard to fool.** The ledger is append-only (SQLite triggers; in PostgreSQL privileges and triggers), and its
 events (budgets, registrations, spends) form a hash chain: a rewrite, insertion, deletion or reordering of
 rows outside this API is found by :meth:`Ledger.verify`, and every write verifies first and refuses a ledger
-that does not (:class:`LedgerTamperedError`). A rewrite of the whole chain, every hash recomputed, is caught by an
-*anchor*: a head recorded outside the ledger, such as the ``hash`` of the :class:`Spend` that
+that does not (:class:`LedgerTamperedError`). A rewrite of the whole chain, every hash recomputed, is caught
+by an *anchor*: a head recorded outside the ledger, such as the ``hash`` of the :class:`Spend` that
 :meth:`Ledger.charge` returns, kept in the run's provenance.
 
 **Concurrency.** Each check-and-charge is one transaction: ``BEGIN IMMEDIATE`` in SQLite, SERIALIZABLE in
@@ -614,8 +614,9 @@ class Ledger:
                 raise LedgerTamperedError.at(
                     self.location,
                     f"it claimed epsilon {check.epsilon:.4g} composed against the budget of {budget.scope} "
-                    f"(epsilon={budget.epsilon:g}, budget row {budget.id}), but privkit's accountant composes "
-                    f"{composed:.4g}: {spend.actor} charged it without privkit's accountant, over that budget",
+                    f"(epsilon={budget.epsilon:g}, budget row {budget.id}), but privkit's accountant "
+                    f"composes {composed:.4g}: {spend.actor} charged it without privkit's accountant, over "
+                    "that budget",
                     spend,
                 )
         return verified

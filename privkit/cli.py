@@ -215,7 +215,7 @@ def _budget(args: argparse.Namespace) -> int:
         if args.head:
             print(f"The head {args.head} recorded earlier is event {v.anchor}: nothing up to it was changed.")
         print("Record the head outside the ledger (run provenance, a steward's notes): verify --head HASH "
-              "later catches a rewrite of the whole ledger, which an unkeyed chain alone cannot.")  # fmt: skip
+              "later catches a rewrite of the whole ledger, which an unkeyed chain cannot.")  # fmt: skip
     elif args.budget_command == "show":
         table = ledger.show(args.scope)
         num = lambda fmt: lambda x: "-" if pd.isna(x) else format(x, fmt)  # noqa: E731
@@ -231,8 +231,8 @@ def _budget(args: argparse.Namespace) -> int:
             "spends": table["n_spends"],
         }).to_string(index=False) if len(table) else "No budgets or spends yet.")
         print(f"({ledger.location}; spent for the worst-off patient of each scope. composed: all spends "
-              "composed by the accountant, at the budget's delta; sum: the runs' own epsilons added, at their "
-              "deltas added)")
+              "composed by the accountant, at the budget's delta; sum: the runs' own epsilons added, at "
+              "their deltas added)")
     elif args.budget_command == "history":
         previous: dict[str, budget.Budget] = {}
         every = {(e.kind, e.id): _event_row(e, previous) for e in ledger.events()}  # all: to tell raises

@@ -587,8 +587,9 @@ class Ledger:
 
         In PostgreSQL the database checks the whole chain, and privkit the events this user may see (a
         steward: all of them); it also recomputes, with privkit's accountant, the composed epsilon each
-        charge claimed against each budget, and refuses a ledger where a client under-reported one beyond its
-        budget (see :mod:`privkit._ledger_postgres` on what the database trusts the client for).
+        charge claimed against each budget (those whose budget and spends this user sees), and refuses a
+        ledger where a client under-reported one beyond its budget (see :mod:`privkit._ledger_postgres` on
+        what the database trusts the client for).
 
         Returns:
             The :class:`Verified` head and number of events (and the anchor's place).
@@ -606,7 +607,9 @@ class Ledger:
         verified = self._store.verify(head=head and head.lower())
         state = self._read()
         spends, budgets = {s.id: s for s in state.spends}, {b.id: b for b in state.budgets}
-        for check in state.checks:  # what each charge claimed, composed again
+        for check in state.checks:  # what each charge claimed, composed again, where this reader sees it all
+            if check.budget_id not in budgets or not set(check.spends) <= spends.keys():
+                continue  # a budget or spend of a dataset not granted to them: the steward audits it
             spend, budget = spends[check.spend_id], budgets[check.budget_id]
             mechanism = ((spend.noise_multiplier, spend.sample_rate, spend.steps),)
             composed = _epsilon([spends[i] for i in check.spends], budget.delta, spend.accountant, mechanism)

@@ -240,7 +240,8 @@ CREATE POLICY granted ON privkit.grants FOR SELECT USING ((SELECT privkit.is_ste
   SELECT 1 FROM pg_roles r WHERE r.rolname = grantee AND pg_has_role(session_user, r.oid, 'MEMBER')));
 
 -- The chain, checked as privkit._hashchain.first_break does, and the head row against its last event. For
--- everyone: a researcher who sees some datasets' events only learns from it whether the whole chain holds.
+-- everyone: a researcher who sees some datasets' events learns from it whether the whole chain holds, its
+-- length and its head (and where it breaks), nothing of the events themselves.
 
 CREATE OR REPLACE FUNCTION privkit.verify_chain(anchor text DEFAULT NULL)
 RETURNS TABLE (events bigint, head text, anchor_seq bigint, bad_table text, bad_id bigint, bad_seq bigint,

@@ -40,7 +40,7 @@ import os
 import socket
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,7 +180,7 @@ class LedgerTamperedError(LedgerError):
     """
 
     @classmethod
-    def at(cls, path: Path, problem: str, event: Event | None = None) -> LedgerTamperedError:
+    def at(cls, path: str | Path, problem: str, event: Event | None = None) -> LedgerTamperedError:
         where = ""
         if event is not None:
             run = f", run {event.run_id!r}" if isinstance(event, Spend) else ""
@@ -195,14 +195,30 @@ class LedgerTamperedError(LedgerError):
 
 
 @dataclass(frozen=True)
+class Check:
+    """What a charge composed for one budget it had to satisfy, for one kind of patient (PostgreSQL keeps
+    these with the spend, for an audit; :mod:`privkit._ledger_postgres`)."""
+
+    spend_id: int  # 0 until the spend is stored
+    budget_id: int
+    institution: str  # the patient's institution, or "" for one the ledger had not seen
+    group: str  # likewise
+    spends: tuple[int, ...]  # the ids of the spends composed with the run, in order
+    epsilon: float  # their composition with the run, at the budget's delta
+
+
+@dataclass(frozen=True)
 class State:
-    """Every row of the ledger, read in one snapshot."""
+    """Every row of the ledger (that its reader may see), read in one snapshot."""
 
     version: int
     budgets: list[Budget]  # each in order of id
     datasets: list[Registration]
     spends: list[Spend]
     stray_scopes: list[int]  # spend ids in spend_scopes that are not in spends
+    visible: frozenset[str] | None = None  # the datasets its reader may see (PostgreSQL); None: every one
+    reader: str | None = None  # who reads (PostgreSQL: the database user)
+    checks: list[Check] = dataclasses.field(default_factory=list)  # PostgreSQL's record of each charge
 
     @functools.cached_property
     def events(self) -> list[Event]:
@@ -257,6 +273,7 @@ class LedgerFile:
 
     def __init__(self, path: str | Path | None = None, *, read_only: bool = False):
         self.path = Path(path).expanduser() if path is not None else default_path()
+        self.location = str(self.path)
         self.read_only = read_only
         if read_only and not self.path.is_file():
             raise LedgerError(f"No ledger at {self.path} (opened read-only, so none was created).")
@@ -325,7 +342,7 @@ class LedgerFile:
                         db.execute("ROLLBACK")
                 db.close()
 
-    def _read(self) -> State:
+    def read(self) -> State:
         with self._transaction(write=False) as db:
             return _load(db)
 
@@ -364,49 +381,49 @@ class LedgerFile:
                                          "ledger")  # fmt: skip
         return Verified(state.head, len(events), places[head])
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[tuple[sqlite3.Connection, State]]:
-        """A write transaction on a ledger that verifies: its connection and what it holds."""
+    def write(self, decide: Callable[[State], tuple[Event, Sequence[Check]]]) -> Event:
+        """In one write transaction on a ledger that verifies, let ``decide`` make the event from what the
+        ledger holds (or refuse: nothing is written), and append it; returns it as stored."""
         with self._transaction(write=True) as db:
             state = _load(db)
             self._verify(db, state)
-            yield db, state
+            event, _ = decide(state)  # the checks are for a database that cannot compose them itself
+            return self._append(db, state, event)
+
+    def import_events(self, events: Sequence[Event]) -> None:
+        """Write ``events`` (a whole ledger's, in chain order) as they are into this ledger, which has none;
+        they must verify."""
+        with self._transaction(write=True) as db:
+            state = _load(db)
+            if state.events:
+                raise LedgerError(f"Events are imported into a new ledger only; {self.path} has "
+                                  f"{len(state.events)}. Nothing was changed.")
+            for event in events:
+                _insert(db, event)
+            self._verify(db, _load(db))
 
     def _append(self, db: sqlite3.Connection, state: State, event: Event) -> Event:
         """Insert ``event`` as the chain's next link, with the next id of its table; return it as stored."""
         same = [e for e in state.events if e.kind == event.kind]
         event = dataclasses.replace(event, id=max((e.id for e in same), default=0) + 1)
         event = _hashchain.link(event, seq=len(state.events) + 1, prev=state.head)
-        row = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "scopes"}
-        db.execute(f"INSERT INTO {event.table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                   tuple(row.values()))  # fmt: skip
-        if isinstance(event, Spend):
-            db.executemany("INSERT INTO spend_scopes VALUES (?, ?)", [(event.id, s) for s in event.scopes])
+        _insert(db, event)
         return event
 
     def verify(self, *, head: str | None = None) -> Verified:
-        """Check the hash chain of every event, and that the file's guards are in place.
-
-        Without an anchor, this finds any change made outside privkit short of a rewrite of the whole file
-        (every hash recomputed) or a deletion of the last events with their counters: an unkeyed chain can be
-        recomputed by whoever rewrites the file. With ``head``, a head recorded earlier outside the file (in a
-        run's provenance, printed by ``privkit budget verify``, kept by a data steward), it also checks that
-        this head is still on the chain, which catches those too for every event up to it.
-
-        Returns:
-            The :class:`Verified` head and number of events (and the anchor's place).
-
-        Raises:
-            LedgerTamperedError: Naming the first bad row (or the anchor not found).
-            ValueError: If ``head`` is not a SHA-256 hex digest.
-            LedgerError: If the ledger has schema version 1 (opened read-only), without a chain.
-        """
-        if head is not None and not (isinstance(head, str) and len(head) == 64
-                                     and set(head.lower()) <= set("0123456789abcdef")):  # fmt: skip
-            raise ValueError(f"Expected head={head!r} to be a SHA-256 hex digest (64 characters 0-9, a-f), "
-                             "as printed by privkit budget verify.")  # fmt: skip
+        """Check the hash chain of every event and the file's guards; with ``head`` (a SHA-256 hex digest in
+        lower case), that this anchor is on the chain. See :meth:`privkit.budget.Ledger.verify`."""
         with self._transaction(write=False) as db:
-            return self._verify(db, _load(db), head and head.lower())
+            return self._verify(db, _load(db), head)
+
+
+def _insert(db: sqlite3.Connection, event: Event) -> None:
+    """``event``'s row, as it is (and a spend's scopes)."""
+    row = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "scopes"}
+    db.execute(f"INSERT INTO {event.table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+               tuple(row.values()))
+    if isinstance(event, Spend):
+        db.executemany("INSERT INTO spend_scopes VALUES (?, ?)", [(event.id, s) for s in event.scopes])
 
 
 def _migrate(db: sqlite3.Connection, *, record: bool) -> None:

@@ -46,21 +46,30 @@ refunded: it has touched the data, and what it computed (a partial model, logs, 
 the process. Refunds would let a run that crashes, is killed, or crashes on purpose, look at the data for
 free, as often as it likes.
 
-**Hard to fool.** The file is append-only (SQLite triggers), and its events (budgets, registrations, spends)
-form a hash chain: a rewrite, insertion, deletion or reordering of rows outside this API is found by
-:meth:`Ledger.verify`, and every write verifies first and refuses a ledger that does not
-(:class:`LedgerTamperedError`). A rewrite of the whole file, every hash recomputed, is caught by an *anchor*:
-a head recorded outside the file, such as the ``hash`` of the :class:`Spend` that :meth:`Ledger.charge`
-returns, kept in the run's provenance (:mod:`privkit._ledger_sqlite` has the file format, guards and schema
-versions).
+**Where it lives.** An SQLite file by default (one researcher, one machine; :mod:`privkit._ledger_sqlite`), or
+a PostgreSQL database that a lab or hospital shares (:mod:`privkit._ledger_postgres`), chosen by the location:
+``Ledger("ledger.sqlite")`` or ``sqlite:///path``, ``Ledger("postgresql://alice@dbhost/privacy")``, else
+``$PRIVKIT_LEDGER``. Same events, same API, same refusals; in PostgreSQL the database enforces the roles: a
+steward sets budgets, registers and grants datasets, a researcher charges and reads the datasets granted to
+them, nobody changes a row, and the actor recorded is the database user. :func:`init` creates either, and
+:func:`migrate` moves a ledger from one to the other with its chain.
 
-**Concurrency.** Each check-and-charge is one ``BEGIN IMMEDIATE`` transaction: of two processes racing for the
-last of a budget, one waits for the other and sees its spend.
+**Hard to fool.** The ledger is append-only (SQLite triggers; in PostgreSQL privileges and triggers), and its
+events (budgets, registrations, spends) form a hash chain: a rewrite, insertion, deletion or reordering of
+rows outside this API is found by :meth:`Ledger.verify`, and every write verifies first and refuses a ledger
+that does not (:class:`LedgerTamperedError`). A rewrite of the whole chain, every hash recomputed, is caught
+by an *anchor*: a head recorded outside the ledger, such as the ``hash`` of the :class:`Spend` that
+:meth:`Ledger.charge` returns, kept in the run's provenance.
 
-Errors: :class:`LedgerError` (a ``RuntimeError``: not a ledger, read-only, locked) and its subclasses
-:class:`BudgetExceededError`, :class:`LedgerTamperedError` and :class:`SeededRunError` (not ``OSError``, so
-handlers of file errors do not swallow a refusal); bad arguments, unknown scopes and unflagged raises raise
-``ValueError``.
+**Concurrency.** Each check-and-charge is one transaction: ``BEGIN IMMEDIATE`` in SQLite, SERIALIZABLE in
+PostgreSQL, where the database also checks that the charge composed the spends it finds under its lock (else
+the charge reads the ledger again and retries). Of processes racing for the last of a budget, each sees the
+spends of those that came first.
+
+Errors: :class:`LedgerError` (a ``RuntimeError``: not a ledger, read-only, locked, unreachable, refused by the
+database, a dataset not granted) and its subclasses :class:`BudgetExceededError`, :class:`LedgerTamperedError`
+and :class:`SeededRunError` (not ``OSError``, so handlers of file errors do not swallow a refusal); bad
+arguments, unknown scopes and unflagged raises raise ``ValueError``.
 
 >>> import pathlib, tempfile
 >>> ledger = Ledger(pathlib.Path(tempfile.mkdtemp()) / "ledger.sqlite")
@@ -84,19 +93,22 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
-from privkit import accounting, data
+from privkit import _hashchain, _ledger_postgres, accounting, data
 from privkit._ledger_sqlite import (
     APPLICATION_ID,
     BUSY_TIMEOUT_S,
     SCHEMA_VERSION,
     UNRECORDED,
     Budget,
+    Check,
     Event,
     LedgerError,
     LedgerFile,
@@ -115,7 +127,7 @@ __all__ = [
     "ACCOUNTANTS", "APPLICATION_ID", "BUSY_TIMEOUT_S", "PRV_MAX_MECHANISMS", "RANDOMNESS_FORMS",
     "SCHEMA_VERSION", "SCOPE_FORMS", "UNRECORDED", "Budget", "BudgetExceededError", "Event", "Ledger",
     "LedgerError", "LedgerTamperedError", "Registration", "Scope", "SeededRunError", "Spend", "Spent",
-    "Verified", "default_actor", "default_path", "parse_scope",
+    "Verified", "default_actor", "default_path", "init", "migrate", "parse_scope",
 ]  # fmt: skip
 ACCOUNTANTS = ("prv", "rdp")  # upper bounds only; "gdp" can under-report
 PRV_MAX_MECHANISMS = 8  # beyond, PRV gets slow (20 different runs: ~30 s), and "prv" composes with RDP
@@ -290,10 +302,14 @@ def _canonical(text: str, state: State) -> Scope:
         guess = folded.get(scope.dataset.casefold()) or next(
             iter(difflib.get_close_matches(scope.dataset.casefold(), known, n=1)), None)  # fmt: skip
         hint = f"; did you mean '{dataclasses.replace(scope, dataset=guess)}'?" if guess else "."
+        hidden = " (or one registered but not granted to you)" if state.visible is not None else ""
         raise ValueError(f"Unknown dataset {scope.dataset!r} in scope {text!r}{hint} A scope names a "
                          "dataset privkit knows or one registered in this ledger with its size "
-                         f"({', '.join(known)}); register another with Ledger.register_dataset (privkit "
-                         "budget register --dataset NAME --size N).")  # fmt: skip
+                         f"({', '.join(known)}){hidden}; register another with Ledger.register_dataset "
+                         "(privkit budget register --dataset NAME --size N).")  # fmt: skip
+    if state.visible is not None and scope.dataset not in state.visible:
+        raise LedgerError(f"The dataset {scope.dataset!r} is not granted to {state.reader} on this ledger: "
+                          "you may neither see nor charge it. Its steward grants it (privkit budget grant).")
     stored = [b.scope for b in state.budgets] + [x for s in state.spends for x in s.scopes]
     seen = [parse_scope(x) for x in stored]
     for kind in ("institution", "group"):
@@ -321,18 +337,44 @@ def _check_randomness(randomness: str, allow_seeded: bool, run_id: str) -> None:
                              "was charged.")  # fmt: skip
 
 
-class Ledger(LedgerFile):
-    """A privacy-budget ledger in an SQLite file (:mod:`privkit._ledger_sqlite`); see the module's docstring.
+def _store(location: str | Path | None, read_only: bool) -> LedgerFile | _ledger_postgres.LedgerDatabase:
+    """The storage ``location`` names: a PostgreSQL URL, an ``sqlite:///`` URL or a path (default: see
+    :func:`init`)."""
+    if location is None:
+        location = os.environ.get("PRIVKIT_LEDGER") or None
+    if _ledger_postgres.is_url(location):
+        return _ledger_postgres.LedgerDatabase(location, read_only=read_only)
+    if isinstance(location, str) and location.startswith("sqlite:///"):
+        location = location[len("sqlite:///"):]  # sqlite:///relative/path, sqlite:////absolute/path
+    return LedgerFile(location, read_only=read_only)
+
+
+class Ledger:
+    """A privacy-budget ledger: an SQLite file (:mod:`privkit._ledger_sqlite`) or a PostgreSQL database
+    (:mod:`privkit._ledger_postgres`); see the module's docstring.
 
     Args:
-        path: The ledger file, created with its folders if missing; default :func:`default_path`.
-        read_only: Open it without write access (``mode=ro``): reads work, writes raise; never creates it,
-            never migrates it.
+        location: The ledger file (created with its folders if missing), ``sqlite:///path``, or
+            ``postgresql://user@host/database`` (a database where ``privkit budget init`` ran); default
+            ``$PRIVKIT_LEDGER``, else :func:`default_path`.
+        read_only: Open it for reading only: writes raise; never creates or migrates a file.
 
     Raises:
-        LedgerError: If the file is not a privkit ledger, cannot be created, or (schema version 1) cannot be
-            migrated.
+        LedgerError: If it is not a privkit ledger, cannot be created or reached, or (a schema version 1 file)
+            cannot be migrated.
     """
+
+    def __init__(self, location: str | Path | None = None, *, read_only: bool = False):
+        self._store = _store(location, read_only)
+        self.read_only = read_only
+        self.location: str = self._store.location  # the path, or the URL without its password
+        self.path: Path | None = self._store.path  # None in PostgreSQL
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.location!r}{', read_only=True' if self.read_only else ''})"
+
+    def _read(self) -> State:
+        return self._store.read()
 
     def register_dataset(self, name: str, *, size: int, actor: str | None = None,
                          description: str | None = None) -> Registration:  # fmt: skip
@@ -355,7 +397,8 @@ class Ledger(LedgerFile):
         positive_int(size=size)
         _text(actor=actor)
         _text(description=description)
-        with self._write() as (db, state):
+
+        def decide(state: State) -> tuple[Registration, list[Check]]:
             if name in data.DATASETS:
                 raise ValueError(f"The dataset {name!r} is known to privkit: dataset:{name} needs no "
                                  "registration.")  # fmt: skip
@@ -364,8 +407,9 @@ class Ledger(LedgerFile):
                     raise ValueError(f"The dataset {name!r} was registered with size {old.size} at "
                                      f"{old.time} by {old.actor}; a registration is never "
                                      "changed.")  # fmt: skip
-            new = Registration(name, size, now(), actor or default_actor(), description, 0, 0, "", "")
-            return self._append(db, state, new)
+            return Registration(name, size, now(), actor or default_actor(), description, 0, 0, "", ""), []
+
+        return self._store.write(decide)
 
     @staticmethod
     def _spent(scope: Scope, budgets: dict[str, Budget], spends: list[Spend], accountant: str,
@@ -412,7 +456,8 @@ class Ledger(LedgerFile):
         one_of((False, True), raise_budget=raise_budget)
         _text(actor=actor)
         _text(reason=reason)
-        with self._write() as (db, state):
+
+        def decide(state: State) -> tuple[Budget, list[Check]]:
             parsed = _canonical(scope, state)
             current = state.current.get(str(parsed))
             raising = current and (epsilon > current.epsilon or delta > current.delta)
@@ -427,7 +472,9 @@ class Ledger(LedgerFile):
                                  f"spent at delta={delta:g} ({spent.n_spends} spends); a budget cannot go below it.")
             new = Budget(str(parsed), float(epsilon), float(delta), now(), actor or default_actor(), reason,
                          0, 0, "", "")  # fmt: skip
-            return self._append(db, state, new)
+            return new, []
+
+        return self._store.write(decide)
 
     def charge(self, scopes: Sequence[str], *, noise_multiplier: float, sample_rate: float, steps: int,
                delta: float, run_id: str, actor: str, accountant: str = "prv", randomness: str = "secure",
@@ -472,7 +519,8 @@ class Ledger(LedgerFile):
         except RuntimeError:  # PRV fails at epsilons in the hundreds
             own = accounting.epsilon(**mechanism, accountant="rdp")
         new = ((float(noise_multiplier), float(sample_rate), int(steps)),)
-        with self._write() as (db, state):
+
+        def decide(state: State) -> tuple[Spend, list[Check]]:
             parsed = list(dict.fromkeys(_canonical(s, state) for s in scopes))
             budgets, spends = state.current, state.spends
             shared = [(old, x) for old in spends if randomness != "secure" and old.randomness == randomness
@@ -485,6 +533,7 @@ class Ledger(LedgerFile):
                                      "new stream (a new run identity). Nothing was charged.")  # fmt: skip
             known = [parse_scope(s) for s in budgets] + [parse_scope(x) for s in spends for x in s.scopes] + parsed
             binding = sorted((parse_scope(b) for b in budgets), key=Scope._key)
+            checks = []
             for cell in sorted({c for s in parsed for c in _cells(s, known)}, key=Scope._key):
                 here = _touching(spends, cell)
                 for budget in (budgets[str(b)] for b in binding if b.contains(cell)):
@@ -493,9 +542,13 @@ class Ledger(LedgerFile):
                         raise BudgetExceededError.of(budget, spent=_epsilon(here, budget.delta, accountant),
                                                      requested=_epsilon([], budget.delta, accountant, new),
                                                      composed=composed, run_id=run_id)  # fmt: skip
+                    ids = tuple(sorted(s.id for s in here))
+                    checks.append(Check(0, budget.id, cell.institution, cell.group, ids, composed))
             spend = Spend(0, now(), tuple(map(str, parsed)), *new[0], float(delta), accountant, float(own),
                           run_id, actor, randomness, 0, "", "")  # fmt: skip
-            return self._append(db, state, spend)
+            return spend, checks
+
+        return self._store.write(decide)
 
     def spent(self, scope: str, *, accountant: str = "prv") -> Spent:
         """What ``scope``'s worst-off patient has spent, composed and summed; see :class:`Spent`."""
@@ -522,6 +575,71 @@ class Ledger(LedgerFile):
     def budgets(self) -> list[Budget]:
         """Every budget ever set, in time order (a scope's current one is its last)."""
         return self._read().budgets
+
+    def verify(self, *, head: str | None = None) -> Verified:
+        """Check the hash chain of every event, and that the ledger's guards are in place.
+
+        Without an anchor, this finds any change made outside privkit short of a rewrite of the whole chain
+        (every hash recomputed) or a deletion of the last events with their counters: an unkeyed chain can be
+        recomputed by whoever rewrites it. With ``head``, a head recorded earlier outside the ledger (in a
+        run's provenance, printed by ``privkit budget verify``, kept by a data steward), it also checks that
+        this head is still on the chain, which catches those too for every event up to it.
+
+        In PostgreSQL the database checks the whole chain, and privkit the events this user may see (a
+        steward: all of them); it also recomputes, with privkit's accountant, the composed epsilon each
+        charge claimed against each budget (those whose budget and spends this user sees), and refuses a
+        ledger where a client under-reported one beyond its budget (see :mod:`privkit._ledger_postgres` on
+        what the database trusts the client for).
+
+        Returns:
+            The :class:`Verified` head and number of events (and the anchor's place).
+
+        Raises:
+            LedgerTamperedError: Naming the first bad row (or the anchor not found, or the spend over budget).
+            ValueError: If ``head`` is not a SHA-256 hex digest.
+            LedgerError: If the ledger is an SQLite file of schema version 1 (opened read-only), without a
+                chain.
+        """
+        if head is not None and not (isinstance(head, str) and len(head) == 64
+                                     and set(head.lower()) <= set("0123456789abcdef")):
+            raise ValueError(f"Expected head={head!r} to be a SHA-256 hex digest (64 characters 0-9, a-f), "
+                             "as printed by privkit budget verify.")
+        verified = self._store.verify(head=head and head.lower())
+        state = self._read()
+        spends, budgets = {s.id: s for s in state.spends}, {b.id: b for b in state.budgets}
+        for check in state.checks:  # what each charge claimed, composed again, where this reader sees it all
+            if check.budget_id not in budgets or not set(check.spends) <= spends.keys():
+                continue  # a budget or spend of a dataset not granted to them: the steward audits it
+            spend, budget = spends[check.spend_id], budgets[check.budget_id]
+            mechanism = ((spend.noise_multiplier, spend.sample_rate, spend.steps),)
+            composed = _epsilon([spends[i] for i in check.spends], budget.delta, spend.accountant, mechanism)
+            if composed > budget.epsilon * (1 + 1e-9):
+                raise LedgerTamperedError.at(
+                    self.location,
+                    f"it claimed epsilon {check.epsilon:.4g} composed against the budget of {budget.scope} "
+                    f"(epsilon={budget.epsilon:g}, budget row {budget.id}), but privkit's accountant "
+                    f"composes {composed:.4g}: {spend.actor} charged it without privkit's accountant, over "
+                    "that budget",
+                    spend,
+                )
+        return verified
+
+    def grant(self, dataset: str, role: str, *, revoke: bool = False) -> None:
+        """Let the database ``role`` (a researcher, or a group of them) see and charge ``dataset``, or revoke
+        it.
+
+        PostgreSQL only, by a steward; the grant and its revocation are kept (``privkit.grants``).
+
+        Raises:
+            LedgerError: On an SQLite file (whoever may write the file may charge it), or if the database
+                refuses (not a steward; unknown dataset or role).
+        """
+        if not isinstance(self._store, _ledger_postgres.LedgerDatabase):
+            raise LedgerError(f"The ledger {self.location} is an SQLite file: it has no roles, whoever may "
+                              "write it may charge it. Grants need a PostgreSQL ledger (privkit budget init "
+                              "postgresql://...).")
+        one_of((False, True), revoke=revoke)
+        self._store.grant(dataset, role, granted=not revoke)
 
     def datasets(self) -> list[Registration]:
         """Every registered dataset, in time order."""
@@ -553,3 +671,45 @@ class Ledger(LedgerFile):
             "remaining": [nan(s.remaining) for s in rows],
             "n_spends": [s.n_spends for s in rows],
         })  # fmt: skip
+
+
+def init(location: str | Path | None = None) -> str:
+    """Create the ledger at ``location`` (as :class:`Ledger` reads it), or bring its schema up to date.
+
+    A file is created (and a schema-version-1 file migrated) as :class:`Ledger` does. A PostgreSQL database
+    gets the schema ``privkit``, its roles ``privkit_owner``, ``privkit_steward`` and ``privkit_researcher``
+    and privkit's datasets (:mod:`privkit._ledger_postgres`); this needs a superuser, and is harmless to
+    repeat.
+    Returns what was done, for a person to read.
+    """
+    if location is None:
+        location = os.environ.get("PRIVKIT_LEDGER") or None
+    if _ledger_postgres.is_url(location):
+        return _ledger_postgres.create(location, builtin=data.DATASETS)
+    ledger = Ledger(location)
+    return f"The privkit ledger {ledger.location} (schema version {SCHEMA_VERSION}) is ready."
+
+
+def migrate(source: str | Path, destination: str | Path) -> Verified:
+    """Copy every event of the ledger at ``source`` into the new, empty ledger at ``destination``, as they are
+    (ids, times, actors, places, hashes): an SQLite file into PostgreSQL, or back.
+
+    The source is verified first and the destination after, against the source's head (an anchor), so the
+    history and its hash chain arrive intact or not at all. In PostgreSQL the events keep their recorded
+    actors (who ran them then), and the import is a steward's, once, into a ledger with no events of its own.
+
+    Returns:
+        The destination's :class:`Verified` head: the source's.
+
+    Raises:
+        LedgerError: If either ledger cannot be used, the destination has events, or the copy does not verify.
+    """
+    source_ledger, target = Ledger(source, read_only=True), Ledger(destination)
+    head = source_ledger.verify().head
+    events = source_ledger.events()
+    last = events[-1].hash if events else _hashchain.GENESIS
+    if _hashchain.first_break(events) is not None or last != head:
+        raise LedgerError(f"The ledger {source_ledger.location} changed while it was read; nothing was "
+                          "copied.")
+    target._store.import_events(events)
+    return target.verify(head=head)

@@ -10,6 +10,7 @@
     privkit budget verify                      # check the ledger's hash chain, print its head
     privkit flower certs --out certs --host coordinator.example.org   # a CA and the SuperLink's TLS files
     privkit flower key --out keys --name hospital-a                    # a SuperNode's authentication keys
+    privkit budget init postgresql://postgres@dbhost/privacy   # a ledger a hospital shares (as a superuser)
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="append the result to <out>/metrics.csv (reused if finished)")
     t.add_argument("--experiment", default="cli", help="experiment name recorded in the table")
     t.add_argument("--ledger", default=None,
-                   help="privacy-budget ledger to charge before any data are read (default: $PRIVKIT_LEDGER if set)")
+                   help="privacy-budget ledger (a file or postgresql:// URL) to charge before any data are "
+                        "read (default: $PRIVKIT_LEDGER if set)")
     t.add_argument("--scope", action="append", default=None,
                    help="a scope inside the dataset charged in addition to dataset:<name>; repeat for several")
     t.add_argument("--allow-seeded", action="store_true",
@@ -150,8 +152,9 @@ def _add_budget_parser(commands: argparse._SubParsersAction) -> None:
                             "the events")  # fmt: skip
     sub = p.add_subparsers(dest="budget_command", required=True)
     ledger = argparse.ArgumentParser(add_help=False)
-    ledger.add_argument("--ledger", default=None, metavar="PATH",
-                        help="ledger file (default: $PRIVKIT_LEDGER, else $XDG_DATA_HOME/privkit/ledger.sqlite)")
+    ledger.add_argument("--ledger", default=None, metavar="LOCATION",
+                        help="ledger file, sqlite:///PATH or postgresql://USER@HOST/DATABASE (default: "
+                             "$PRIVKIT_LEDGER, else $XDG_DATA_HOME/privkit/ledger.sqlite)")
     scope_help = "dataset:<name>[/institution:<id>][/group:<id>], <name> known to privkit or registered"
     actor = argparse.ArgumentParser(add_help=False)
     actor.add_argument("--actor", default=None, help="who does it (default: user@host)")
@@ -186,6 +189,18 @@ def _add_budget_parser(commands: argparse._SubParsersAction) -> None:
     c.add_argument("--randomness", default="secure",
                    help="secure (OS entropy), or seeded:<hex id>: noise that follows from a recorded seed")
     c.add_argument("--allow-seeded", action="store_true", help="accept a seeded run (public benchmarks only)")
+    i = sub.add_parser("init", help="create a ledger, or bring its schema up to date (PostgreSQL: as a "
+                       "superuser; with the roles privkit_steward and privkit_researcher)")
+    i.add_argument("location", nargs="?", default=None,
+                   help="file, sqlite:///PATH or postgresql://USER@HOST/DATABASE (default: $PRIVKIT_LEDGER)")
+    g = sub.add_parser("grant", parents=[ledger],
+                       help="let a database role see and charge a dataset (PostgreSQL, a steward's)")
+    g.add_argument("--dataset", required=True, help="a dataset known to privkit or registered")
+    g.add_argument("--role", required=True, help="a researcher's database role, or a group role of them")
+    g.add_argument("--revoke", action="store_true", help="take the grant back")
+    m = sub.add_parser("migrate", help="copy every event of a ledger, hash chain intact, into a new one")
+    m.add_argument("source", help="the ledger to copy (file or URL); read only")
+    m.add_argument("destination", help="a new ledger without events (PostgreSQL: after init, as a steward)")
 
 
 def _event_row(event: budget.Event, previous: dict[str, budget.Budget]) -> dict[str, object]:
@@ -210,25 +225,36 @@ def _event_row(event: budget.Event, previous: dict[str, budget.Budget]) -> dict[
 def _budget(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    if args.budget_command == "init":
+        print(budget.init(args.location))
+        return 0
+    if args.budget_command == "migrate":
+        v = budget.migrate(args.source, args.destination)
+        print(f"Copied {v.events} events: hash chain intact, head {v.head} (the source's).")
+        return 0
     ledger = budget.Ledger(args.ledger, read_only=args.budget_command in ("show", "history", "verify"))
-    if args.budget_command == "set":
+    if args.budget_command == "grant":
+        ledger.grant(args.dataset, args.role, revoke=args.revoke)
+        print(f"dataset:{args.dataset} {'no longer granted to' if args.revoke else 'granted to'} the role "
+              f"{args.role} ({ledger.location})")
+    elif args.budget_command == "set":
         b = ledger.set_budget(args.scope, epsilon=args.epsilon, delta=args.delta, actor=args.actor,
                               raise_budget=args.raise_budget, reason=args.reason)  # fmt: skip
         why = f"; reason: {b.reason}" if b.reason else ""
         print(f"{b.scope}: budget epsilon={b.epsilon:g}, delta={b.delta:g} (set {b.time} by {b.actor}{why}; "
-              f"{ledger.path}, head {b.hash})")  # fmt: skip
+              f"{ledger.location}, head {b.hash})")  # fmt: skip
     elif args.budget_command == "register":
         r = ledger.register_dataset(args.dataset, size=args.size, actor=args.actor,
                                     description=args.description)  # fmt: skip
-        print(f"dataset:{r.name} registered with {r.size} records ({r.time} by {r.actor}; {ledger.path}, "
-              f"head {r.hash})")  # fmt: skip
+        print(f"dataset:{r.name} registered with {r.size} records ({r.time} by {r.actor}; "
+              f"{ledger.location}, head {r.hash})")  # fmt: skip
     elif args.budget_command == "verify":
         v = ledger.verify(head=args.head)
-        print(f"{ledger.path}: hash chain intact, {v.events} events, head {v.head}")
+        print(f"{ledger.location}: hash chain intact, {v.events} events, head {v.head}")
         if args.head:
             print(f"The head {args.head} recorded earlier is event {v.anchor}: nothing up to it was changed.")
-        print("Record the head outside the file (run provenance, a steward's notes): verify --head HASH "
-              "later catches a rewrite of the whole file, which an unkeyed chain alone cannot.")  # fmt: skip
+        print("Record the head outside the ledger (run provenance, a steward's notes): verify --head HASH "
+              "later catches a rewrite of the whole ledger, which an unkeyed chain cannot.")  # fmt: skip
     elif args.budget_command == "show":
         table = ledger.show(args.scope)
         num = lambda fmt: lambda x: "-" if pd.isna(x) else format(x, fmt)  # noqa: E731
@@ -243,8 +269,9 @@ def _budget(args: argparse.Namespace) -> int:
             "remaining": table["remaining"].map(num(".3f")),
             "spends": table["n_spends"],
         }).to_string(index=False) if len(table) else "No budgets or spends yet.")
-        print(f"({ledger.path}; spent for the worst-off patient of each scope. composed: all spends composed by "
-              "the accountant, at the budget's delta; sum: the runs' own epsilons added, at their deltas added)")
+        print(f"({ledger.location}; spent for the worst-off patient of each scope. composed: all spends "
+              "composed by the accountant, at the budget's delta; sum: the runs' own epsilons added, at "
+              "their deltas added)")
     elif args.budget_command == "history":
         previous: dict[str, budget.Budget] = {}
         every = {(e.kind, e.id): _event_row(e, previous) for e in ledger.events()}  # all: to tell raises

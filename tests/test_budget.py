@@ -1,7 +1,7 @@
 """The privacy-budget ledger: charges checked against budgets of nested scopes, refusals that
 record nothing, composition checked against the accountant and dp_accounting, real processes
 racing for the last of a budget, and bad input (scopes, budgets, files that are not ledgers,
-read-only ledgers)."""
+read-only ledgers). The workflow runs on an SQLite file and on PostgreSQL (tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from postgres import admin_rows
 from privkit.accounting import compose, epsilon
 from privkit.budget import (
     PRV_MAX_MECHANISMS,
@@ -42,18 +43,27 @@ def charge(ledger: Ledger, *scopes: str, run_id: str = "run", **overrides):
     return ledger.charge(list(scopes), run_id=run_id, actor="tester", **{**RUN, **overrides})
 
 
-def counts(path: Path) -> tuple[int, int, int]:
-    db = sqlite3.connect(path)
+def counts(ledger: Ledger) -> tuple[int, int, int]:
+    """The rows of the budgets, spends and spend_scopes tables, as stored."""
+    tables = ("budgets", "spends", "spend_scopes")
+    if ledger.path is None:  # PostgreSQL: every row, as the superuser
+        return tuple(admin_rows(ledger.location, f"SELECT count(*) FROM privkit.{t}")[0][0] for t in tables)
+    db = sqlite3.connect(ledger.path)
     try:
-        tables = ("budgets", "spends", "spend_scopes")
         return tuple(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
     finally:
         db.close()
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "deep" / "folder" / "ledger.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
+    """The same workflow on both backends; on PostgreSQL as "tester", a steward who may charge too."""
+    if request.param == "sqlite":
+        return Ledger(tmp_path / "deep" / "folder" / "ledger.sqlite")
+    return Ledger(request.getfixturevalue("pg_url")("tester"))
+
+
+sqlite_only = pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # the file itself
 
 
 # -- accounting.compose ------------------------------------------------------------------
@@ -125,7 +135,7 @@ def test_unknown_scope_forms_are_named_with_the_allowed_forms(ledger: Ledger, te
         ledger.set_budget(text, epsilon=1.0, delta=1e-5)
     with pytest.raises(ValueError, match="Unknown scope="):
         charge(ledger, text)
-    assert counts(ledger.path) == (0, 0, 0)
+    assert counts(ledger) == (0, 0, 0)
 
 
 # -- budgets, charges, refusals -------------------------------------------------------------
@@ -138,7 +148,8 @@ def test_set_charge_show_and_history(ledger: Ledger) -> None:
     spent = ledger.spent(D)
     assert spent.epsilon == eps_of(1) and spent.epsilon_sum == eps_of(1) and spent.delta_sum == 1e-5
     assert spent.remaining == pytest.approx(4.0 - eps_of(1)) and spent.n_spends == 1
-    assert spent.budget.epsilon == 4.0 and spent.budget.actor == "dpo"
+    assert spent.budget.epsilon == 4.0
+    assert spent.budget.actor == ("dpo" if ledger.path else "tester")  # PostgreSQL: the database user
     charge(ledger, H1, run_id="r2")  # an institution without a budget of its own: no limit of its own
     table = ledger.show().set_index("scope")
     assert list(table.index) == [D, H1]
@@ -154,10 +165,10 @@ def test_a_refused_run_charges_nothing_and_says_budget_spent_requested_remaining
     budget = (eps_of(1) + eps_of(2)) / 2  # room for one run, not two
     ledger.set_budget(D, epsilon=budget, delta=1e-5)
     charge(ledger, D, run_id="first")
-    before = counts(ledger.path)
+    before = counts(ledger)
     with pytest.raises(BudgetExceededError) as refused:
         charge(ledger, D, run_id="second", delta=1e-6)  # the run's own delta does not matter
-    assert counts(ledger.path) == before and len(ledger.history()) == 1
+    assert counts(ledger) == before and len(ledger.history()) == 1
     err = refused.value
     assert err.spent == eps_of(1) and err.requested == eps_of(1) and err.composed == pytest.approx(eps_of(2))
     assert err.remaining == pytest.approx(budget - eps_of(1))
@@ -201,7 +212,7 @@ def test_spends_on_two_institutions_do_not_add_up(ledger: Ledger) -> None:
     for scope in (H1, D, f"{D}/group:kids"):  # each reaches patients of h1 (kids at h1 too)
         with pytest.raises(BudgetExceededError, match=f"budget of {D} exceeded"):
             charge(ledger, scope)
-    assert counts(ledger.path)[1] == 3
+    assert counts(ledger)[1] == 3
 
 
 def test_a_group_across_institutions_meets_each_institution(ledger: Ledger) -> None:
@@ -228,7 +239,7 @@ def test_a_group_budget_binds_runs_on_wider_scopes(ledger: Ledger) -> None:
 
 def test_one_run_listed_on_overlapping_scopes_counts_once(ledger: Ledger) -> None:
     spend = charge(ledger, D, H1, H1)
-    assert spend.scopes == (D, H1) and counts(ledger.path) == (0, 1, 2)
+    assert spend.scopes == (D, H1) and counts(ledger) == (0, 1, 2)
     assert ledger.spent(H1).epsilon == eps_of(1) and ledger.spent(H1).n_spends == 1
 
 
@@ -281,7 +292,7 @@ def test_budgets_are_kept_and_never_lowered_below_what_was_spent(ledger: Ledger)
 def test_bad_budgets_are_named_and_record_nothing(ledger: Ledger, epsilon: float, delta: float, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ledger.set_budget(D, epsilon=epsilon, delta=delta)
-    assert counts(ledger.path) == (0, 0, 0)
+    assert counts(ledger) == (0, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -294,12 +305,13 @@ def test_bad_charges_are_named_and_record_nothing(ledger: Ledger, overrides: dic
         charge(ledger, D, **overrides)
     with pytest.raises(ValueError, match="non-empty list"):
         ledger.charge(D, run_id="r", actor="a", **RUN)  # a string, not a list of scopes
-    assert counts(ledger.path) == (0, 0, 0)
+    assert counts(ledger) == (0, 0, 0)
 
 
 # -- the file: audit trail, not-a-ledger, read-only ----------------------------------------
 
 
+@sqlite_only
 def test_the_audit_trail_refuses_update_and_delete(ledger: Ledger) -> None:
     ledger.set_budget(D, epsilon=4.0, delta=1e-5)
     charge(ledger, D)
@@ -310,7 +322,7 @@ def test_the_audit_trail_refuses_update_and_delete(ledger: Ledger) -> None:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute(statement)
     db.close()
-    assert counts(ledger.path) == (1, 1, 1) and ledger.history()[0].epsilon == eps_of(1)
+    assert counts(ledger) == (1, 1, 1) and ledger.history()[0].epsilon == eps_of(1)
 
 
 def test_a_file_that_is_not_a_ledger_is_named_and_left_unchanged(tmp_path: Path) -> None:
@@ -330,6 +342,7 @@ def test_a_file_that_is_not_a_ledger_is_named_and_left_unchanged(tmp_path: Path)
         Ledger(tmp_path)  # a folder
 
 
+@sqlite_only
 def test_a_newer_schema_is_refused(ledger: Ledger) -> None:
     db = sqlite3.connect(ledger.path)
     db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
@@ -345,9 +358,10 @@ def _assert_reads_work_and_writes_fail(path: Path, ledger: Ledger) -> None:
         ledger.set_budget(D, epsilon=9.0, delta=1e-5)
     with pytest.raises(LedgerError, match=f"Cannot write to the ledger {path}"):
         charge(ledger, D)
-    assert counts(path) == (1, 1, 1)
+    assert counts(ledger) == (1, 1, 1)
 
 
+@sqlite_only
 def test_a_ledger_opened_read_only_reads_and_refuses_writes(ledger: Ledger) -> None:
     ledger.set_budget(D, epsilon=9.0, delta=1e-5)
     charge(ledger, D)
@@ -357,6 +371,7 @@ def test_a_ledger_opened_read_only_reads_and_refuses_writes(ledger: Ledger) -> N
     assert not (ledger.path.parent / "missing.sqlite").exists()
 
 
+@sqlite_only
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits; for root, a read-only "
                     "ledger is a read-only mount (tested above), or one opened with read_only=True")  # fmt: skip
 def test_a_ledger_whose_file_and_folder_are_read_only_reads_and_refuses_writes(ledger: Ledger) -> None:
@@ -396,6 +411,7 @@ def _on_a_read_only_mount(path: str, conn) -> None:
     conn.send(out)
 
 
+@sqlite_only
 @pytest.mark.skipif(os.geteuid() != 0 or not sys.platform.startswith("linux"), reason="needs root on Linux to mount")
 def test_a_ledger_on_a_read_only_file_system_reads_and_refuses_writes(ledger: Ledger) -> None:
     # Root ignores permission bits; a read-only mount (a snapshot, a read-only volume) is what
@@ -413,7 +429,7 @@ def test_a_ledger_on_a_read_only_file_system_reads_and_refuses_writes(ledger: Le
     assert out["reads"] == (1, 1, 1)
     for name in ("set", "charge"):
         assert f"Cannot write to the ledger {ledger.path}" in out[name] and "Nothing was changed" in out[name]
-    assert counts(ledger.path) == (1, 1, 1)
+    assert counts(ledger) == (1, 1, 1)
     charge(ledger, D)  # outside the child's namespace the folder stayed writable
 
 
@@ -442,6 +458,7 @@ def _race(path: str, barrier, i: int) -> None:
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+@sqlite_only
 def test_processes_racing_for_the_last_of_a_budget_never_overspend(ledger: Ledger) -> None:
     # fork: separate processes with their own SQLite connections, started in milliseconds
     # (spawn would import torch in each, ~3 s); the barrier makes them charge at once.
@@ -456,5 +473,5 @@ def test_processes_racing_for_the_last_of_a_budget_never_overspend(ledger: Ledge
         p.join(timeout=60)
     codes = sorted(p.exitcode for p in processes)
     assert codes == [0, 0] + [3] * 6
-    assert counts(ledger.path) == (1, 2, 2)
+    assert counts(ledger) == (1, 2, 2)
     assert ledger.spent(D).epsilon == pytest.approx(eps_of(2)) and ledger.spent(D).epsilon <= budget

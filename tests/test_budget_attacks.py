@@ -1,6 +1,7 @@
 """The ledger against someone who wants to spend more than a budget allows and knows our code: misspelled and
 foreign scopes, rows rewritten, inserted, deleted or reordered in the file, the whole chain recomputed, silent
-raises, seeded and shared noise; and a version-1 ledger migrated."""
+raises, seeded and shared noise; and a version-1 ledger migrated. What does not depend on the file runs on
+PostgreSQL too (tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from postgres import admin_rows
 from privkit import _hashchain, _ledger_sqlite
 from privkit.accounting import epsilon
 from privkit.budget import (
@@ -45,9 +47,12 @@ def rows(path: Path, sql: str) -> list[tuple]:
         db.close()
 
 
-def counts(path: Path) -> tuple[int, ...]:
+def counts(ledger: Ledger) -> tuple[int, ...]:
+    """The rows of the budgets, datasets, spends and spend_scopes tables, as stored."""
     tables = ("budgets", "datasets", "spends", "spend_scopes")
-    return tuple(rows(path, f"SELECT count(*) FROM {t}")[0][0] for t in tables)
+    if ledger.path is None:  # PostgreSQL: every row, as the superuser
+        return tuple(admin_rows(ledger.location, f"SELECT count(*) FROM privkit.{t}")[0][0] for t in tables)
+    return tuple(rows(ledger.path, f"SELECT count(*) FROM {t}")[0][0] for t in tables)
 
 
 def tamper(path: Path, *statements: str) -> None:
@@ -67,9 +72,15 @@ def tamper(path: Path, *statements: str) -> None:
         db.close()
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "ledger.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
+    """Both backends; on PostgreSQL as "tester", a steward who may charge too."""
+    if request.param == "sqlite":
+        return Ledger(tmp_path / "ledger.sqlite")
+    return Ledger(request.getfixturevalue("pg_url")("tester"))
+
+
+sqlite_only = pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # the file itself
 
 
 # -- scopes: canonical, validated --------------------------------------------------------------
@@ -94,7 +105,7 @@ def test_variants_of_a_known_dataset_are_refused_with_the_canonical_scope(
     for read in (ledger.spent, ledger.show, ledger.history, ledger.events):
         with pytest.raises(ValueError, match=message):
             read(scope)  # no reassuring "nothing spent" for a variant either
-    assert counts(ledger.path) == (1, 0, 1, 1)
+    assert counts(ledger) == (1, 0, 1, 1)
 
 
 def test_a_foreign_dataset_is_refused_until_registered_with_its_size(ledger: Ledger) -> None:
@@ -129,7 +140,7 @@ def test_bad_registrations_are_named_and_record_nothing(
     ledger.register_dataset("mimic-cxr", size=377_110)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ledger.register_dataset(name, size=size)
-    assert counts(ledger.path) == (0, 1, 0, 0)
+    assert counts(ledger) == (0, 1, 0, 0)
 
 
 def test_an_id_that_differs_only_in_case_from_one_in_the_ledger_is_refused(ledger: Ledger) -> None:
@@ -142,7 +153,7 @@ def test_an_id_that_differs_only_in_case_from_one_in_the_ledger_is_refused(ledge
     with pytest.raises(ValueError, match=f"did you mean '{H1}/group:kids'"):
         ledger.set_budget(f"{H1}/group:Kids", epsilon=1.0, delta=1e-5)
     charge(ledger, H2)  # a new id, unlike any known one: a new institution
-    assert counts(ledger.path) == (1, 0, 3, 3)
+    assert counts(ledger) == (1, 0, 3, 3)
 
 
 def test_scope_builds_only_scopes_that_parse_back_to_themselves() -> None:
@@ -158,6 +169,7 @@ def test_scope_builds_only_scopes_that_parse_back_to_themselves() -> None:
 # -- the file: hash chain, guards, anchors -----------------------------------------------------
 
 
+@sqlite_only
 def test_each_row_hashes_its_typed_canonical_content_and_the_hash_before_it(ledger: Ledger) -> None:
     # The serialisation spelled out here, independently of the code: SHA-256 of sorted-key JSON of
     # [kind, {field: [type, value]}], floats as float.hex, every field but the hash.
@@ -182,6 +194,7 @@ def test_each_row_hashes_its_typed_canonical_content_and_the_hash_before_it(ledg
     assert ledger.verify().events == 2
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "statement",
     ["INSERT OR REPLACE INTO spends (id, time, noise_multiplier, sample_rate, steps, delta, accountant, "
@@ -207,6 +220,7 @@ def test_insert_or_replace_over_a_row_is_refused_by_the_file_itself(ledger: Ledg
     assert ledger.verify().events == 3
 
 
+@sqlite_only
 @pytest.mark.parametrize("careful", [False, True])
 def test_the_rewrite_from_the_issue_is_detected_and_refuses_every_write(
     ledger: Ledger, careful: bool
@@ -234,7 +248,7 @@ def test_the_rewrite_from_the_issue_is_detected_and_refuses_every_write(
         ledger.set_budget(H2, epsilon=1.0, delta=1e-5)
     with pytest.raises(LedgerTamperedError):
         ledger.register_dataset("mimic-cxr", size=10)
-    assert rows(ledger.path, "SELECT count(*) FROM spends") == before and counts(ledger.path)[:2] == (1, 0)
+    assert rows(ledger.path, "SELECT count(*) FROM spends") == before and counts(ledger)[:2] == (1, 0)
 
 
 def _three_spends(ledger: Ledger) -> list:
@@ -242,6 +256,7 @@ def _three_spends(ledger: Ledger) -> list:
     return [charge(ledger, H1, run_id=f"r{i}") for i in (1, 2, 3)]
 
 
+@sqlite_only
 def test_a_deleted_middle_row_is_detected(ledger: Ledger) -> None:
     spends = _three_spends(ledger)
     tamper(ledger.path, "DELETE FROM spend_scopes WHERE spend_id = 2", "DELETE FROM spends WHERE id = 2")
@@ -251,6 +266,7 @@ def test_a_deleted_middle_row_is_detected(ledger: Ledger) -> None:
     assert spends[1].seq == 3
 
 
+@sqlite_only
 def test_a_deleted_scope_of_a_spend_is_detected(ledger: Ledger) -> None:
     ledger.set_budget(D, epsilon=50.0, delta=1e-5)
     charge(ledger, H1, D, run_id="r1")  # counted against D through both of its scopes
@@ -260,6 +276,7 @@ def test_a_deleted_scope_of_a_spend_is_detected(ledger: Ledger) -> None:
         ledger.verify()
 
 
+@sqlite_only
 @pytest.mark.parametrize("where", ["middle", "end"])
 def test_an_inserted_row_is_detected(ledger: Ledger, where: str) -> None:
     spends = _three_spends(ledger)
@@ -276,6 +293,7 @@ def test_an_inserted_row_is_detected(ledger: Ledger, where: str) -> None:
         ledger.verify()
 
 
+@sqlite_only
 def test_a_rewritten_budget_or_reason_is_detected(ledger: Ledger) -> None:
     ledger.set_budget(D, epsilon=4.0, delta=1e-5)
     ledger.set_budget(D, epsilon=8.0, delta=1e-5, raise_budget=True, reason="DPO ticket 42")
@@ -289,6 +307,7 @@ def test_a_rewritten_budget_or_reason_is_detected(ledger: Ledger) -> None:
         charge(ledger, D)
 
 
+@sqlite_only
 def test_reordered_rows_are_detected(ledger: Ledger) -> None:
     _three_spends(ledger)
     tamper(ledger.path, "UPDATE spends SET seq = 7 - seq WHERE id IN (2, 3)")  # swap places 3 and 4
@@ -296,6 +315,7 @@ def test_reordered_rows_are_detected(ledger: Ledger) -> None:
         ledger.verify()
 
 
+@sqlite_only
 def test_dropped_triggers_are_detected(ledger: Ledger) -> None:
     charge(ledger, D)
     db = sqlite3.connect(ledger.path)
@@ -306,6 +326,7 @@ def test_dropped_triggers_are_detected(ledger: Ledger) -> None:
         charge(ledger, D)
 
 
+@sqlite_only
 def test_deleting_the_last_spend_is_caught_by_its_counter_and_by_an_anchor(ledger: Ledger) -> None:
     spends = _three_spends(ledger)
     anchor = spends[-1].hash  # the head recorded in run r3's provenance
@@ -319,6 +340,7 @@ def test_deleting_the_last_spend_is_caught_by_its_counter_and_by_an_anchor(ledge
         ledger.verify(head=anchor)  # ...that the anchor gives away
 
 
+@sqlite_only
 def test_a_whole_rewrite_with_every_hash_recomputed_passes_verify_but_not_an_anchor(ledger: Ledger) -> None:
     budget = ledger.set_budget(D, epsilon=3.0, delta=1e-5)
     spend = charge(ledger, H1, run_id="r1")
@@ -371,7 +393,8 @@ def test_a_raise_with_a_reason_is_recorded_on_the_chain(ledger: Ledger) -> None:
     ledger.set_budget(D, epsilon=4.0, delta=1e-5, actor="dpo")
     raised = ledger.set_budget(D, epsilon=6.0, delta=1e-5, actor="dpo", raise_budget=True,
                                reason="DPO ticket 42")  # fmt: skip
-    assert (raised.epsilon, raised.reason, raised.actor, raised.seq) == (6.0, "DPO ticket 42", "dpo", 2)
+    actor = "dpo" if ledger.path else "tester"  # PostgreSQL records the database user
+    assert (raised.epsilon, raised.reason, raised.actor, raised.seq) == (6.0, "DPO ticket 42", actor, 2)
     assert ledger.spent(D).budget == raised and ledger.verify().head == raised.hash
     assert [e.reason for e in ledger.events(H1)] == [None, "DPO ticket 42"]  # the dataset's budgets bind h1
 
@@ -379,12 +402,13 @@ def test_a_raise_with_a_reason_is_recorded_on_the_chain(ledger: Ledger) -> None:
 # -- seeded runs ------------------------------------------------------------------------------
 
 
+@sqlite_only
 def test_a_seeded_run_is_refused_unless_allowed_and_then_recorded(ledger: Ledger) -> None:
     refused = (r"Run 'r1' is seeded \(randomness='seeded:ab12'\).*whoever knows the seed can replay it.*"
                r"allow_seeded=True.*only for public benchmark data; nothing was charged")  # fmt: skip
     with pytest.raises(SeededRunError, match=refused):
         charge(ledger, D, run_id="r1", randomness="seeded:ab12")
-    assert counts(ledger.path) == (0, 0, 0, 0) and issubclass(SeededRunError, LedgerError)
+    assert counts(ledger) == (0, 0, 0, 0) and issubclass(SeededRunError, LedgerError)
     spend = charge(ledger, D, run_id="r1", randomness="seeded:ab12", allow_seeded=True)
     assert spend.randomness == "seeded:ab12" and ledger.history()[0].randomness == "seeded:ab12"
     assert charge(ledger, D, run_id="r2").randomness == "secure"
@@ -417,7 +441,7 @@ def test_a_noise_stream_spent_on_an_overlapping_scope_is_refused(ledger: Ledger)
 def test_bad_randomness_is_named(ledger: Ledger, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         charge(ledger, D, **kwargs)
-    assert counts(ledger.path) == (0, 0, 0, 0)
+    assert counts(ledger) == (0, 0, 0, 0)
 
 
 # -- schema version 1 -------------------------------------------------------------------------

@@ -282,21 +282,23 @@ def train_federated(
 
 def plan_run(config: FederatedConfig, sites: Sequence[Site]) -> tuple[list[SitePlan], ServerPlan | None]:
     """Every site's mechanism (sample-level DP) and the server's (site-level DP, if any)."""
-    plans = [
-        plan_site(
-            s.name,
-            len(s),
-            epsilon=config.site_epsilon(s.name),
-            delta=config.delta,
-            batch_size=config.batch_size,
-            local_epochs=config.local_epochs,
-            rounds=config.rounds,
-            max_grad_norm=config.max_grad_norm,
-            accountant=config.accountant,
-        )
-        for s in sites
-    ]
+    plans = [site_plan(config, s.name, len(s)) for s in sites]
     return plans, plan_server(config, len(sites))
+
+
+def site_plan(config: FederatedConfig, site: str, n_records: int) -> SitePlan:
+    """A site's DP-SGD mechanism under ``config``, at its own epsilon (:func:`plan_site`)."""
+    return plan_site(
+        site,
+        n_records,
+        epsilon=config.site_epsilon(site),
+        delta=config.delta,
+        batch_size=config.batch_size,
+        local_epochs=config.local_epochs,
+        rounds=config.rounds,
+        max_grad_norm=config.max_grad_norm,
+        accountant=config.accountant,
+    )
 
 
 def charge_run(

@@ -242,8 +242,8 @@ class HospitalClient(NumPyClient):
         """The hospital's records and plan; on the run's first round its ledger is charged first
         (``state`` holds the plan charged, for the later rounds)."""
         from privkit import budget, data
-        from privkit.federated.algorithms import charge as charge_ledger, plan_server
-        from privkit.federated.local import SitePlan, plan_site
+        from privkit.federated.algorithms import charge as charge_ledger, plan_server, site_plan
+        from privkit.federated.local import SitePlan
         from privkit.federated.sites import Site, split_sites
 
         dataset, size = str(_app_value(self.run, "dataset")), int(_app_value(self.run, "image-size"))
@@ -277,17 +277,7 @@ class HospitalClient(NumPyClient):
         if "plan" in state:  # the mechanism charged on the first round
             plan = SitePlan(**json.loads(state["plan"]))
         else:
-            plan = plan_site(
-                name,
-                n,
-                epsilon=cfg.epsilon,
-                delta=cfg.delta,
-                batch_size=cfg.batch_size,
-                local_epochs=cfg.local_epochs,
-                rounds=cfg.rounds,
-                max_grad_norm=cfg.max_grad_norm,
-                accountant=cfg.accountant,
-            )
+            plan = site_plan(cfg, name, n)
             if self.node.get("ledger"):  # refused -> BudgetExceededError, and nothing is read
                 charge_ledger(
                     budget.Ledger(str(self.node["ledger"])),

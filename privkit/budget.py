@@ -337,11 +337,14 @@ def _check_randomness(randomness: str, allow_seeded: bool, run_id: str) -> None:
                              "was charged.")  # fmt: skip
 
 
+def _or_default(location: str | Path | None) -> str | Path | None:
+    """``location``, else ``$PRIVKIT_LEDGER``; None then means :func:`default_path`."""
+    return (os.environ.get("PRIVKIT_LEDGER") or None) if location is None else location
+
+
 def _store(location: str | Path | None, read_only: bool) -> LedgerFile | _ledger_postgres.LedgerDatabase:
-    """The storage ``location`` names: a PostgreSQL URL, an ``sqlite:///`` URL or a path (default: see
-    :func:`init`)."""
-    if location is None:
-        location = os.environ.get("PRIVKIT_LEDGER") or None
+    """The storage ``location`` names: a PostgreSQL URL, else a file (``sqlite:///path`` or a path)."""
+    location = _or_default(location)
     if _ledger_postgres.is_url(location):
         return _ledger_postgres.LedgerDatabase(location, read_only=read_only)
     if isinstance(location, str) and location.startswith("sqlite:///"):
@@ -605,9 +608,14 @@ class Ledger:
             raise ValueError(f"Expected head={head!r} to be a SHA-256 hex digest (64 characters 0-9, a-f), "
                              "as printed by privkit budget verify.")
         verified = self._store.verify(head=head and head.lower())
-        state = self._read()
+        if self.path is None:  # PostgreSQL: what each charge claimed, composed again
+            self._audit(self._read())
+        return verified
+
+    def _audit(self, state: State) -> None:
+        """Compose again what each charge claimed it composed, where this reader sees all of it."""
         spends, budgets = {s.id: s for s in state.spends}, {b.id: b for b in state.budgets}
-        for check in state.checks:  # what each charge claimed, composed again, where this reader sees it all
+        for check in state.checks:
             if check.budget_id not in budgets or not set(check.spends) <= spends.keys():
                 continue  # a budget or spend of a dataset not granted to them: the steward audits it
             spend, budget = spends[check.spend_id], budgets[check.budget_id]
@@ -622,7 +630,6 @@ class Ledger:
                     "that budget",
                     spend,
                 )
-        return verified
 
     def grant(self, dataset: str, role: str, *, revoke: bool = False) -> None:
         """Let the database ``role`` (a researcher, or a group of them) see and charge ``dataset``, or revoke
@@ -679,11 +686,9 @@ def init(location: str | Path | None = None) -> str:
     A file is created (and a schema-version-1 file migrated) as :class:`Ledger` does. A PostgreSQL database
     gets the schema ``privkit``, its roles ``privkit_owner``, ``privkit_steward`` and ``privkit_researcher``
     and privkit's datasets (:mod:`privkit._ledger_postgres`); this needs a superuser, and is harmless to
-    repeat.
-    Returns what was done, for a person to read.
+    repeat. Returns what was done, for a person to read.
     """
-    if location is None:
-        location = os.environ.get("PRIVKIT_LEDGER") or None
+    location = _or_default(location)
     if _ledger_postgres.is_url(location):
         return _ledger_postgres.create(location, builtin=data.DATASETS)
     ledger = Ledger(location)

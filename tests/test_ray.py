@@ -6,7 +6,6 @@ tasks equal one local stack; the bench's dispatch overhead."""
 
 from __future__ import annotations
 
-import _thread
 import json
 import math
 import os
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from conftest import session_processes
 
-from privkit import bench, data, executors, experiments, recipes, trust
+from privkit import bench, data, executors, experiments, recipes, results, trust
 from privkit.attacks import membership
 from privkit.federated import study
 from privkit.train import TrainConfig
@@ -123,19 +122,19 @@ def test_a_unit_that_fails_for_good_is_named_and_the_rest_kept(
 
 
 def test_an_interrupted_driver_resumes_without_training_a_finished_run_again(
-    ray_head, configs, local, tmp_path: Path
+    ray_head, configs, local, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    table = tmp_path / "metrics.csv"
+    append = results.append_rows
 
-    def interrupt_after_the_first_rows() -> None:  # as Ctrl-C in a notebook would
-        while not table.exists():
-            time.sleep(0.02)
-        _thread.interrupt_main()
+    def append_then_interrupt(path, rows) -> None:  # Ctrl-C right after the first stack is written
+        append(path, rows)
+        raise KeyboardInterrupt
 
-    threading.Thread(target=interrupt_after_the_first_rows, daemon=True).start()
+    monkeypatch.setattr(results, "append_rows", append_then_interrupt)
     executor = executors.RayExecutor(ray_head["address"], max_in_flight=1)
     with pytest.raises(KeyboardInterrupt):
         experiments.sweep(configs, experiment="resumed", out_dir=tmp_path, executor=executor, progress=False)
+    monkeypatch.setattr(results, "append_rows", append)
     finished = _records(tmp_path)
     assert 1 <= len(finished) < 4 and set(_rows(tmp_path)["run_id"]) == set(finished)
     deadline = time.monotonic() + 30  # what was in flight was cancelled, its worker stopped

@@ -28,6 +28,8 @@ $(LAB_SETTINGS): lab/settings/overrides.json $(STAMP)
 	cp $< $@
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	@start=$$(date +%s); $(PY) -m pytest; rc=$$?; \
 	echo "make test: pytest took $$(( $$(date +%s) - start )) s (exit $$rc)"; exit $$rc
 

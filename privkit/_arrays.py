@@ -42,7 +42,9 @@ def check_scores(p: np.ndarray, *, name: str = "scores") -> None:
         )
 
 
-def binary_pair(labels: Any, scores: Any, *, scores_name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+def binary_pair(
+    labels: Any, scores: Any, *, scores_name: str = "scores"
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) int 0/1 and probabilities (n,) float of a binary task, checked.
 
     Accepts shapes (n,) or (n, 1) for both (MedMNIST stores (n, 1)).

@@ -60,8 +60,14 @@ def _plain(value: Any) -> Any:
 
 def canonical(event: Any) -> bytes:
     """The bytes hashed for ``event``: its kind and every field but ``hash``."""
-    body = {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event) if f.name != "hash"}
-    return json.dumps([event.kind, body], sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    body = {
+        f.name: _plain(getattr(event, f.name))
+        for f in dataclasses.fields(event)
+        if f.name != "hash"
+    }
+    return json.dumps(
+        [event.kind, body], sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    ).encode()
 
 
 def event_hash(event: Any) -> str:
@@ -81,11 +87,17 @@ def first_break(events: Sequence[Any]) -> tuple[int, str] | None:
     prev = GENESIS
     for i, event in enumerate(events):
         if event.seq < i + 1:
-            return i, f"its place in the chain (event {event.seq}) is taken: a row was inserted or rewritten"
+            return (
+                i,
+                f"its place in the chain (event {event.seq}) is taken: a row was inserted or rewritten",
+            )
         if event.seq > i + 1:
             return i, f"event {i + 1} before it is missing: a row was deleted"
         if event.prev != prev:
-            return i, "it does not follow the event before it: rows were deleted, inserted or reordered"
+            return (
+                i,
+                "it does not follow the event before it: rows were deleted, inserted or reordered",
+            )
         if event_hash(event) != event.hash:
             return i, "its content does not match its hash (rewritten)"
         prev = event.hash

@@ -72,23 +72,59 @@ ROLES = ("privkit_owner", "privkit_steward", "privkit_researcher")
 CONNECT_TIMEOUT_S = 10
 _SQL = Path(__file__).with_name("_ledger_postgres.sql")
 _CANONICAL_HERE = "-- @canonical (the generated privkit._canonical(row) functions go here)\n"
-_TABLES = ("meta", "builtin_datasets", "budgets", "datasets", "spends", "spend_scopes", "spend_checks",
-           "grants")
-_SECURED = ("budgets", "datasets", "spends", "spend_scopes", "spend_checks", "grants")  # row-level security
+_TABLES = (
+    "meta",
+    "builtin_datasets",
+    "budgets",
+    "datasets",
+    "spends",
+    "spend_scopes",
+    "spend_checks",
+    "grants",
+)
+_SECURED = (
+    "budgets",
+    "datasets",
+    "spends",
+    "spend_scopes",
+    "spend_checks",
+    "grants",
+)  # row-level security
 _TRIGGERS = {f"{t}_{guard}" for t in _TABLES for guard in ("append_only", "no_truncate")}
 _TRIGGERS |= {"head_moves_on", "head_no_truncate"}
 _RETRY = ("40001", "40P01")  # serialization failure, deadlock: the transaction runs again
 _LOCKED, _TAMPERED, _DENIED = "55P03", "PK002", "42501"
 _STORED = ("id", "time", "actor", "seq", "prev", "hash")  # what the database fills in
 _IMPORT = {  # the function that imports an event, and its fields in order
-    "budget": ("import_budget", "%s::bigint, %s, %s, %s::float8, %s::float8, %s, %s",
-               ("id", "time", "scope", "epsilon", "delta", "actor", "reason")),
-    "dataset": ("import_dataset", "%s::bigint, %s, %s, %s::bigint, %s, %s",
-                ("id", "time", "name", "size", "actor", "description")),
-    "spend": ("import_spend", "%s::bigint, %s, %s::text[], %s::float8, %s::float8, %s::bigint, %s::float8, "
-              "%s, %s::float8, %s, %s, %s",
-              ("id", "time", "scopes", "noise_multiplier", "sample_rate", "steps", "delta", "accountant",
-               "epsilon", "run_id", "actor", "randomness")),
+    "budget": (
+        "import_budget",
+        "%s::bigint, %s, %s, %s::float8, %s::float8, %s, %s",
+        ("id", "time", "scope", "epsilon", "delta", "actor", "reason"),
+    ),
+    "dataset": (
+        "import_dataset",
+        "%s::bigint, %s, %s, %s::bigint, %s, %s",
+        ("id", "time", "name", "size", "actor", "description"),
+    ),
+    "spend": (
+        "import_spend",
+        "%s::bigint, %s, %s::text[], %s::float8, %s::float8, %s::bigint, %s::float8, "
+        "%s, %s::float8, %s, %s, %s",
+        (
+            "id",
+            "time",
+            "scopes",
+            "noise_multiplier",
+            "sample_rate",
+            "steps",
+            "delta",
+            "accountant",
+            "epsilon",
+            "run_id",
+            "actor",
+            "randomness",
+        ),
+    ),
 }
 
 
@@ -110,7 +146,9 @@ def _psycopg():
     try:
         import psycopg
     except ImportError as error:
-        raise LedgerError("A PostgreSQL ledger needs psycopg 3: pip install 'privkit[postgres]'.") from error
+        raise LedgerError(
+            "A PostgreSQL ledger needs psycopg 3: pip install 'privkit[postgres]'."
+        ) from error
     return psycopg
 
 
@@ -126,16 +164,19 @@ def canonical_sql(cls: type) -> str:
         str | None: f"CASE WHEN {{0}} IS NULL THEN 'null' ELSE {text} END",
         float: "'[\"float\",\"' || privkit._hex({0}) || '\"]'",
         int: "'[\"int\",\"' || ({0})::text || '\"]'",
-        tuple[str, ...]: "'[\"list\",[' || coalesce((SELECT string_agg(" + text.format("u.x")
-                         + ", ',' ORDER BY u.n) FROM unnest({0}) WITH ORDINALITY u(x, n)), '') || ']]'",
+        tuple[str, ...]: "'[\"list\",[' || coalesce((SELECT string_agg("
+        + text.format("u.x")
+        + ", ',' ORDER BY u.n) FROM unnest({0}) WITH ORDINALITY u(x, n)), '') || ']]'",
     }
     hints = typing.get_type_hints(cls)
     names = sorted(f.name for f in dataclasses.fields(cls) if f.name != "hash")
     values = [sql[hints[n]].format("scopes" if n == "scopes" else f"r.{n}") for n in names]
     body = " || ',' || ".join(f"'\"{n}\":' || {v}" for n, v in zip(names, values))
     extra = ", scopes text[]" if "scopes" in names else ""
-    return (f"CREATE OR REPLACE FUNCTION privkit._canonical(r privkit.{cls.table}{extra}) RETURNS text "
-            f"LANGUAGE sql IMMUTABLE RETURN '[\"{cls.kind}\",{{' || {body} || '}}]';")
+    return (
+        f"CREATE OR REPLACE FUNCTION privkit._canonical(r privkit.{cls.table}{extra}) RETURNS text "
+        f"LANGUAGE sql IMMUTABLE RETURN '[\"{cls.kind}\",{{' || {body} || '}}]';"
+    )
 
 
 def create(url: str, *, builtin: Sequence[str]) -> str:
@@ -162,8 +203,10 @@ def create(url: str, *, builtin: Sequence[str]) -> str:
                 found = db.execute("SELECT to_regclass('privkit.meta') IS NOT NULL").fetchone()[0]
                 version = _version(db) if found else None
                 if version is not None and version > SCHEMA_VERSION:
-                    raise LedgerError(f"The ledger {where} has schema version {version}; this privkit writes "
-                                      f"up to {SCHEMA_VERSION}. Upgrade privkit.")
+                    raise LedgerError(
+                        f"The ledger {where} has schema version {version}; this privkit writes "
+                        f"up to {SCHEMA_VERSION}. Upgrade privkit."
+                    )
                 tables, functions = _SQL.read_text().split(_CANONICAL_HERE)
                 db.execute(tables)
                 for cls in (Budget, Registration, Spend):
@@ -174,11 +217,14 @@ def create(url: str, *, builtin: Sequence[str]) -> str:
                     [(name,) for name in builtin],
                 )
         except psycopg.Error as error:
-            raise LedgerError(f"Cannot create the ledger schema in {where}: {error}. Nothing was "
-                              "changed.") from error
+            raise LedgerError(
+                f"Cannot create the ledger schema in {where}: {error}. Nothing was changed."
+            ) from error
     done = "Brought up to date" if found else "Created"
-    return (f"{done} the privkit ledger (schema version {SCHEMA_VERSION}) in {where}: schema privkit, roles "
-            f"{', '.join(ROLES)}.")
+    return (
+        f"{done} the privkit ledger (schema version {SCHEMA_VERSION}) in {where}: schema privkit, roles "
+        f"{', '.join(ROLES)}."
+    )
 
 
 # -- connections and transactions ----------------------------------------------------------------------------
@@ -190,8 +236,9 @@ def _connection(url: str, where: str) -> Iterator:
     try:
         db = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, application_name="privkit")
     except psycopg.Error as error:
-        raise LedgerError(f"Cannot connect to the ledger {where}: {str(error).strip()}. Nothing was "
-                          "changed.") from error
+        raise LedgerError(
+            f"Cannot connect to the ledger {where}: {str(error).strip()}. Nothing was changed."
+        ) from error
     try:
         yield db
     finally:
@@ -199,7 +246,9 @@ def _connection(url: str, where: str) -> Iterator:
 
 
 def _version(db) -> int:
-    return int(db.execute("SELECT value FROM privkit.meta WHERE key = 'schema_version'").fetchone()[0])
+    return int(
+        db.execute("SELECT value FROM privkit.meta WHERE key = 'schema_version'").fetchone()[0]
+    )
 
 
 def _select(db, cls: type) -> list[dict]:
@@ -211,16 +260,22 @@ def _select(db, cls: type) -> list[dict]:
 def _load(db) -> State:
     """Every row this session may see (row-level security), in one snapshot."""
     scopes: dict[int, list[str]] = {}
-    for spend_id, scope in db.execute("SELECT spend_id, scope FROM privkit.spend_scopes ORDER BY 1, ord"):
+    for spend_id, scope in db.execute(
+        "SELECT spend_id, scope FROM privkit.spend_scopes ORDER BY 1, ord"
+    ):
         scopes.setdefault(spend_id, []).append(scope)
     visible, reader = db.execute("SELECT privkit.visible_datasets(), session_user").fetchone()
-    checks = db.execute("SELECT spend_id, budget_id, institution, grp, spends, epsilon "
-                        "FROM privkit.spend_checks ORDER BY 1, 2, 3, 4")
+    checks = db.execute(
+        "SELECT spend_id, budget_id, institution, grp, spends, epsilon "
+        "FROM privkit.spend_checks ORDER BY 1, 2, 3, 4"
+    )
     return State(
         version=_version(db),
         budgets=[Budget(**row) for row in _select(db, Budget)],
         datasets=[Registration(**row) for row in _select(db, Registration)],
-        spends=[Spend(**row, scopes=tuple(scopes.get(row["id"], ()))) for row in _select(db, Spend)],
+        spends=[
+            Spend(**row, scopes=tuple(scopes.get(row["id"], ()))) for row in _select(db, Spend)
+        ],
         stray_scopes=[],  # a foreign key keeps them out
         visible=None if visible is None else frozenset(visible),
         reader=reader,
@@ -253,12 +308,16 @@ class LedgerDatabase:
             except psycopg.Error:  # no schema privkit
                 found = False
         if not found:
-            raise LedgerError(f"No privkit ledger at {self.location} that this database user may read: a "
-                              "superuser creates it with privkit budget init URL, and a steward's role "
-                              "(privkit_steward or privkit_researcher) reads it.")
+            raise LedgerError(
+                f"No privkit ledger at {self.location} that this database user may read: a "
+                "superuser creates it with privkit budget init URL, and a steward's role "
+                "(privkit_steward or privkit_researcher) reads it."
+            )
         if version > SCHEMA_VERSION:
-            raise LedgerError(f"The ledger {self.location} has schema version {version}; this privkit reads "
-                              f"up to {SCHEMA_VERSION}. Upgrade privkit.")
+            raise LedgerError(
+                f"The ledger {self.location} has schema version {version}; this privkit reads "
+                f"up to {SCHEMA_VERSION}. Upgrade privkit."
+            )
 
     def __repr__(self) -> str:
         return f"LedgerDatabase({self.location!r}{', read_only=True' if self.read_only else ''})"
@@ -269,18 +328,28 @@ class LedgerDatabase:
         text, state, where = str(error).strip(), getattr(error, "sqlstate", None), self.location
         unchanged = " Nothing was changed." if write else ""
         if state == _LOCKED:
-            return LedgerError(f"The ledger {where} stayed locked {BUSY_TIMEOUT_S:g} s ({text}).{unchanged}")
+            return LedgerError(
+                f"The ledger {where} stayed locked {BUSY_TIMEOUT_S:g} s ({text}).{unchanged}"
+            )
         if state == _TAMPERED:
-            return LedgerTamperedError(f"The ledger {where} was changed outside privkit: {text}. privkit "
-                                       "writes nothing to a ledger that does not verify.")
-        if isinstance(error, psycopg.OperationalError) and (state is None or state[:2] in ("08", "57")):
+            return LedgerTamperedError(
+                f"The ledger {where} was changed outside privkit: {text}. privkit "
+                "writes nothing to a ledger that does not verify."
+            )
+        if isinstance(error, psycopg.OperationalError) and (
+            state is None or state[:2] in ("08", "57")
+        ):
             if committing:
-                unchanged = (" The write may or may not have been recorded (a charge counts if it was: no "
-                             "refunds); privkit budget history tells.")
+                unchanged = (
+                    " The write may or may not have been recorded (a charge counts if it was: no "
+                    "refunds); privkit budget history tells."
+                )
             return LedgerError(f"Lost the connection to the ledger {where} ({text}).{unchanged}")
         if state == _DENIED:
-            return LedgerError(f"The ledger {where} refused: {text} (roles: privkit budget init; grants: "
-                               f"privkit budget grant).{unchanged}")
+            return LedgerError(
+                f"The ledger {where} refused: {text} (roles: privkit budget init; grants: "
+                f"privkit budget grant).{unchanged}"
+            )
         return LedgerError(f"The ledger {where} refused: {text}.{unchanged}")
 
     @contextlib.contextmanager
@@ -323,33 +392,62 @@ class LedgerDatabase:
 
     def _writable(self) -> None:
         if self.read_only:
-            raise LedgerError(f"Cannot write to the ledger {self.location}: opened read-only. Nothing was "
-                              "changed.")
+            raise LedgerError(
+                f"Cannot write to the ledger {self.location}: opened read-only. Nothing was "
+                "changed."
+            )
 
     def _append(self, db, event: Event, checks: Sequence[Check]) -> Event:
         from psycopg.types.json import Jsonb
 
         returning = f"SELECT {', '.join(_STORED)} FROM privkit."
         if isinstance(event, Budget):
-            row = db.execute(returning + "set_budget(%s, %s::float8, %s::float8, %s)",
-                             (event.scope, event.epsilon, event.delta, event.reason))
-        elif isinstance(event, Registration):
-            row = db.execute(returning + "register_dataset(%s, %s::bigint, %s)",
-                             (event.name, event.size, event.description))
-        else:
-            claims = [{"budget": c.budget_id, "institution": c.institution, "group": c.group,
-                       "spends": list(c.spends), "epsilon": c.epsilon} for c in checks]
             row = db.execute(
-                returning + "charge(%s::text[], %s::float8, %s::float8, %s::bigint, %s::float8, %s, "
+                returning + "set_budget(%s, %s::float8, %s::float8, %s)",
+                (event.scope, event.epsilon, event.delta, event.reason),
+            )
+        elif isinstance(event, Registration):
+            row = db.execute(
+                returning + "register_dataset(%s, %s::bigint, %s)",
+                (event.name, event.size, event.description),
+            )
+        else:
+            claims = [
+                {
+                    "budget": c.budget_id,
+                    "institution": c.institution,
+                    "group": c.group,
+                    "spends": list(c.spends),
+                    "epsilon": c.epsilon,
+                }
+                for c in checks
+            ]
+            row = db.execute(
+                returning
+                + "charge(%s::text[], %s::float8, %s::float8, %s::bigint, %s::float8, %s, "
                 "%s::float8, %s, %s, %s)",
-                (list(event.scopes), event.noise_multiplier, event.sample_rate, event.steps, event.delta,
-                 event.accountant, event.epsilon, event.run_id, event.randomness, Jsonb(claims)),
+                (
+                    list(event.scopes),
+                    event.noise_multiplier,
+                    event.sample_rate,
+                    event.steps,
+                    event.delta,
+                    event.accountant,
+                    event.epsilon,
+                    event.run_id,
+                    event.randomness,
+                    Jsonb(claims),
+                ),
             )
         stored = dataclasses.replace(event, **dict(zip(_STORED, row.fetchone())))
         ours = _hashchain.event_hash(stored)
         if ours != stored.hash:  # privkit's hash, not only the database's
-            raise LedgerTamperedError.at(self.location, f"the database hashed it as {stored.hash}, privkit "
-                                         f"as {ours}: its functions were changed", stored)
+            raise LedgerTamperedError.at(
+                self.location,
+                f"the database hashed it as {stored.hash}, privkit "
+                f"as {ours}: its functions were changed",
+                stored,
+            )
         return stored
 
     def verify(self, *, head: str | None = None) -> Verified:
@@ -360,7 +458,9 @@ class LedgerDatabase:
             try:
                 with self._transaction(db, write=False):
                     state = _load(db)
-                    verdict = db.execute("SELECT * FROM privkit.verify_chain(%s)", (head,)).fetchone()
+                    verdict = db.execute(
+                        "SELECT * FROM privkit.verify_chain(%s)", (head,)
+                    ).fetchone()
                     guards = _guards(db)
             except psycopg.Error as error:
                 raise self._error(error, write=False) from error
@@ -372,21 +472,28 @@ class LedgerDatabase:
                 raise LedgerTamperedError.at(self.location, broken[1], mine[broken[0]])
         for event in mine:  # (else) the events this session sees: their content against their hash
             if _hashchain.event_hash(event) != event.hash:
-                raise LedgerTamperedError.at(self.location, "its content does not match its hash (rewritten)",
-                                             event)
+                raise LedgerTamperedError.at(
+                    self.location, "its content does not match its hash (rewritten)", event
+                )
         if problem is not None:
             bad = next((e for e in mine if (e.table, e.id) == (table, row)), None)
             where = "" if bad or table is None else f"{table} row {row} (event {seq}): "
             raise LedgerTamperedError.at(self.location, where + problem, bad)
         head_here = mine[-1].hash if mine else _hashchain.GENESIS
         if state.visible is None and (events, last) != (len(mine), head_here):
-            raise LedgerTamperedError.at(self.location, f"the database reports {events} events ending in "
-                                         f"{last}, privkit reads {len(mine)}: its functions were changed")
+            raise LedgerTamperedError.at(
+                self.location,
+                f"the database reports {events} events ending in "
+                f"{last}, privkit reads {len(mine)}: its functions were changed",
+            )
         if guards:
             raise LedgerTamperedError.at(self.location, guards)
         if head is not None and anchor is None:
-            raise LedgerTamperedError.at(self.location, f"the head {head} recorded earlier is not on its "
-                                         "chain: events up to it were rewritten, or it is another ledger")
+            raise LedgerTamperedError.at(
+                self.location,
+                f"the head {head} recorded earlier is not on its "
+                "chain: events up to it were rewritten, or it is another ledger",
+            )
         return Verified(last, events, anchor)
 
     def import_events(self, events: Sequence[Event]) -> None:
@@ -418,20 +525,28 @@ class LedgerDatabase:
 
 def _guards(db) -> str | None:
     """What is wrong with the database's guards (triggers, row-level security, privileges, the owner role)."""
-    triggers = dict(db.execute(
-        "SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN "
-        "(SELECT oid FROM pg_class WHERE relnamespace = 'privkit'::regnamespace)"
-    ).fetchall())
+    triggers = dict(
+        db.execute(
+            "SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN "
+            "(SELECT oid FROM pg_class WHERE relnamespace = 'privkit'::regnamespace)"
+        ).fetchall()
+    )
     missing = sorted(_TRIGGERS - set(triggers))
     if missing:
         return f"its append-only triggers {missing} were dropped"
-    off = sorted(t for t in _TRIGGERS if triggers[t] not in ("O", "A"))  # O: origin (default), A: always
+    off = sorted(
+        t for t in _TRIGGERS if triggers[t] not in ("O", "A")
+    )  # O: origin (default), A: always
     if off:
         return f"its append-only triggers {off} were disabled"
-    open_tables = [t for (t,) in db.execute(
-        "SELECT relname FROM pg_class WHERE relnamespace = 'privkit'::regnamespace AND relname = ANY (%s) "
-        "AND NOT relrowsecurity ORDER BY relname", (list(_SECURED),)
-    )]
+    open_tables = [
+        t
+        for (t,) in db.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'privkit'::regnamespace "
+            "AND relname = ANY (%s) AND NOT relrowsecurity ORDER BY relname",
+            (list(_SECURED),),
+        )
+    ]
     if open_tables:
         return f"row-level security was turned off on {open_tables}"
     writable = db.execute(

@@ -52,15 +52,28 @@ APPLICATION_ID = 0x706B6C67  # "pklg" in the SQLite header: this file is a privk
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0  # how long a charge waits for another process's transaction
 UNRECORDED = "unrecorded"  # the randomness of spends charged before schema version 2
-_OPS = ("UPDATE", "DELETE", "REPLACE")  # REPLACE: an INSERT over an existing row, as INSERT OR REPLACE does
-_KEYS = {"budgets": ("id",), "datasets": ("id",), "spends": ("id",), "spend_scopes": ("spend_id", "scope")}
+_OPS = (
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+)  # REPLACE: an INSERT over an existing row, as INSERT OR REPLACE does
+_KEYS = {
+    "budgets": ("id",),
+    "datasets": ("id",),
+    "spends": ("id",),
+    "spend_scopes": ("spend_id", "scope"),
+}
 _TRIGGERS = [
     f"CREATE TRIGGER {t}_no_{op} BEFORE {'INSERT' if op == 'REPLACE' else op} ON {t} "
-    + (f"WHEN EXISTS (SELECT 1 FROM {t} WHERE {' AND '.join(f'{k} = NEW.{k}' for k in keys)}) "
-       if op == "REPLACE" else "")
+    + (
+        f"WHEN EXISTS (SELECT 1 FROM {t} WHERE {' AND '.join(f'{k} = NEW.{k}' for k in keys)}) "
+        if op == "REPLACE"
+        else ""
+    )
     + f"BEGIN SELECT RAISE(ABORT, 'the privkit ledger is append-only: {op} on {t} refused'); END"
-    for t, keys in _KEYS.items() for op in _OPS
-]  # fmt: skip
+    for t, keys in _KEYS.items()
+    for op in _OPS
+]
 _SCHEMA_V1 = [
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE budgets (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, scope TEXT NOT NULL, "
@@ -70,24 +83,43 @@ _SCHEMA_V1 = [
     "accountant TEXT NOT NULL, epsilon REAL NOT NULL, run_id TEXT NOT NULL, actor TEXT NOT NULL)",
     "CREATE TABLE spend_scopes (spend_id INTEGER NOT NULL REFERENCES spends (id), scope TEXT NOT NULL, "
     "PRIMARY KEY (spend_id, scope))",
-    *(f"CREATE TRIGGER {t}_no_{op} BEFORE {op} ON {t} BEGIN SELECT RAISE(ABORT, 'the privkit ledger is "
-      f"append-only: {op} on {t} refused'); END" for t in ("budgets", "spends", "spend_scopes")
-      for op in ("UPDATE", "DELETE")),
+    *(
+        f"CREATE TRIGGER {t}_no_{op} BEFORE {op} ON {t} BEGIN SELECT RAISE(ABORT, 'the privkit ledger is "
+        f"append-only: {op} on {t} refused'); END"
+        for t in ("budgets", "spends", "spend_scopes")
+        for op in ("UPDATE", "DELETE")
+    ),
     f"PRAGMA application_id = {APPLICATION_ID}",
     "INSERT INTO meta VALUES ('application', 'privkit ledger'), ('schema_version', '1')",
-]  # fmt: skip
-_CHAIN_COLUMNS = ("seq INTEGER NOT NULL DEFAULT 0", "prev TEXT NOT NULL DEFAULT ''",
-                  "hash TEXT NOT NULL DEFAULT ''")  # fmt: skip
+]
+_CHAIN_COLUMNS = (
+    "seq INTEGER NOT NULL DEFAULT 0",
+    "prev TEXT NOT NULL DEFAULT ''",
+    "hash TEXT NOT NULL DEFAULT ''",
+)
 _MIGRATION_1_TO_2 = [  # then the chain is filled in, and _TRIGGERS created
-    *(f"DROP TRIGGER {t}_no_{op}" for t in ("budgets", "spends", "spend_scopes")
-      for op in ("UPDATE", "DELETE")),
+    *(
+        f"DROP TRIGGER {t}_no_{op}"
+        for t in ("budgets", "spends", "spend_scopes")
+        for op in ("UPDATE", "DELETE")
+    ),
     "ALTER TABLE budgets ADD COLUMN reason TEXT",
     f"ALTER TABLE spends ADD COLUMN randomness TEXT NOT NULL DEFAULT '{UNRECORDED}'",
-    *(f"ALTER TABLE {t} ADD COLUMN {column}" for t in ("budgets", "spends") for column in _CHAIN_COLUMNS),
+    *(
+        f"ALTER TABLE {t} ADD COLUMN {column}"
+        for t in ("budgets", "spends")
+        for column in _CHAIN_COLUMNS
+    ),
     "CREATE TABLE datasets (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, name TEXT NOT NULL, "
     f"size INTEGER NOT NULL, actor TEXT NOT NULL, description TEXT, {', '.join(_CHAIN_COLUMNS)})",
-]  # fmt: skip
-_V1_COLUMNS = {"reason": "NULL", "randomness": f"'{UNRECORDED}'", "seq": "0", "prev": "''", "hash": "''"}
+]
+_V1_COLUMNS = {
+    "reason": "NULL",
+    "randomness": f"'{UNRECORDED}'",
+    "seq": "0",
+    "prev": "''",
+    "hash": "''",
+}
 
 
 class LedgerError(RuntimeError):
@@ -153,7 +185,9 @@ class Spend:
     epsilon: float  # this run alone, at its own delta
     run_id: str
     actor: str
-    randomness: str  # "secure", "seeded:<hex id>", or "unrecorded" (charged before schema version 2)
+    randomness: (
+        str  # "secure", "seeded:<hex id>", or "unrecorded" (charged before schema version 2)
+    )
     seq: int
     prev: str
     hash: str
@@ -185,11 +219,15 @@ class LedgerTamperedError(LedgerError):
         if event is not None:
             run = f", run {event.run_id!r}" if isinstance(event, Spend) else ""
             where = f"{event.table} row {event.id} (event {event.seq}{run}): "
-        error = cls(f"The ledger {path} was changed outside privkit: {where}{problem}. privkit writes "
-                    "nothing to a ledger that does not verify; restore it from a copy whose head you "
-                    "recorded (privkit budget verify --head HASH).")  # fmt: skip
+        error = cls(
+            f"The ledger {path} was changed outside privkit: {where}{problem}. privkit writes "
+            "nothing to a ledger that does not verify; restore it from a copy whose head you "
+            "recorded (privkit budget verify --head HASH)."
+        )
         # attributes set here, not in __init__, so that it pickles (across processes)
-        error.table, error.row_id, error.seq = (event.table, event.id, event.seq) if event else (None,) * 3
+        error.table, error.row_id, error.seq = (
+            (event.table, event.id, event.seq) if event else (None,) * 3
+        )
         error.problem = problem
         return error
 
@@ -216,9 +254,13 @@ class State:
     datasets: list[Registration]
     spends: list[Spend]
     stray_scopes: list[int]  # spend ids in spend_scopes that are not in spends
-    visible: frozenset[str] | None = None  # the datasets its reader may see (PostgreSQL); None: every one
+    visible: frozenset[str] | None = (
+        None  # the datasets its reader may see (PostgreSQL); None: every one
+    )
     reader: str | None = None  # who reads (PostgreSQL: the database user)
-    checks: list[Check] = dataclasses.field(default_factory=list)  # PostgreSQL's record of each charge
+    checks: list[Check] = dataclasses.field(
+        default_factory=list
+    )  # PostgreSQL's record of each charge
 
     @functools.cached_property
     def events(self) -> list[Event]:
@@ -280,13 +322,17 @@ class LedgerFile:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise LedgerError(f"Cannot create the folder of the ledger {self.path}: {error}.") from error
+            raise LedgerError(
+                f"Cannot create the folder of the ledger {self.path}: {error}."
+            ) from error
         with self._transaction(write=False) as db:
             app = db.execute("PRAGMA application_id").fetchone()[0]
             tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if app == 0 and tables == 0 and not read_only:  # a new (or empty) file: write the schema
             with self._transaction(write=True) as db:
-                if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:  # unless another did
+                if (
+                    db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+                ):  # unless another did
                     for statement in _SCHEMA_V1:
                         db.execute(statement)
                     _migrate(db, record=False)
@@ -297,17 +343,21 @@ class LedgerFile:
         with self._transaction(write=False) as db:
             version = _version(db)
         if version > SCHEMA_VERSION:
-            raise LedgerError(f"The ledger {self.path} has schema version {version}; this privkit reads up "
-                              f"to {SCHEMA_VERSION}. Upgrade privkit.")  # fmt: skip
+            raise LedgerError(
+                f"The ledger {self.path} has schema version {version}; this privkit reads up "
+                f"to {SCHEMA_VERSION}. Upgrade privkit."
+            )
         if version < SCHEMA_VERSION and not read_only:
             try:
                 with self._transaction(write=True) as db:
                     if _version(db) < SCHEMA_VERSION:  # unless another process did
                         _migrate(db, record=True)
             except LedgerError as error:
-                raise LedgerError(f"{error} The ledger has schema version {version}, migrated to "
-                                  f"{SCHEMA_VERSION} when opened for writing; open it with read_only=True to "
-                                  "read it as it is.") from error  # fmt: skip
+                raise LedgerError(
+                    f"{error} The ledger has schema version {version}, migrated to "
+                    f"{SCHEMA_VERSION} when opened for writing; open it with read_only=True to "
+                    "read it as it is."
+                ) from error
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}{', read_only=True' if self.read_only else ''})"
@@ -318,22 +368,32 @@ class LedgerFile:
         try:
             uri = f"file:{urllib.parse.quote(str(self.path))}?mode={'ro' if self.read_only else 'rwc'}"
             db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")  # IMMEDIATE: one writer at a time, from here
+            db.execute(
+                "BEGIN IMMEDIATE" if write else "BEGIN"
+            )  # IMMEDIATE: one writer at a time, from here
             yield db
             db.execute("COMMIT")
         except sqlite3.Error as error:
             text = str(error)
             if "not a database" in text:
-                message = (f"{self.path} is not a privkit ledger (not an SQLite database: {text}); left "
-                           "unchanged.")  # fmt: skip
+                message = (
+                    f"{self.path} is not a privkit ledger (not an SQLite database: {text}); left "
+                    "unchanged."
+                )
             elif "locked" in text or "busy" in text:
-                message = (f"The ledger {self.path} stayed locked {BUSY_TIMEOUT_S:g} s ({text}); nothing was "
-                           "changed.")  # fmt: skip
+                message = (
+                    f"The ledger {self.path} stayed locked {BUSY_TIMEOUT_S:g} s ({text}); nothing was "
+                    "changed."
+                )
             elif write and any(w in text for w in ("readonly", "read-only", "unable to open")):
-                message = (f"Cannot write to the ledger {self.path} ({text}): the file or its folder is "
-                           "read-only here. Nothing was changed.")  # fmt: skip
+                message = (
+                    f"Cannot write to the ledger {self.path} ({text}): the file or its folder is "
+                    "read-only here. Nothing was changed."
+                )
             else:
-                message = f"Cannot use the ledger {self.path}: {text}." + (" Nothing was changed." * write)
+                message = f"Cannot use the ledger {self.path}: {text}." + (
+                    " Nothing was changed." * write
+                )
             raise LedgerError(message) from error
         finally:
             if db is not None:
@@ -349,36 +409,50 @@ class LedgerFile:
     def _verify(self, db: sqlite3.Connection, state: State, head: str | None = None) -> Verified:
         """Check ``state`` and the file's guards; raise :class:`LedgerTamperedError` at the first fault."""
         if state.version < 2:
-            raise LedgerError(f"The ledger {self.path} has schema version {state.version}, without a hash "
-                              "chain; it gets one when opened for writing (Ledger(path), privkit budget "
-                              "set/charge).")  # fmt: skip
+            raise LedgerError(
+                f"The ledger {self.path} has schema version {state.version}, without a hash "
+                "chain; it gets one when opened for writing (Ledger(path), privkit budget "
+                "set/charge)."
+            )
         events = state.events
         broken = _hashchain.first_break(events)
         if broken is not None:
             raise LedgerTamperedError.at(self.path, broken[1], events[broken[0]])
         if state.stray_scopes:
             stray = state.stray_scopes[0]
-            raise LedgerTamperedError.at(self.path, f"spend_scopes lists spend {stray}, which is not in "
-                                         "spends: a row was deleted")  # fmt: skip
+            raise LedgerTamperedError.at(
+                self.path,
+                f"spend_scopes lists spend {stray}, which is not in spends: a row was deleted",
+            )
         counters = dict(db.execute("SELECT name, seq FROM sqlite_sequence"))
         tables = {"budgets": state.budgets, "datasets": state.datasets, "spends": state.spends}
         for table, rows in tables.items():
             last = max((e.id for e in rows), default=0)
             if counters.get(table, 0) != last:
-                raise LedgerTamperedError.at(self.path, f"{table} ends at row {last}, but its AUTOINCREMENT "
-                                             f"counter is at {counters.get(table, 0)}: its last rows were "
-                                             "deleted")  # fmt: skip
-        triggers = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+                raise LedgerTamperedError.at(
+                    self.path,
+                    f"{table} ends at row {last}, but its AUTOINCREMENT "
+                    f"counter is at {counters.get(table, 0)}: its last rows were "
+                    "deleted",
+                )
+        triggers = {
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
         missing = sorted({f"{t}_no_{op}" for t in _KEYS for op in _OPS} - triggers)
         if missing:
-            raise LedgerTamperedError.at(self.path, f"its append-only triggers {missing} were dropped")
+            raise LedgerTamperedError.at(
+                self.path, f"its append-only triggers {missing} were dropped"
+            )
         if head is None:
             return Verified(state.head, len(events))
         places = {_hashchain.GENESIS: 0} | {e.hash: e.seq for e in events}
         if head not in places:
-            raise LedgerTamperedError.at(self.path, f"the head {head} recorded earlier is not on its "
-                                         "chain: events up to it were rewritten, or it is another "
-                                         "ledger")  # fmt: skip
+            raise LedgerTamperedError.at(
+                self.path,
+                f"the head {head} recorded earlier is not on its "
+                "chain: events up to it were rewritten, or it is another "
+                "ledger",
+            )
         return Verified(state.head, len(events), places[head])
 
     def write(self, decide: Callable[[State], tuple[Event, Sequence[Check]]]) -> Event:
@@ -387,7 +461,9 @@ class LedgerFile:
         with self._transaction(write=True) as db:
             state = _load(db)
             self._verify(db, state)
-            event, _ = decide(state)  # the checks are for a database that cannot compose them itself
+            event, _ = decide(
+                state
+            )  # the checks are for a database that cannot compose them itself
             return self._append(db, state, event)
 
     def import_events(self, events: Sequence[Event]) -> None:
@@ -396,8 +472,10 @@ class LedgerFile:
         with self._transaction(write=True) as db:
             state = _load(db)
             if state.events:
-                raise LedgerError(f"Events are imported into a new ledger only; {self.path} has "
-                                  f"{len(state.events)}. Nothing was changed.")
+                raise LedgerError(
+                    f"Events are imported into a new ledger only; {self.path} has "
+                    f"{len(state.events)}. Nothing was changed."
+                )
             for event in events:
                 _insert(db, event)
             self._verify(db, _load(db))
@@ -420,10 +498,14 @@ class LedgerFile:
 def _insert(db: sqlite3.Connection, event: Event) -> None:
     """``event``'s row, as it is (and a spend's scopes)."""
     row = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "scopes"}
-    db.execute(f"INSERT INTO {event.table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-               tuple(row.values()))
+    db.execute(
+        f"INSERT INTO {event.table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+        tuple(row.values()),
+    )
     if isinstance(event, Spend):
-        db.executemany("INSERT INTO spend_scopes VALUES (?, ?)", [(event.id, s) for s in event.scopes])
+        db.executemany(
+            "INSERT INTO spend_scopes VALUES (?, ?)", [(event.id, s) for s in event.scopes]
+        )
 
 
 def _migrate(db: sqlite3.Connection, *, record: bool) -> None:
@@ -434,15 +516,19 @@ def _migrate(db: sqlite3.Connection, *, record: bool) -> None:
     prev = _hashchain.GENESIS
     for seq, event in enumerate(state.events, 1):
         linked = _hashchain.link(event, seq=seq, prev=prev)
-        db.execute(f"UPDATE {event.table} SET seq = ?, prev = ?, hash = ? WHERE id = ?",
-                   (linked.seq, linked.prev, linked.hash, linked.id))  # fmt: skip
+        db.execute(
+            f"UPDATE {event.table} SET seq = ?, prev = ?, hash = ? WHERE id = ?",
+            (linked.seq, linked.prev, linked.hash, linked.id),
+        )
         prev = linked.hash
     for statement in _TRIGGERS:
         db.execute(statement)
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     if record:
-        db.execute("INSERT INTO meta VALUES ('migrated_1_to_2', ?)",
-                   (f"at {now()} by {default_actor()}: {len(state.events)} events chained, head {prev}",))
+        db.execute(
+            "INSERT INTO meta VALUES ('migrated_1_to_2', ?)",
+            (f"at {now()} by {default_actor()}: {len(state.events)} events chained, head {prev}",),
+        )
 
 
 def _version(db: sqlite3.Connection) -> int:
@@ -463,11 +549,15 @@ def _load(db: sqlite3.Connection) -> State:
     scopes: dict[int, list[str]] = {}
     for spend_id, scope in db.execute("SELECT spend_id, scope FROM spend_scopes ORDER BY rowid"):
         scopes.setdefault(spend_id, []).append(scope)
-    spends = [Spend(**row, scopes=tuple(scopes.get(row["id"], ()))) for row in _select(db, Spend, version)]
+    spends = [
+        Spend(**row, scopes=tuple(scopes.get(row["id"], ()))) for row in _select(db, Spend, version)
+    ]
     return State(
         version=version,
         budgets=[Budget(**row) for row in _select(db, Budget, version)],
-        datasets=[Registration(**row) for row in _select(db, Registration, version)] if version >= 2 else [],
+        datasets=[Registration(**row) for row in _select(db, Registration, version)]
+        if version >= 2
+        else [],
         spends=spends,
         stray_scopes=sorted(set(scopes) - {s.id for s in spends}),
     )

@@ -82,7 +82,9 @@ def rdp_epsilon(rdp: np.ndarray, delta: float) -> float:
         return float(_rdp.get_privacy_spent(orders=ORDERS.tolist(), rdp=rdp, delta=delta)[0])
 
 
-def grid(history: tuple[tuple[float, float, int], ...], *, eps_error: float, delta_error: float) -> Grid:
+def grid(
+    history: tuple[tuple[float, float, int], ...], *, eps_error: float, delta_error: float
+) -> Grid:
     """The grid for composing ``history``, ``(sigma, q, steps)`` entries, scaled up to its bucket.
 
     Opacus's choices (``PRVAccountant._get_domain``, Gopi et al. Remark 5.6), made for
@@ -98,7 +100,10 @@ def grid(history: tuple[tuple[float, float, int], ...], *, eps_error: float, del
     composed = sum(n * scale * rdp_one_step(s, q) for s, q, n in history)
     half = 3 + max(
         rdp_epsilon(composed, delta_error / 4),
-        *(rdp_epsilon(rdp_one_step(s, q), delta_error / (8 * bucket(total))) for s, q, _ in history),
+        *(
+            rdp_epsilon(rdp_one_step(s, q), delta_error / (8 * bucket(total)))
+            for s, q, _ in history
+        ),
         eps_error,
     ) * (1 + 1e-9)  # covers round-off between this sum and Opacus's
     dt = eps_error / math.sqrt(bucket(total) * math.log(12 / delta_error) / 2)
@@ -158,17 +163,27 @@ def truncated_mean(sigma: float, q: float, t_min: float, t_max: float) -> float:
         half = (edges[1:] - edges[:-1])[:, None] / 2  # (panels, 1)
         u = edges[:-1, None] + half * (1 + _NODES)  # (panels, 16)
         with np.errstate(divide="ignore"):  # log(1 - q) = -inf for q = 1
-            y = np.logaddexp(np.log1p(-q), math.log(q) + (2 * (center + sigma * u) - 1) / (2 * sigma**2))
-        total += weight * float(np.sum(half * _WEIGHTS * y * np.exp(-u * u / 2))) / math.sqrt(2 * math.pi)
+            y = np.logaddexp(
+                np.log1p(-q), math.log(q) + (2 * (center + sigma * u) - 1) / (2 * sigma**2)
+            )
+        total += (
+            weight
+            * float(np.sum(half * _WEIGHTS * y * np.exp(-u * u / 2)))
+            / math.sqrt(2 * math.pi)
+        )
     return total / mass
 
 
-@functools.lru_cache(maxsize=8)  # each holds 12 MB per million grid points; a curve uses one at a time
+@functools.lru_cache(
+    maxsize=8
+)  # each holds 12 MB per million grid points; a curve uses one at a time
 def transform(sigma: float, q: float, g: Grid) -> Transform:
     """Opacus's ``discretize`` of one step's truncated PRV on ``g``: the CDF read once per
     edge, the mean from :func:`truncated_mean`."""
     domain = g.domain
-    prv = TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q, sigma), domain.t_min, domain.t_max)
+    prv = TruncatedPrivacyRandomVariable(
+        PoissonSubsampledGaussianPRV(q, sigma), domain.t_min, domain.t_max
+    )
     edges = domain.t_min - g.dt / 2 + g.dt * np.arange(g.size + 1)  # (size + 1,)
     cdf = np.zeros_like(edges)  # the PRV is > log(1 - q): its CDF is 0 up to there
     start = 0 if q == 1 else int(np.searchsorted(edges, math.log1p(-q), side="right"))
@@ -218,7 +233,9 @@ def epsilon(history: tuple[tuple[float, float, int], ...], delta: float, eps_err
     t_min = whole.domain.t_min
 
     def read(i: int) -> float:  # eps_upper from grid point i up (i even: sizes stay even)
-        part = DiscretePRV(pmf=whole.pmf[i:], domain=Domain(t_min + i * g.dt, whole.domain.t_max, g.size - i))
+        part = DiscretePRV(
+            pmf=whole.pmf[i:], domain=Domain(t_min + i * g.dt, whole.domain.t_max, g.size - i)
+        )
         return float(part.compute_epsilon(delta, delta / 1000, eps_error)[2])
 
     start = min(max(0, math.floor((-1 - t_min) / g.dt)), g.size - 2) // 2 * 2  # t = -1

@@ -39,7 +39,10 @@ from privkit import _prv, _search
 from privkit._validate import in_range, one_of, positive, positive_int
 
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp", "gdp")
-UPPER_BOUNDS: tuple[str, ...] = ("prv", "rdp")  # what a result reports and a ledger charges as spent
+UPPER_BOUNDS: tuple[str, ...] = (
+    "prv",
+    "rdp",
+)  # what a result reports and a ledger charges as spent
 MAX_NOISE_MULTIPLIER: float = 1e4  # calibrate_noise gives up above this sigma
 
 _ORDERS = RDPAccountant.DEFAULT_ALPHAS  # Opacus's RDP orders, 1.1 to 63
@@ -262,7 +265,9 @@ def calibrate_noise(
     low = -math.log(MAX_NOISE_MULTIPLIER)
     x0 = -math.log(_rdp_integer_sigma(target_epsilon, target_delta, sample_rate, steps))
     # A tenth of the slack allowed: a regula falsi step or two more for 1% less noise on average.
-    found = _search.solve_below(log_ratio, x0, scale=1.0, tolerance=-math.log1p(-tolerance) / 10, low=low)
+    found = _search.solve_below(
+        log_ratio, x0, scale=1.0, tolerance=-math.log1p(-tolerance) / 10, low=low
+    )
     if found is None:
         raise ValueError(
             f"No noise_multiplier <= {MAX_NOISE_MULTIPLIER:g} reaches target_epsilon="
@@ -281,7 +286,9 @@ def _rdp_integer_sigma(target_epsilon: float, delta: float, q: float, steps: int
         eps = _prv.rdp_epsilon(_prv.rdp_one_step(math.exp(-x), q) * steps, delta)
         return math.log(eps / target_epsilon) if eps > 0 else -math.inf
 
-    low = -math.log(MAX_NOISE_MULTIPLIER)  # sigma <= MAX_NOISE_MULTIPLIER, and >= e^-30 (finite RDP)
+    low = -math.log(
+        MAX_NOISE_MULTIPLIER
+    )  # sigma <= MAX_NOISE_MULTIPLIER, and >= e^-30 (finite RDP)
     found = _search.solve_below(log_ratio, 0.0, scale=1.0, tolerance=1e-3, low=low, high=30.0)
     return MAX_NOISE_MULTIPLIER if found is None else math.exp(-found[0])
 

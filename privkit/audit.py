@@ -109,7 +109,11 @@ def one_run_epsilon(*, m: int, r: int, v: int, delta: float, confidence: float =
 def _counts(m: int, r: int, v: int) -> None:
     _validate.positive_int(m=m)
     for name, value, top in (("r", r, m), ("v", v, r)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= top:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 0 <= value <= top
+        ):
             raise ValueError(f"Expected {name}={value!r} to be an integer in [0, {top}].")
 
 
@@ -160,10 +164,17 @@ def one_run_audit(
     level = 1 - (1 - confidence) / len(k_values)
     best = {"epsilon_lower_bound": 0.0, "k": 0, "guesses": 0, "correct": 0}
     for k in k_values:
-        correct = int(inc[order[:k]].sum()) + (int((~inc[order[m - k_neg :]]).sum()) if k_neg else 0)
+        correct = int(inc[order[:k]].sum()) + (
+            int((~inc[order[m - k_neg :]]).sum()) if k_neg else 0
+        )
         eps = one_run_epsilon(m=m, r=int(k) + k_neg, v=correct, delta=delta, confidence=level)
         if eps > best["epsilon_lower_bound"] or best["k"] == 0:
-            best = {"epsilon_lower_bound": eps, "k": int(k), "guesses": int(k) + k_neg, "correct": correct}
+            best = {
+                "epsilon_lower_bound": eps,
+                "k": int(k),
+                "guesses": int(k) + k_neg,
+                "correct": correct,
+            }
     return best
 
 
@@ -273,16 +284,27 @@ class AuditRun:
     included: np.ndarray
     scores: np.ndarray
 
-    def audit(self, *, k_values: Sequence[int] = (10, 20, 50, 100), k_neg: int = 0,
-              confidence: float = 0.95) -> dict[str, float]:
+    def audit(
+        self,
+        *,
+        k_values: Sequence[int] = (10, 20, 50, 100),
+        k_neg: int = 0,
+        confidence: float = 0.95,
+    ) -> dict[str, float]:
         """:func:`one_run_audit` of this run at its own delta, with its accountant's epsilon.
 
         k values above the number of canaries (less ``k_neg``) are capped there.
         """
         m = len(self.scores)
         ks = sorted({min(k, m - k_neg) for k in k_values})
-        out = one_run_audit(self.scores, self.included, delta=self.result.mechanism.delta,
-                            k_values=ks, k_neg=k_neg, confidence=confidence)
+        out = one_run_audit(
+            self.scores,
+            self.included,
+            delta=self.result.mechanism.delta,
+            k_values=ks,
+            k_neg=k_neg,
+            confidence=confidence,
+        )
         return {**out, "epsilon": self.result.mechanism.epsilon}
 
 
@@ -324,7 +346,9 @@ def train_with_canaries(
             torch.cat([train.images, canaries.images]), torch.cat([train.labels, canaries.labels])
         ),
     )
-    included = np.stack([np.random.default_rng(seed + k).random(m) < 0.5 for k in range(len(configs))])
+    included = np.stack(
+        [np.random.default_rng(seed + k).random(m) < 0.5 for k in range(len(configs))]
+    )
     members = torch.ones(len(configs), n + m, dtype=torch.bool)
     members[:, train_records or n : n] = False
     members[:, torch.as_tensor(canaries.source, dtype=torch.long)] = False
@@ -332,8 +356,10 @@ def train_with_canaries(
     # Runs that include different numbers of canaries may plan different step counts, and a
     # stack steps together: train each step count as its own stack.
     sizes = members.sum(dim=1).tolist()
-    steps = [plan(dataclasses.replace(c, epsilon=math.inf, noise_multiplier=None), n).steps
-             for c, n in zip(configs, sizes)]  # fmt: skip
+    steps = [
+        plan(dataclasses.replace(c, epsilon=math.inf, noise_multiplier=None), n).steps
+        for c, n in zip(configs, sizes)
+    ]
     results: list[TrainResult | None] = [None] * len(configs)
     for count in sorted(set(steps)):
         group = [k for k, s in enumerate(steps) if s == count]

@@ -53,8 +53,14 @@ def _bench_dataset(name: str, root: str | None, device: torch.device) -> tuple[d
         return data.Split(images.to(device), labels.to(device))
 
     sizes = info.n_samples
-    fake = data.Dataset(info, split(sizes["train"]), split(sizes["val"]), split(sizes["test"]),
-                        path=Path("random"), sha256="random")  # fmt: skip
+    fake = data.Dataset(
+        info,
+        split(sizes["train"]),
+        split(sizes["val"]),
+        split(sizes["test"]),
+        path=Path("random"),
+        sha256="random",
+    )
     return fake, f"random data shaped like {name} (no {path})"
 
 
@@ -77,13 +83,24 @@ def run(
     """
     dev = resolve_device(device)
     ds, described = _bench_dataset(dataset, data_root, dev)
-    base = TrainConfig(dataset=dataset, model=model, epsilon=None, noise_multiplier=1.0,
-                       batch_size=batch_size, epochs=epochs + 1, device=str(dev), delta=1e-5)  # fmt: skip
+    base = TrainConfig(
+        dataset=dataset,
+        model=model,
+        epsilon=None,
+        noise_multiplier=1.0,
+        batch_size=batch_size,
+        epochs=epochs + 1,
+        device=str(dev),
+        delta=1e-5,
+    )
     plan = [
         ("nonprivate", [replace(base, backend="opacus", noise_multiplier=0.0)]),
         ("opacus", [replace(base, backend="opacus")]),
         ("fast", [replace(base, backend="fast")]),
-        *[(f"fast-stack-{k}", [replace(base, backend="fast", seed=s) for s in range(k)]) for k in stacks],
+        *[
+            (f"fast-stack-{k}", [replace(base, backend="fast", seed=s) for s in range(k)])
+            for k in stacks
+        ],
     ]
     rows: list[BenchRow] = []
     for name, configs in plan:
@@ -93,35 +110,70 @@ def run(
         epoch_s = statistics.median(times[1:])
         per_model = epoch_s / len(configs)
         baseline = rows[0].epoch_s if rows else per_model
-        rows.append(BenchRow(
-            name=name, models=len(configs), epoch_s=epoch_s, per_model_epoch_s=per_model,
-            ratio_to_nonprivate=per_model / baseline, first_epoch_s=times[0],
-            peak_memory_bytes=torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
-        ))  # fmt: skip
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"device": name, "model": model, "data": described, "batch_size": batch_size,
-            "torch": torch.__version__, "rows": [asdict(r) for r in rows]}  # fmt: skip
+        rows.append(
+            BenchRow(
+                name=name,
+                models=len(configs),
+                epoch_s=epoch_s,
+                per_model_epoch_s=per_model,
+                ratio_to_nonprivate=per_model / baseline,
+                first_epoch_s=times[0],
+                peak_memory_bytes=torch.cuda.max_memory_allocated(dev)
+                if dev.type == "cuda"
+                else None,
+            )
+        )
+    name = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    return {
+        "device": name,
+        "model": model,
+        "data": described,
+        "batch_size": batch_size,
+        "torch": torch.__version__,
+        "rows": [asdict(r) for r in rows],
+    }
 
 
-def time_sweep(experiment: str | Path, *, device: str = "auto", data_root: str | None = None,
-               profile: str = "full", progress: bool = True) -> dict:
+def time_sweep(
+    experiment: str | Path,
+    *,
+    device: str = "auto",
+    data_root: str | None = None,
+    profile: str = "full",
+    progress: bool = True,
+) -> dict:
     """Wall time of an experiment's epsilon sweep (as its notebook runs it), compilation
     included, into a temporary folder so that no cached run is reused."""
     import tempfile
 
     from privkit import experiments
 
-    exp = experiments.load_experiment(experiment, profile=profile, notebooks_dir=Path(experiment).parent.parent / "notebooks")
+    exp = experiments.load_experiment(
+        experiment, profile=profile, notebooks_dir=Path(experiment).parent.parent / "notebooks"
+    )
     defaults = {k: v["default"] for k, v in experiments.notebook_parameters(exp.notebook).items()}
     p = {k: _literal(v) for k, v in defaults.items()} | exp.parameters
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    shared = {k: v for k, v in p.items() if k in fields} | p["overrides"] | {"device": device, "data_root": data_root}
+    shared = (
+        {k: v for k, v in p.items() if k in fields}
+        | p["overrides"]
+        | {"device": device, "data_root": data_root}
+    )
     configs = recipes.sweep_recipes(p["recipes"], p["epsilons"], p["seeds"], **shared)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         experiments.sweep(configs, experiment="bench", out_dir=out, progress=progress)
-    return {"experiment": str(experiment), "profile": profile, "models": len(configs),
-            "epochs": sorted({c.epochs for c in configs}), "seconds": time.perf_counter() - start}  # fmt: skip
+    return {
+        "experiment": str(experiment),
+        "profile": profile,
+        "models": len(configs),
+        "epochs": sorted({c.epochs for c in configs}),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def time_ray(
@@ -159,8 +211,9 @@ def time_ray(
     def timed(executor: executors.Executor, batch: list) -> dict:
         done: list[executors.Finished] = []
         start = time.perf_counter()
-        executors.run(batch, executor=executor, on_finished=done.append, desc=executor.name,
-                      progress=progress)
+        executors.run(
+            batch, executor=executor, on_finished=done.append, desc=executor.name, progress=progress
+        )
         wall = time.perf_counter() - start
         unit_s = [f.seconds for f in done]
         overhead_ms = [1000 * (f.wall_seconds - f.seconds) for f in done]
@@ -220,8 +273,10 @@ def _literal(text: str):
 def format_table(report: dict) -> str:
     """The report as a plain-text table."""
     lines = [
-        f"device: {report['device']}   model: {report['model']}   batch: {report['batch_size']}   data: {report['data']}",
-        f"{'name':<14}{'models':>7}{'epoch_s':>10}{'per_model_s':>13}{'x nonprivate':>14}{'first_epoch_s':>15}{'peak_mem_MB':>13}",
+        f"device: {report['device']}   model: {report['model']}   "
+        f"batch: {report['batch_size']}   data: {report['data']}",
+        f"{'name':<14}{'models':>7}{'epoch_s':>10}{'per_model_s':>13}{'x nonprivate':>14}"
+        f"{'first_epoch_s':>15}{'peak_mem_MB':>13}",
     ]
     for r in report["rows"]:
         mem = "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f}"
@@ -231,8 +286,10 @@ def format_table(report: dict) -> str:
         )
     if "sweep" in report:
         w = report["sweep"]
-        lines.append(f"epsilon sweep {w['experiment']} ({w['profile']}): {w['models']} models x "
-                     f"{w['epochs']} epochs in {w['seconds']:.1f} s, compilation included")
+        lines.append(
+            f"epsilon sweep {w['experiment']} ({w['profile']}): {w['models']} models x "
+            f"{w['epochs']} epochs in {w['seconds']:.1f} s, compilation included"
+        )
     return "\n".join(lines)
 
 

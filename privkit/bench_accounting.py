@@ -50,7 +50,10 @@ def _opacus_epsilon(sigma: float, q: float, steps: int, delta: float = DELTA) ->
     """Epsilon as privkit reported it up to dab6b09: a fresh Opacus PRVAccountant per call."""
     prv = PRVAccountant()
     prv.history = [(sigma, q, steps)]
-    with warnings.catch_warnings(), np.errstate(divide="ignore"):  # as privkit did: RDP orders, log(1 - q)
+    with (
+        warnings.catch_warnings(),
+        np.errstate(divide="ignore"),
+    ):  # as privkit did: RDP orders, log(1 - q)
         warnings.filterwarnings("ignore", "Optimal order", UserWarning)
         try:
             return float(prv.get_epsilon(delta, eps_error=0.01))
@@ -78,7 +81,9 @@ def _old_solve(f: Callable[[float], float], lo: float, hi: float, tolerance: flo
     """The regula falsi (Illinois) of individual.py up to dab6b09."""
     f_lo, f_hi, side = f(lo), f(hi), 0
     while f_lo <= -tolerance and hi - lo > 1e-12 * hi:
-        x = min(max(hi - f_hi * (hi - lo) / (f_hi - f_lo), lo + 1e-3 * (hi - lo)), hi - 1e-3 * (hi - lo))
+        x = min(
+            max(hi - f_hi * (hi - lo) / (f_hi - f_lo), lo + 1e-3 * (hi - lo)), hi - 1e-3 * (hi - lo)
+        )
         f_x = f(x)
         if f_x <= 0:
             lo, f_lo = x, f_x
@@ -89,7 +94,9 @@ def _old_solve(f: Callable[[float], float], lo: float, hi: float, tolerance: flo
     return lo
 
 
-def _old_plan_sigma(targets: Sequence[float], sizes: Sequence[int], batch_size: int, steps: int) -> float:
+def _old_plan_sigma(
+    targets: Sequence[float], sizes: Sequence[int], batch_size: int, steps: int
+) -> float:
     """individual.plan's noise multiplier up to dab6b09 (bracketing by doubling, nested regula falsi)."""
 
     def rate(sigma: float, target: float) -> float:
@@ -103,7 +110,7 @@ def _old_plan_sigma(targets: Sequence[float], sizes: Sequence[int], batch_size: 
             log_lo -= 2.0
         return math.exp(_old_solve(f, log_lo, 0.0))
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def batch(sigma: float) -> float:
         return sum(n * rate(sigma, t) for n, t in zip(sizes, targets))
 
@@ -125,15 +132,22 @@ def _cold(task: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def _row(name: str, setting: str, new: Callable[[], object], old: Callable[[], object] | None,
-         compared: str) -> AccountingRow:
+def _row(
+    name: str,
+    setting: str,
+    new: Callable[[], object],
+    old: Callable[[], object] | None,
+    compared: str,
+) -> AccountingRow:
     new_s, new_value = _cold(new)
     if old is None:
         return AccountingRow(name, setting, new_s, None, None, compared, None, None)
     old_s, old_value = _cold(old)
     pairs = list(zip(*(v if isinstance(v, (list, tuple)) else [v] for v in (new_value, old_value))))
     change = [a - b if compared == "epsilon" else a / b - 1 for a, b in pairs]
-    return AccountingRow(name, setting, new_s, old_s, old_s / new_s, compared, min(change), max(change))
+    return AccountingRow(
+        name, setting, new_s, old_s, old_s / new_s, compared, min(change), max(change)
+    )
 
 
 def run(*, plan_groups: Sequence[int] = (2, 3, 5), all_baselines: bool = False) -> dict:
@@ -150,11 +164,15 @@ def run(*, plan_groups: Sequence[int] = (2, 3, 5), all_baselines: bool = False) 
         return accounting.epsilon(noise_multiplier=1.0, sample_rate=Q, steps=370, delta=DELTA)
 
     def calibrate_new() -> float:
-        return accounting.calibrate_noise(target_epsilon=1.0, target_delta=DELTA, sample_rate=Q, steps=370)
+        return accounting.calibrate_noise(
+            target_epsilon=1.0, target_delta=DELTA, sample_rate=Q, steps=370
+        )
 
     def curves_new(sigmas: Sequence[float]) -> list[float]:
-        curves = [accounting.epsilon_curve(noise_multiplier=s, sample_rate=Q, steps=curve, delta=DELTA)
-                  for s in sigmas]
+        curves = [
+            accounting.epsilon_curve(noise_multiplier=s, sample_rate=Q, steps=curve, delta=DELTA)
+            for s in sigmas
+        ]
         return [e for c in curves for e in c.tolist()]
 
     def curves_old(sigmas: Sequence[float]) -> list[float]:
@@ -162,19 +180,44 @@ def run(*, plan_groups: Sequence[int] = (2, 3, 5), all_baselines: bool = False) 
 
     def plan_new(targets: Sequence[float], sizes: Sequence[int], steps: int) -> float:
         names = [f"g{i}" for i in range(len(targets))]
-        plan = individual.plan(group_epsilons=dict(zip(names, targets)), group_sizes=dict(zip(names, sizes)),
-                               batch_size=256, steps=steps, delta=DELTA)
+        plan = individual.plan(
+            group_epsilons=dict(zip(names, targets)),
+            group_sizes=dict(zip(names, sizes)),
+            batch_size=256,
+            steps=steps,
+            delta=DELTA,
+        )
         return plan.noise_multiplier
 
     rows = [
-        _row("epsilon", "sigma 1, 370 steps", epsilon_new,
-             lambda: _opacus_epsilon(1.0, Q, 370), "epsilon"),
-        _row("calibrate_noise", "epsilon 1, 370 steps", calibrate_new,
-             lambda: _opacus_calibrate(1.0, Q, 370), "sigma"),
-        _row("curve-30", "sigma 1, epochs 1-30", lambda: curves_new([1.0]),
-             lambda: curves_old([1.0]), "epsilon"),
-        _row("curve-90", "sigma 0.6/1/2, epochs 1-30", lambda: curves_new(sigmas),
-             lambda: curves_old(sigmas), "epsilon"),
+        _row(
+            "epsilon",
+            "sigma 1, 370 steps",
+            epsilon_new,
+            lambda: _opacus_epsilon(1.0, Q, 370),
+            "epsilon",
+        ),
+        _row(
+            "calibrate_noise",
+            "epsilon 1, 370 steps",
+            calibrate_new,
+            lambda: _opacus_calibrate(1.0, Q, 370),
+            "sigma",
+        ),
+        _row(
+            "curve-30",
+            "sigma 1, epochs 1-30",
+            lambda: curves_new([1.0]),
+            lambda: curves_old([1.0]),
+            "epsilon",
+        ),
+        _row(
+            "curve-90",
+            "sigma 0.6/1/2, epochs 1-30",
+            lambda: curves_new(sigmas),
+            lambda: curves_old(sigmas),
+            "epsilon",
+        ),
     ]
     for groups in plan_groups:
         targets, sizes, steps = PLANS[groups]
@@ -189,7 +232,9 @@ def run(*, plan_groups: Sequence[int] = (2, 3, 5), all_baselines: bool = False) 
 
 def format_table(report: dict) -> str:
     """The report as a plain-text table."""
-    lines = [f"{'task':<16}{'setting':<32}{'new_s':>8}{'old_s':>8}{'speedup':>9}  change (new - old)"]
+    lines = [
+        f"{'task':<16}{'setting':<32}{'new_s':>8}{'old_s':>8}{'speedup':>9}  change (new - old)"
+    ]
     for r in report["rows"]:
         old = "-" if r["old_s"] is None else f"{r['old_s']:.2f}"
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.0f}x"
@@ -199,6 +244,7 @@ def format_table(report: dict) -> str:
             change = f"epsilon {r['change_min']:+.1e} to {r['change_max']:+.1e}"
         else:
             change = f"sigma {100 * r['change_min']:+.2f}% to {100 * r['change_max']:+.2f}%"
-        lines.append(f"{r['name']:<16}{r['setting']:<32}{r['new_s']:>8.3f}{old:>8}{speedup:>9}  {change}")
+        lines.append(
+            f"{r['name']:<16}{r['setting']:<32}{r['new_s']:>8.3f}{old:>8}{speedup:>9}  {change}"
+        )
     return "\n".join(lines)
-

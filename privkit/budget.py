@@ -124,15 +124,42 @@ from privkit._ledger_sqlite import (
 from privkit._validate import in_range, one_of, positive_int
 
 __all__ = [
-    "ACCOUNTANTS", "APPLICATION_ID", "BUSY_TIMEOUT_S", "PRV_MAX_MECHANISMS", "RANDOMNESS_FORMS",
-    "SCHEMA_VERSION", "SCOPE_FORMS", "UNRECORDED", "Budget", "BudgetExceededError", "Event", "Ledger",
-    "LedgerError", "LedgerTamperedError", "Registration", "Scope", "SeededRunError", "Spend", "Spent",
-    "Verified", "default_actor", "default_path", "init", "migrate", "parse_scope",
-]  # fmt: skip
+    "ACCOUNTANTS",
+    "APPLICATION_ID",
+    "BUSY_TIMEOUT_S",
+    "PRV_MAX_MECHANISMS",
+    "RANDOMNESS_FORMS",
+    "SCHEMA_VERSION",
+    "SCOPE_FORMS",
+    "UNRECORDED",
+    "Budget",
+    "BudgetExceededError",
+    "Event",
+    "Ledger",
+    "LedgerError",
+    "LedgerTamperedError",
+    "Registration",
+    "Scope",
+    "SeededRunError",
+    "Spend",
+    "Spent",
+    "Verified",
+    "default_actor",
+    "default_path",
+    "init",
+    "migrate",
+    "parse_scope",
+]
 ACCOUNTANTS = ("prv", "rdp")  # upper bounds only; "gdp" can under-report
-PRV_MAX_MECHANISMS = 8  # beyond, PRV gets slow (20 different runs: ~30 s), and "prv" composes with RDP
-SCOPE_FORMS = ("dataset:<name>", "dataset:<name>/institution:<id>", "dataset:<name>/group:<id>",
-               "dataset:<name>/institution:<id>/group:<id>")  # fmt: skip
+PRV_MAX_MECHANISMS = (
+    8  # beyond, PRV gets slow (20 different runs: ~30 s), and "prv" composes with RDP
+)
+SCOPE_FORMS = (
+    "dataset:<name>",
+    "dataset:<name>/institution:<id>",
+    "dataset:<name>/group:<id>",
+    "dataset:<name>/institution:<id>/group:<id>",
+)
 RANDOMNESS_FORMS = ("secure", "seeded:<hex id>")
 _NAME = r"[A-Za-z0-9_.-]+"
 _SCOPE = re.compile(rf"dataset:({_NAME})(?:/institution:({_NAME}))?(?:/group:({_NAME}))?")
@@ -144,19 +171,28 @@ _OTHER = ""  # in a patient cell: an institution or a group the ledger has never
 class BudgetExceededError(LedgerError):
     """A charge refused, as it would exceed ``budget``; nothing was charged.
 
-    Attributes ``budget``, ``spent``, ``requested`` (the run alone), ``composed`` (spent and run), ``remaining``.
+    Attributes ``budget``, ``spent``, ``requested`` (the run alone), ``composed`` (spent and run),
+    ``remaining``.
     """
 
     @classmethod
-    def of(cls, budget: Budget, *, spent: float, requested: float, composed: float, run_id: str) -> BudgetExceededError:
+    def of(
+        cls, budget: Budget, *, spent: float, requested: float, composed: float, run_id: str
+    ) -> BudgetExceededError:
         remaining = max(0.0, budget.epsilon - spent)
         error = cls(
-            f"Privacy budget of {budget.scope} exceeded: budget epsilon={budget.epsilon:g} (delta={budget.delta:g}), "
-            f"spent {spent:.4g}, requested {requested:.4g} (this run alone; {composed:.4g} composed with the spent), "
+            f"Privacy budget of {budget.scope} exceeded: budget epsilon={budget.epsilon:g} "
+            f"(delta={budget.delta:g}), spent {spent:.4g}, requested {requested:.4g} "
+            f"(this run alone; {composed:.4g} composed with the spent), "
             f"remaining {remaining:.4g}. Run {run_id!r} refused; nothing was charged."
         )  # attributes set here, not in __init__, so that it pickles (across processes)
         error.budget, error.spent, error.requested, error.composed, error.remaining = (
-            budget, spent, requested, composed, remaining)  # fmt: skip
+            budget,
+            spent,
+            requested,
+            composed,
+            remaining,
+        )
         return error
 
 
@@ -185,13 +221,26 @@ class Scope:
     def __post_init__(self) -> None:
         for kind in ("dataset", "institution", "group"):
             name = getattr(self, kind)
-            private_other = kind != "dataset" and name == _OTHER  # a patient cell's "any other" (see _cells)
-            if not (kind != "dataset" and name is None or private_other or isinstance(name, str)
-                    and re.fullmatch(_NAME, name)):  # fmt: skip
-                raise ValueError(f"Expected {kind}={name!r} to be a name of letters, digits, '_', '.', '-'.")
+            private_other = (
+                kind != "dataset" and name == _OTHER
+            )  # a patient cell's "any other" (see _cells)
+            if not (
+                kind != "dataset"
+                and name is None
+                or private_other
+                or isinstance(name, str)
+                and re.fullmatch(_NAME, name)
+            ):
+                raise ValueError(
+                    f"Expected {kind}={name!r} to be a name of letters, digits, '_', '.', '-'."
+                )
 
     def __str__(self) -> str:
-        parts = [("dataset", self.dataset), ("institution", self.institution), ("group", self.group)]
+        parts = [
+            ("dataset", self.dataset),
+            ("institution", self.institution),
+            ("group", self.group),
+        ]
         return "/".join(f"{kind}:{name}" for kind, name in parts if name is not None)
 
     @property
@@ -209,8 +258,11 @@ class Scope:
 
     def contains(self, other: Scope) -> bool:
         """Whether every record of ``other`` is in this scope."""
-        return self.dataset == other.dataset and self.institution in (None, other.institution) and self.group in (
-            None, other.group)  # fmt: skip
+        return (
+            self.dataset == other.dataset
+            and self.institution in (None, other.institution)
+            and self.group in (None, other.group)
+        )
 
     def overlaps(self, other: Scope) -> bool:
         """Whether some record can be in both scopes."""
@@ -235,8 +287,10 @@ def parse_scope(text: str) -> Scope:
     """
     scope = _parse(text) if isinstance(text, str) else None
     if scope is None:
-        raise ValueError(f"Unknown scope={text!r}; expected one of: {', '.join(SCOPE_FORMS)} "
-                         "(names of letters, digits, '_', '.', '-').")  # fmt: skip
+        raise ValueError(
+            f"Unknown scope={text!r}; expected one of: {', '.join(SCOPE_FORMS)} "
+            "(names of letters, digits, '_', '.', '-')."
+        )
     return scope
 
 
@@ -269,7 +323,9 @@ def _text(**kwargs: str | None) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _composed(mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+def _composed(
+    mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str
+) -> float:
     if accountant == "prv" and len({(s, q) for s, q, n in mechanisms if n}) <= PRV_MAX_MECHANISMS:
         with contextlib.suppress(RuntimeError):  # PRV fails at epsilons in the hundreds
             return accounting.compose(mechanisms, delta=delta, accountant="prv")
@@ -284,8 +340,10 @@ def _epsilon(spends: Iterable[Spend], delta: float, accountant: str, extra: tupl
 def _cells(scope: Scope, known: Iterable[Scope]) -> list[Scope]:
     """The kinds of patient in ``scope``: each known (institution, group), or "other"."""
     same = [k for k in known if k.dataset == scope.dataset]
-    ids = [[mine] if mine is not None else sorted({getattr(k, f) for k in same} - {None}) + [_OTHER]
-           for mine, f in ((scope.institution, "institution"), (scope.group, "group"))]  # fmt: skip
+    ids = [
+        [mine] if mine is not None else sorted({getattr(k, f) for k in same} - {None}) + [_OTHER]
+        for mine, f in ((scope.institution, "institution"), (scope.group, "group"))
+    ]
     return [Scope(scope.dataset, i, g) for i in ids[0] for g in ids[1]]
 
 
@@ -300,16 +358,21 @@ def _canonical(text: str, state: State) -> Scope:
     if scope.dataset not in known:
         folded = {k.casefold(): k for k in known}
         guess = folded.get(scope.dataset.casefold()) or next(
-            iter(difflib.get_close_matches(scope.dataset.casefold(), known, n=1)), None)  # fmt: skip
+            iter(difflib.get_close_matches(scope.dataset.casefold(), known, n=1)), None
+        )
         hint = f"; did you mean '{dataclasses.replace(scope, dataset=guess)}'?" if guess else "."
         hidden = " (or one registered but not granted to you)" if state.visible is not None else ""
-        raise ValueError(f"Unknown dataset {scope.dataset!r} in scope {text!r}{hint} A scope names a "
-                         "dataset privkit knows or one registered in this ledger with its size "
-                         f"({', '.join(known)}){hidden}; register another with Ledger.register_dataset "
-                         "(privkit budget register --dataset NAME --size N).")  # fmt: skip
+        raise ValueError(
+            f"Unknown dataset {scope.dataset!r} in scope {text!r}{hint} A scope names a "
+            "dataset privkit knows or one registered in this ledger with its size "
+            f"({', '.join(known)}){hidden}; register another with Ledger.register_dataset "
+            "(privkit budget register --dataset NAME --size N)."
+        )
     if state.visible is not None and scope.dataset not in state.visible:
-        raise LedgerError(f"The dataset {scope.dataset!r} is not granted to {state.reader} on this ledger: "
-                          "you may neither see nor charge it. Its steward grants it (privkit budget grant).")
+        raise LedgerError(
+            f"The dataset {scope.dataset!r} is not granted to {state.reader} on this ledger: "
+            "you may neither see nor charge it. Its steward grants it (privkit budget grant)."
+        )
     stored = [b.scope for b in state.budgets] + [x for s in state.spends for x in s.scopes]
     seen = [parse_scope(x) for x in stored]
     for kind in ("institution", "group"):
@@ -318,23 +381,29 @@ def _canonical(text: str, state: State) -> Scope:
         variants = sorted(i for i in ids if name is not None and i.casefold() == name.casefold())
         if variants:
             fixed = dataclasses.replace(scope, **{kind: variants[0]})
-            raise ValueError(f"Unknown {kind} {name!r} in scope {text!r}; did you mean '{fixed}'? Ids that "
-                             "differ only in case would be two budgets for the same patients.")  # fmt: skip
+            raise ValueError(
+                f"Unknown {kind} {name!r} in scope {text!r}; did you mean '{fixed}'? Ids that "
+                "differ only in case would be two budgets for the same patients."
+            )
     return scope
 
 
 def _check_randomness(randomness: str, allow_seeded: bool, run_id: str) -> None:
     if not isinstance(randomness, str) or not _RANDOMNESS.fullmatch(randomness):
-        raise ValueError(f"Expected randomness={randomness!r} to be one of: {', '.join(RANDOMNESS_FORMS)} "
-                         "(the id in lower-case hex).")  # fmt: skip
+        raise ValueError(
+            f"Expected randomness={randomness!r} to be one of: {', '.join(RANDOMNESS_FORMS)} "
+            "(the id in lower-case hex)."
+        )
     if not isinstance(allow_seeded, bool):
         raise ValueError(f"Expected allow_seeded={allow_seeded!r} to be True or False.")
     if randomness != "secure" and not allow_seeded:
-        raise SeededRunError(f"Run {run_id!r} is seeded (randomness={randomness!r}): its noise and "
-                             "sampling follow from a recorded seed, and whoever knows the seed can replay "
-                             "it, so its guarantee does not hold against them. Pass allow_seeded=True "
-                             "(privkit budget charge --allow-seeded) only for public benchmark data; nothing "
-                             "was charged.")  # fmt: skip
+        raise SeededRunError(
+            f"Run {run_id!r} is seeded (randomness={randomness!r}): its noise and "
+            "sampling follow from a recorded seed, and whoever knows the seed can replay "
+            "it, so its guarantee does not hold against them. Pass allow_seeded=True "
+            "(privkit budget charge --allow-seeded) only for public benchmark data; nothing "
+            "was charged."
+        )
 
 
 def _or_default(location: str | Path | None) -> str | Path | None:
@@ -342,13 +411,17 @@ def _or_default(location: str | Path | None) -> str | Path | None:
     return (os.environ.get("PRIVKIT_LEDGER") or None) if location is None else location
 
 
-def _store(location: str | Path | None, read_only: bool) -> LedgerFile | _ledger_postgres.LedgerDatabase:
+def _store(
+    location: str | Path | None, read_only: bool
+) -> LedgerFile | _ledger_postgres.LedgerDatabase:
     """The storage ``location`` names: a PostgreSQL URL, else a file (``sqlite:///path`` or a path)."""
     location = _or_default(location)
     if _ledger_postgres.is_url(location):
         return _ledger_postgres.LedgerDatabase(location, read_only=read_only)
     if isinstance(location, str) and location.startswith("sqlite:///"):
-        location = location[len("sqlite:///"):]  # sqlite:///relative/path, sqlite:////absolute/path
+        location = location[
+            len("sqlite:///") :
+        ]  # sqlite:///relative/path, sqlite:////absolute/path
     return LedgerFile(location, read_only=read_only)
 
 
@@ -379,8 +452,9 @@ class Ledger:
     def _read(self) -> State:
         return self._store.read()
 
-    def register_dataset(self, name: str, *, size: int, actor: str | None = None,
-                         description: str | None = None) -> Registration:  # fmt: skip
+    def register_dataset(
+        self, name: str, *, size: int, actor: str | None = None, description: str | None = None
+    ) -> Registration:
         """Register a dataset privkit does not know, so that scopes ``dataset:<name>...`` can be charged.
 
         Args:
@@ -395,28 +469,41 @@ class Ledger:
         """
         if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name):
             lower = isinstance(name, str) and name.lower() != name
-            raise ValueError(f"Expected name={name!r} in lower case, of letters, digits, '_', '.', '-'"
-                             + (f" (canonical: {name.lower()!r})." if lower else "."))
+            raise ValueError(
+                f"Expected name={name!r} in lower case, of letters, digits, '_', '.', '-'"
+                + (f" (canonical: {name.lower()!r})." if lower else ".")
+            )
         positive_int(size=size)
         _text(actor=actor)
         _text(description=description)
 
         def decide(state: State) -> tuple[Registration, list[Check]]:
             if name in data.DATASETS:
-                raise ValueError(f"The dataset {name!r} is known to privkit: dataset:{name} needs no "
-                                 "registration.")  # fmt: skip
+                raise ValueError(
+                    f"The dataset {name!r} is known to privkit: dataset:{name} needs no "
+                    "registration."
+                )
             for old in state.datasets:
                 if old.name == name:
-                    raise ValueError(f"The dataset {name!r} was registered with size {old.size} at "
-                                     f"{old.time} by {old.actor}; a registration is never "
-                                     "changed.")  # fmt: skip
-            return Registration(name, size, now(), actor or default_actor(), description, 0, 0, "", ""), []
+                    raise ValueError(
+                        f"The dataset {name!r} was registered with size {old.size} at "
+                        f"{old.time} by {old.actor}; a registration is never "
+                        "changed."
+                    )
+            return Registration(
+                name, size, now(), actor or default_actor(), description, 0, 0, "", ""
+            ), []
 
         return self._store.write(decide)
 
     @staticmethod
-    def _spent(scope: Scope, budgets: dict[str, Budget], spends: list[Spend], accountant: str,
-               delta: float | None = None) -> Spent:  # fmt: skip
+    def _spent(
+        scope: Scope,
+        budgets: dict[str, Budget],
+        spends: list[Spend],
+        accountant: str,
+        delta: float | None = None,
+    ) -> Spent:
         own, mine = budgets.get(str(scope)), _touching(spends, scope)
         if delta is None:
             above = [budgets[str(s)].delta for s in scope.chain if str(s) in budgets]
@@ -427,11 +514,27 @@ class Ledger:
             here = _touching(mine, cell)
             epsilon = max(epsilon, _epsilon(here, delta, accountant))
             sums = max(sums, (sum(s.epsilon for s in here), sum(s.delta for s in here)))
-        return Spent(str(scope), epsilon, delta, *sums, len(mine), own, own.epsilon - epsilon if own else None)
+        return Spent(
+            str(scope),
+            epsilon,
+            delta,
+            *sums,
+            len(mine),
+            own,
+            own.epsilon - epsilon if own else None,
+        )
 
-    def set_budget(self, scope: str, *, epsilon: float, delta: float, actor: str | None = None,
-                   accountant: str = "prv", raise_budget: bool = False,
-                   reason: str | None = None) -> Budget:  # fmt: skip
+    def set_budget(
+        self,
+        scope: str,
+        *,
+        epsilon: float,
+        delta: float,
+        actor: str | None = None,
+        accountant: str = "prv",
+        raise_budget: bool = False,
+        reason: str | None = None,
+    ) -> Budget:
         """Set, lower or (explicitly) raise the budget of ``scope``; every change stays in the ledger.
 
         Args:
@@ -465,23 +568,48 @@ class Ledger:
             current = state.current.get(str(parsed))
             raising = current and (epsilon > current.epsilon or delta > current.delta)
             if raising and not (raise_budget and reason):
-                raise ValueError(f"Refused to raise the budget of {parsed} from epsilon={current.epsilon:g}, "
-                                 f"delta={current.delta:g} to epsilon={epsilon:g}, delta={delta:g} without "
-                                 "raise_budget=True and a reason (privkit budget set --raise --reason TEXT); "
-                                 "nothing was changed.")  # fmt: skip
+                raise ValueError(
+                    f"Refused to raise the budget of {parsed} from epsilon={current.epsilon:g}, "
+                    f"delta={current.delta:g} to epsilon={epsilon:g}, delta={delta:g} without "
+                    "raise_budget=True and a reason (privkit budget set --raise --reason TEXT); "
+                    "nothing was changed."
+                )
             spent = self._spent(parsed, state.current, state.spends, accountant, delta=delta)
             if spent.epsilon > epsilon:
-                raise ValueError(f"Expected epsilon={epsilon!r} >= {spent.epsilon:.4g}, what {parsed} has already "
-                                 f"spent at delta={delta:g} ({spent.n_spends} spends); a budget cannot go below it.")
-            new = Budget(str(parsed), float(epsilon), float(delta), now(), actor or default_actor(), reason,
-                         0, 0, "", "")  # fmt: skip
+                raise ValueError(
+                    f"Expected epsilon={epsilon!r} >= {spent.epsilon:.4g}, what {parsed} has already "
+                    f"spent at delta={delta:g} ({spent.n_spends} spends); a budget cannot go below it."
+                )
+            new = Budget(
+                str(parsed),
+                float(epsilon),
+                float(delta),
+                now(),
+                actor or default_actor(),
+                reason,
+                0,
+                0,
+                "",
+                "",
+            )
             return new, []
 
         return self._store.write(decide)
 
-    def charge(self, scopes: Sequence[str], *, noise_multiplier: float, sample_rate: float, steps: int,
-               delta: float, run_id: str, actor: str, accountant: str = "prv", randomness: str = "secure",
-               allow_seeded: bool = False) -> Spend:  # fmt: skip
+    def charge(
+        self,
+        scopes: Sequence[str],
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        delta: float,
+        run_id: str,
+        actor: str,
+        accountant: str = "prv",
+        randomness: str = "secure",
+        allow_seeded: bool = False,
+    ) -> Spend:
         """Record the spend of a run about to read the records of ``scopes``, or refuse it. Call it first.
 
         Args:
@@ -516,7 +644,9 @@ class Ledger:
                 raise ValueError(f"Expected {name}={value!r} to be a non-empty string.")
         one_of(ACCOUNTANTS, accountant=accountant)
         _check_randomness(randomness, allow_seeded, run_id)
-        mechanism = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+        mechanism = dict(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
+        )
         try:
             own = accounting.epsilon(**mechanism, accountant=accountant)
         except RuntimeError:  # PRV fails at epsilons in the hundreds
@@ -526,15 +656,26 @@ class Ledger:
         def decide(state: State) -> tuple[Spend, list[Check]]:
             parsed = list(dict.fromkeys(_canonical(s, state) for s in scopes))
             budgets, spends = state.current, state.spends
-            shared = [(old, x) for old in spends if randomness != "secure" and old.randomness == randomness
-                      for x in old.scopes if any(parse_scope(x).overlaps(p) for p in parsed)]  # fmt: skip
+            shared = [
+                (old, x)
+                for old in spends
+                if randomness != "secure" and old.randomness == randomness
+                for x in old.scopes
+                if any(parse_scope(x).overlaps(p) for p in parsed)
+            ]
             if shared:
                 old, scope = shared[0]
-                raise SeededRunError(f"Run {run_id!r} reuses the noise stream {randomness!r} of spend "
-                                     f"{old.id} (run {old.run_id!r}) on {scope}: runs that share their noise "
-                                     "are not independent mechanisms and do not compose as such; derive a "
-                                     "new stream (a new run identity). Nothing was charged.")  # fmt: skip
-            known = [parse_scope(s) for s in budgets] + [parse_scope(x) for s in spends for x in s.scopes] + parsed
+                raise SeededRunError(
+                    f"Run {run_id!r} reuses the noise stream {randomness!r} of spend "
+                    f"{old.id} (run {old.run_id!r}) on {scope}: runs that share their noise "
+                    "are not independent mechanisms and do not compose as such; derive a "
+                    "new stream (a new run identity). Nothing was charged."
+                )
+            known = (
+                [parse_scope(s) for s in budgets]
+                + [parse_scope(x) for s in spends for x in s.scopes]
+                + parsed
+            )
             binding = sorted((parse_scope(b) for b in budgets), key=Scope._key)
             checks = []
             for cell in sorted({c for s in parsed for c in _cells(s, known)}, key=Scope._key):
@@ -542,13 +683,30 @@ class Ledger:
                 for budget in (budgets[str(b)] for b in binding if b.contains(cell)):
                     composed = _epsilon(here, budget.delta, accountant, new)
                     if composed > budget.epsilon:
-                        raise BudgetExceededError.of(budget, spent=_epsilon(here, budget.delta, accountant),
-                                                     requested=_epsilon([], budget.delta, accountant, new),
-                                                     composed=composed, run_id=run_id)  # fmt: skip
+                        raise BudgetExceededError.of(
+                            budget,
+                            spent=_epsilon(here, budget.delta, accountant),
+                            requested=_epsilon([], budget.delta, accountant, new),
+                            composed=composed,
+                            run_id=run_id,
+                        )
                     ids = tuple(sorted(s.id for s in here))
                     checks.append(Check(0, budget.id, cell.institution, cell.group, ids, composed))
-            spend = Spend(0, now(), tuple(map(str, parsed)), *new[0], float(delta), accountant, float(own),
-                          run_id, actor, randomness, 0, "", "")  # fmt: skip
+            spend = Spend(
+                0,
+                now(),
+                tuple(map(str, parsed)),
+                *new[0],
+                float(delta),
+                accountant,
+                float(own),
+                run_id,
+                actor,
+                randomness,
+                0,
+                "",
+                "",
+            )
             return spend, checks
 
         return self._store.write(decide)
@@ -571,9 +729,16 @@ class Ledger:
         if scope is None:
             return state.events
         within = _canonical(scope, state)
-        return [e for e in state.events if isinstance(e, Registration) and e.name == within.dataset
-                or isinstance(e, Budget) and parse_scope(e.scope).overlaps(within)
-                or isinstance(e, Spend) and _touching([e], within)]  # fmt: skip
+        return [
+            e
+            for e in state.events
+            if isinstance(e, Registration)
+            and e.name == within.dataset
+            or isinstance(e, Budget)
+            and parse_scope(e.scope).overlaps(within)
+            or isinstance(e, Spend)
+            and _touching([e], within)
+        ]
 
     def budgets(self) -> list[Budget]:
         """Every budget ever set, in time order (a scope's current one is its last)."""
@@ -603,10 +768,15 @@ class Ledger:
             LedgerError: If the ledger is an SQLite file of schema version 1 (opened read-only), without a
                 chain.
         """
-        if head is not None and not (isinstance(head, str) and len(head) == 64
-                                     and set(head.lower()) <= set("0123456789abcdef")):
-            raise ValueError(f"Expected head={head!r} to be a SHA-256 hex digest (64 characters 0-9, a-f), "
-                             "as printed by privkit budget verify.")
+        if head is not None and not (
+            isinstance(head, str)
+            and len(head) == 64
+            and set(head.lower()) <= set("0123456789abcdef")
+        ):
+            raise ValueError(
+                f"Expected head={head!r} to be a SHA-256 hex digest (64 characters 0-9, a-f), "
+                "as printed by privkit budget verify."
+            )
         verified = self._store.verify(head=head and head.lower())
         if self.path is None:  # PostgreSQL: what each charge claimed, composed again
             self._audit(self._read())
@@ -620,7 +790,9 @@ class Ledger:
                 continue  # a budget or spend of a dataset not granted to them: the steward audits it
             spend, budget = spends[check.spend_id], budgets[check.budget_id]
             mechanism = ((spend.noise_multiplier, spend.sample_rate, spend.steps),)
-            composed = _epsilon([spends[i] for i in check.spends], budget.delta, spend.accountant, mechanism)
+            composed = _epsilon(
+                [spends[i] for i in check.spends], budget.delta, spend.accountant, mechanism
+            )
             if composed > budget.epsilon * (1 + 1e-9):
                 raise LedgerTamperedError.at(
                     self.location,
@@ -642,9 +814,11 @@ class Ledger:
                 refuses (not a steward; unknown dataset or role).
         """
         if not isinstance(self._store, _ledger_postgres.LedgerDatabase):
-            raise LedgerError(f"The ledger {self.location} is an SQLite file: it has no roles, whoever may "
-                              "write it may charge it. Grants need a PostgreSQL ledger (privkit budget init "
-                              "postgresql://...).")
+            raise LedgerError(
+                f"The ledger {self.location} is an SQLite file: it has no roles, whoever may "
+                "write it may charge it. Grants need a PostgreSQL ledger (privkit budget init "
+                "postgresql://...)."
+            )
         one_of((False, True), revoke=revoke)
         self._store.grant(dataset, role, granted=not revoke)
 
@@ -661,23 +835,27 @@ class Ledger:
         one_of(ACCOUNTANTS, accountant=accountant)
         state = self._read()
         budgets, spends = state.current, state.spends
-        known = {parse_scope(s) for s in budgets} | {parse_scope(x) for s in spends for x in s.scopes}
+        known = {parse_scope(s) for s in budgets} | {
+            parse_scope(x) for s in spends for x in s.scopes
+        }
         if scope is not None:
             within = _canonical(scope, state)
             known = {k for k in known if within.contains(k)} | {within}
         rows = [self._spent(k, budgets, spends, accountant) for k in sorted(known, key=Scope._key)]
         nan = lambda x: math.nan if x is None else x  # noqa: E731
-        return pd.DataFrame({
-            "scope": [s.scope for s in rows],
-            "budget_epsilon": [nan(s.budget and s.budget.epsilon) for s in rows],
-            "budget_delta": [nan(s.budget and s.budget.delta) for s in rows],
-            "spent_epsilon_composed": [s.epsilon for s in rows],
-            "spent_delta": [nan(s.delta) for s in rows],
-            "spent_epsilon_sum": [s.epsilon_sum for s in rows],
-            "spent_delta_sum": [s.delta_sum for s in rows],
-            "remaining": [nan(s.remaining) for s in rows],
-            "n_spends": [s.n_spends for s in rows],
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "scope": [s.scope for s in rows],
+                "budget_epsilon": [nan(s.budget and s.budget.epsilon) for s in rows],
+                "budget_delta": [nan(s.budget and s.budget.delta) for s in rows],
+                "spent_epsilon_composed": [s.epsilon for s in rows],
+                "spent_delta": [nan(s.delta) for s in rows],
+                "spent_epsilon_sum": [s.epsilon_sum for s in rows],
+                "spent_delta_sum": [s.delta_sum for s in rows],
+                "remaining": [nan(s.remaining) for s in rows],
+                "n_spends": [s.n_spends for s in rows],
+            }
+        )
 
 
 def init(location: str | Path | None = None) -> str:
@@ -714,7 +892,8 @@ def migrate(source: str | Path, destination: str | Path) -> Verified:
     events = source_ledger.events()
     last = events[-1].hash if events else _hashchain.GENESIS
     if _hashchain.first_break(events) is not None or last != head:
-        raise LedgerError(f"The ledger {source_ledger.location} changed while it was read; nothing was "
-                          "copied.")
+        raise LedgerError(
+            f"The ledger {source_ledger.location} changed while it was read; nothing was copied."
+        )
     target._store.import_events(events)
     return target.verify(head=head)

@@ -34,9 +34,9 @@ from scipy.optimize import brentq
 from scipy.special import expit
 
 from privkit import _validate, accounting, budget
-from privkit.randomness import MODES, ledger_tag, numpy_generator
 from privkit._arrays import as_array, binary_pair, check_labels
 from privkit.fairness import CLASS_NAMES
+from privkit.randomness import MODES, ledger_tag, numpy_generator
 
 BINNINGS = ("equal-width", "equal-mass")
 VIEWS = ("top-label", "positive-class")
@@ -103,9 +103,15 @@ def reliability_bins(
         low = np.array([conf[part].min() for part in parts])
         high = np.array([conf[part].max() for part in parts])
     return pd.DataFrame(
-        {"bin": np.arange(len(n)), "low": low, "high": high, "n": n,
-         "confidence": mean_conf, "accuracy": mean_hit}
-    )  # fmt: skip
+        {
+            "bin": np.arange(len(n)),
+            "low": low,
+            "high": high,
+            "n": n,
+            "confidence": mean_conf,
+            "accuracy": mean_hit,
+        }
+    )
 
 
 def expected_calibration_error(
@@ -127,7 +133,9 @@ def expected_calibration_error(
     """
     bins = reliability_bins(labels, probabilities, n_bins=n_bins, binning=binning, view=view)
     full = bins[bins["n"] > 0]
-    return float(np.sum(full["n"] * np.abs(full["accuracy"] - full["confidence"])) / full["n"].sum())
+    return float(
+        np.sum(full["n"] * np.abs(full["accuracy"] - full["confidence"])) / full["n"].sum()
+    )
 
 
 def brier_score(labels: Any, probabilities: Any) -> float:
@@ -147,7 +155,9 @@ def negative_log_likelihood(labels: Any, logits: Any, *, temperature: float = 1.
     0.6931
     """
     y, z = _labels_logits(labels, logits)
-    _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, temperature=temperature)
+    _validate.in_range(
+        0, math.inf, low_inclusive=False, high_inclusive=False, temperature=temperature
+    )
     s = z / temperature
     return float(np.mean(np.logaddexp(0, s) - y * s))
 
@@ -158,7 +168,9 @@ def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
     >>> apply_temperature([0.0, 2.0], 2.0).round(4).tolist()
     [0.5, 0.7311]
     """
-    _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, temperature=temperature)
+    _validate.in_range(
+        0, math.inf, low_inclusive=False, high_inclusive=False, temperature=temperature
+    )
     return expit(np.asarray(as_array(logits), dtype=np.float64) / temperature)
 
 
@@ -172,14 +184,18 @@ def _labels_logits(labels: Any, logits: Any) -> tuple[np.ndarray, np.ndarray]:
             f"labels.shape={as_array(labels).shape}, logits.shape={as_array(logits).shape}."
         )
     if not np.isfinite(z).all():
-        raise ValueError(f"Expected finite logits; found {int((~np.isfinite(z)).sum())} that are not.")
+        raise ValueError(
+            f"Expected finite logits; found {int((~np.isfinite(z)).sum())} that are not."
+        )
     return check_labels(y).astype(np.float64), z
 
 
 def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
     low, high = bounds
     _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, low_temperature=low)
-    _validate.in_range(low, math.inf, low_inclusive=False, high_inclusive=False, high_temperature=high)
+    _validate.in_range(
+        low, math.inf, low_inclusive=False, high_inclusive=False, high_temperature=high
+    )
     return low, high
 
 
@@ -342,20 +358,35 @@ def fit_temperature_dp(
     low, high = _check_bounds(bounds)
     n = len(as_array(labels))
     if delta >= 1 / max(n, 1):
-        raise ValueError(f"Expected delta={delta} < 1/n = {1 / max(n, 1):.3g} (n = {n} held-out examples).")
+        raise ValueError(
+            f"Expected delta={delta} < 1/n = {1 / max(n, 1):.3g} (n = {n} held-out examples)."
+        )
     if ledger is not None and not scopes:
-        raise ValueError(f"Expected scopes (e.g. ['dataset:pneumoniamnist']) with a ledger; got scopes={scopes!r}.")
+        raise ValueError(
+            f"Expected scopes (e.g. ['dataset:pneumoniamnist']) with a ledger; got scopes={scopes!r}."
+        )
     sigma, spent = _noise(epsilon, delta, steps, accountant)
     y, z = _labels_logits(labels, logits)
     identity = {
-        "stream": "temperature", "seed": seed, "epsilon": epsilon, "delta": delta, "steps": steps,
-        "bounds": [low, high], "inputs": hashlib.sha256(y.tobytes() + z.tobytes()).hexdigest(),
+        "stream": "temperature",
+        "seed": seed,
+        "epsilon": epsilon,
+        "delta": delta,
+        "steps": steps,
+        "bounds": [low, high],
+        "inputs": hashlib.sha256(y.tobytes() + z.tobytes()).hexdigest(),
     }  # seeded: two fits on different scores or budgets never share their noise
     if ledger is not None:  # before the fit uses a single label
         ledger.charge(
-            list(scopes), noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=delta,
-            run_id=f"temperature-{uuid.uuid4().hex[:8]}", actor=budget.default_actor(),
-            accountant=accountant, randomness=ledger_tag(randomness=randomness, identity=identity),
+            list(scopes),
+            noise_multiplier=sigma,
+            sample_rate=1.0,
+            steps=steps,
+            delta=delta,
+            run_id=f"temperature-{uuid.uuid4().hex[:8]}",
+            actor=budget.default_actor(),
+            accountant=accountant,
+            randomness=ledger_tag(randomness=randomness, identity=identity),
             allow_seeded=allow_seeded,
         )
     terms = _slope("confidence", y, z)
@@ -368,16 +399,25 @@ def fit_temperature_dp(
         else:
             a = mid
     return PrivateTemperature(
-        temperature=math.exp(-(a + b) / 2), epsilon=spent, delta=delta, noise_multiplier=sigma,
-        steps=steps, accountant=accountant,
-    )  # fmt: skip
+        temperature=math.exp(-(a + b) / 2),
+        epsilon=spent,
+        delta=delta,
+        noise_multiplier=sigma,
+        steps=steps,
+        accountant=accountant,
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def _noise(epsilon: float, delta: float, steps: int, accountant: str) -> tuple[float, float]:
-    """Noise multiplier of ``steps`` full-batch Gaussian queries spending at most ``epsilon``, and the epsilon spent."""
+    """Noise multiplier of ``steps`` full-batch Gaussian queries spending at most ``epsilon``,
+    and the epsilon spent."""
     sigma = accounting.calibrate_noise(
-        target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=steps, accountant=accountant
+        target_epsilon=epsilon,
+        target_delta=delta,
+        sample_rate=1.0,
+        steps=steps,
+        accountant=accountant,
     )
     spent = accounting.epsilon(
         noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=delta, accountant=accountant

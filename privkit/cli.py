@@ -1,16 +1,16 @@
 """The ``privkit`` command: train one model, or reproduce every figure.
 
-    privkit train --dataset pneumoniamnist --model cnn --epsilon 8 --epochs 10
-    privkit train --epsilon inf                # the non-private baseline
-    privkit reproduce --profile quick
-    privkit bench --json bench.json            # epoch times of every engine on this device
-    privkit bench --accounting                 # the accountant's times, against the old way
-    privkit budget set --scope dataset:pneumoniamnist --epsilon 4 --delta 1e-5
-    privkit budget show                        # budgets, spent epsilon (composed and summed)
-    privkit budget verify                      # check the ledger's hash chain, print its head
-    privkit flower certs --out certs --host coordinator.example.org   # a CA and the SuperLink's TLS files
-    privkit flower key --out keys --name hospital-a                    # a SuperNode's authentication keys
-    privkit budget init postgresql://postgres@dbhost/privacy   # a ledger a hospital shares (as a superuser)
+privkit train --dataset pneumoniamnist --model cnn --epsilon 8 --epochs 10
+privkit train --epsilon inf                # the non-private baseline
+privkit reproduce --profile quick
+privkit bench --json bench.json            # epoch times of every engine on this device
+privkit bench --accounting                 # the accountant's times, against the old way
+privkit budget set --scope dataset:pneumoniamnist --epsilon 4 --delta 1e-5
+privkit budget show                        # budgets, spent epsilon (composed and summed)
+privkit budget verify                      # check the ledger's hash chain, print its head
+privkit flower certs --out certs --host coordinator.example.org   # a CA and the SuperLink's TLS files
+privkit flower key --out keys --name hospital-a                    # a SuperNode's authentication keys
+privkit budget init postgresql://postgres@dbhost/privacy   # a ledger a hospital shares (as a superuser)
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 from privkit import accounting, budget, data, randomness
 from privkit.budget import LedgerError
-from privkit.executors import UnitsFailedError
 from privkit.engine import DP_BACKENDS
+from privkit.executors import UnitsFailedError
 from privkit.models import MODELS
 from privkit.train import TrainConfig
 
@@ -39,80 +39,185 @@ def _float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="privkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="privkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     d = TrainConfig()
-    t = commands.add_parser("train", help="train one model with DP-SGD and print its result",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = commands.add_parser(
+        "train",
+        help="train one model with DP-SGD and print its result",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     t.add_argument("--dataset", default=d.dataset, choices=data.DATASETS)
     t.add_argument("--model", default=d.model, choices=sorted(MODELS))
     t.add_argument("--backend", default=d.backend, choices=DP_BACKENDS)
-    t.add_argument("--epsilon", type=_float, default=d.epsilon, help="target epsilon; 'inf' trains without privacy")
-    t.add_argument("--noise-multiplier", type=_float, default=None, help="fix the noise instead of --epsilon")
+    t.add_argument(
+        "--epsilon",
+        type=_float,
+        default=d.epsilon,
+        help="target epsilon; 'inf' trains without privacy",
+    )
+    t.add_argument(
+        "--noise-multiplier", type=_float, default=None, help="fix the noise instead of --epsilon"
+    )
     t.add_argument("--delta", type=_float, default=d.delta)
-    t.add_argument("--max-grad-norm", type=_float, default=d.max_grad_norm, help="per-sample clipping norm C")
+    t.add_argument(
+        "--max-grad-norm", type=_float, default=d.max_grad_norm, help="per-sample clipping norm C"
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help="expected Poisson batch size")
+    t.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="expected Poisson batch size"
+    )
     t.add_argument("--lr", type=_float, default=d.lr)
     t.add_argument("--momentum", type=_float, default=d.momentum)
-    t.add_argument("--ema", type=_float, default=d.ema, help="decay of a moving average of the parameters (0: off)")
+    t.add_argument(
+        "--ema",
+        type=_float,
+        default=d.ema,
+        help="decay of a moving average of the parameters (0: off)",
+    )
     t.add_argument("--accountant", default=d.accountant, choices=accounting.UPPER_BOUNDS)
-    t.add_argument("--seed", type=int, default=d.seed, help="initialisation (and the noise with --randomness seeded)")
-    t.add_argument("--randomness", default=d.randomness, choices=randomness.MODES,
-                   help="noise and Poisson draws from the OS (secure), or from the seed and the run (seeded: "
-                        "replayable by anyone who reads the configuration; public data only)")
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="initialisation (and the noise with --randomness seeded)",
+    )
+    t.add_argument(
+        "--randomness",
+        default=d.randomness,
+        choices=randomness.MODES,
+        help="noise and Poisson draws from the OS (secure), or from the seed and the run (seeded: "
+        "replayable by anyone who reads the configuration; public data only)",
+    )
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
-    t.add_argument("--data-root", default=None, help="folder with <dataset>.npz (default: $PRIVKIT_DATA, else medmnist's)")
-    t.add_argument("--out", default=None, help="append the result to <out>/metrics.csv (reused if finished)")
+    t.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with <dataset>.npz (default: $PRIVKIT_DATA, else medmnist's)",
+    )
+    t.add_argument(
+        "--out", default=None, help="append the result to <out>/metrics.csv (reused if finished)"
+    )
     t.add_argument("--experiment", default="cli", help="experiment name recorded in the table")
-    t.add_argument("--ledger", default=None,
-                   help="privacy-budget ledger (a file or postgresql:// URL) to charge before any data are "
-                        "read (default: $PRIVKIT_LEDGER if set)")
-    t.add_argument("--scope", action="append", default=None,
-                   help="a scope inside the dataset charged in addition to dataset:<name>; repeat for several")
-    t.add_argument("--allow-seeded", action="store_true",
-                   help="let the ledger charge a --randomness seeded run (recorded as such)")
+    t.add_argument(
+        "--ledger",
+        default=None,
+        help="privacy-budget ledger (a file or postgresql:// URL) to charge before any data are "
+        "read (default: $PRIVKIT_LEDGER if set)",
+    )
+    t.add_argument(
+        "--scope",
+        action="append",
+        default=None,
+        help="a scope inside the dataset charged in addition to dataset:<name>; repeat for several",
+    )
+    t.add_argument(
+        "--allow-seeded",
+        action="store_true",
+        help="let the ledger charge a --randomness seeded run (recorded as such)",
+    )
     t.add_argument("--no-progress", action="store_true")
 
-    ray_help = ("as Ray tasks on the cluster at ADDRESS (auto: the one started on this machine; no ADDRESS: "
-                "$RAY_ADDRESS, else a new local one); see privkit.executors")
-    b = commands.add_parser("bench", help="time every training engine on one device, or the accountant (a benchmark)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ray_help = (
+        "as Ray tasks on the cluster at ADDRESS (auto: the one started on this machine; no ADDRESS: "
+        "$RAY_ADDRESS, else a new local one); see privkit.executors"
+    )
+    b = commands.add_parser(
+        "bench",
+        help="time every training engine on one device, or the accountant (a benchmark)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     b.add_argument("--model", default="cnn", choices=sorted(MODELS))
     b.add_argument("--batch-size", type=int, default=256)
-    b.add_argument("--epochs", type=int, default=2, help="timed epochs per row, after one warm-up epoch")
-    b.add_argument("--stacks", type=int, nargs="*", default=[8, 32], help="K of the fast-stack-K rows")
-    b.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (else random data of its size)")
+    b.add_argument(
+        "--epochs", type=int, default=2, help="timed epochs per row, after one warm-up epoch"
+    )
+    b.add_argument(
+        "--stacks", type=int, nargs="*", default=[8, 32], help="K of the fast-stack-K rows"
+    )
+    b.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with pneumoniamnist.npz (else random data of its size)",
+    )
     b.add_argument("--json", default=None, help="also write the report as JSON here")
-    b.add_argument("--sweep", default=None, metavar="YAML",
-                   help="also time this experiment's full epsilon sweep, e.g. experiments/privacy_utility.yaml")
-    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help=f"instead, time units of work run here and {ray_help}, 1 and 2 at a time")
-    b.add_argument("--units", type=int, default=8, help="units of work (one model each) timed per row of --ray")
+    b.add_argument(
+        "--sweep",
+        default=None,
+        metavar="YAML",
+        help="also time this experiment's full epsilon sweep, e.g. experiments/privacy_utility.yaml",
+    )
+    b.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help=f"instead, time units of work run here and {ray_help}, 1 and 2 at a time",
+    )
+    b.add_argument(
+        "--units", type=int, default=8, help="units of work (one model each) timed per row of --ray"
+    )
     b.add_argument("--no-progress", action="store_true")
-    b.add_argument("--accounting", action="store_true",
-                   help="time the accountant instead (epsilon, calibration, curves, individual plans) against "
-                        "the way privkit computed it before, in the same run")
-    b.add_argument("--plan-groups", type=int, nargs="*", default=[2, 3, 5], choices=[2, 3, 5],
-                   help="with --accounting: numbers of groups of the individual.plan rows")
-    b.add_argument("--all-baselines", action="store_true",
-                   help="with --accounting: also time the old individual.plan for 3 and 5 groups (minutes)")
+    b.add_argument(
+        "--accounting",
+        action="store_true",
+        help="time the accountant instead (epsilon, calibration, curves, individual plans) against "
+        "the way privkit computed it before, in the same run",
+    )
+    b.add_argument(
+        "--plan-groups",
+        type=int,
+        nargs="*",
+        default=[2, 3, 5],
+        choices=[2, 3, 5],
+        help="with --accounting: numbers of groups of the individual.plan rows",
+    )
+    b.add_argument(
+        "--all-baselines",
+        action="store_true",
+        help="with --accounting: also time the old individual.plan for 3 and 5 groups (minutes)",
+    )
 
-    r = commands.add_parser("reproduce", help="execute every experiment notebook (what `make reproduce` does)")
-    r.add_argument("--profile", default="full", help="full (GPU) or quick (CPU), as defined in experiments/*.yaml")
+    r = commands.add_parser(
+        "reproduce", help="execute every experiment notebook (what `make reproduce` does)"
+    )
+    r.add_argument(
+        "--profile",
+        default="full",
+        help="full (GPU) or quick (CPU), as defined in experiments/*.yaml",
+    )
     r.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
     r.add_argument("--experiments-dir", default="experiments")
     r.add_argument("--notebooks-dir", default="notebooks")
     r.add_argument("--results-dir", default="results")
     r.add_argument("--figures-dir", default="figures")
-    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help=f"train the notebooks' sweeps {ray_help}")
-    c = commands.add_parser("site", help="execute the tutorials and build the course site (what `make site` does)")
-    c.add_argument("--out", default="results/course", help="executed notebooks in OUT/notebooks, the site in OUT/site")
-    c.add_argument("--no-solutions", action="store_true", help="leave the solutions notebooks out of the site")
-    c.add_argument("--data-root", default=None, help="folder with pneumoniamnist.npz (else $PRIVKIT_DATA)")
+    r.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help=f"train the notebooks' sweeps {ray_help}",
+    )
+    c = commands.add_parser(
+        "site", help="execute the tutorials and build the course site (what `make site` does)"
+    )
+    c.add_argument(
+        "--out",
+        default="results/course",
+        help="executed notebooks in OUT/notebooks, the site in OUT/site",
+    )
+    c.add_argument(
+        "--no-solutions", action="store_true", help="leave the solutions notebooks out of the site"
+    )
+    c.add_argument(
+        "--data-root", default=None, help="folder with pneumoniamnist.npz (else $PRIVKIT_DATA)"
+    )
     c.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
     _add_budget_parser(commands)
     _add_flower_parser(commands)
@@ -120,14 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_flower_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("flower", help="credentials for a Flower federation (privkit.federated.flower)")
+    p = commands.add_parser(
+        "flower", help="credentials for a Flower federation (privkit.federated.flower)"
+    )
     sub = p.add_subparsers(dest="flower_command", required=True)
-    c = sub.add_parser("certs", help="the coordinator: a CA and the SuperLink's TLS certificate and key")
-    c.add_argument("--out", required=True, help="folder for ca.crt, ca.key, superlink.crt, superlink.key")
-    c.add_argument("--host", required=True, action="append",
-                   help="a name or IP address by which the hospitals reach the SuperLink; repeat for several")
+    c = sub.add_parser(
+        "certs", help="the coordinator: a CA and the SuperLink's TLS certificate and key"
+    )
+    c.add_argument(
+        "--out", required=True, help="folder for ca.crt, ca.key, superlink.crt, superlink.key"
+    )
+    c.add_argument(
+        "--host",
+        required=True,
+        action="append",
+        help="a name or IP address by which the hospitals reach the SuperLink; repeat for several",
+    )
     c.add_argument("--days", type=int, default=365, help="validity of the certificates")
-    k = sub.add_parser("key", help="a hospital: its SuperNode's authentication key pair (send only the .pub)")
+    k = sub.add_parser(
+        "key", help="a hospital: its SuperNode's authentication key pair (send only the .pub)"
+    )
     k.add_argument("--out", required=True, help="folder for <name> (private) and <name>.pub")
     k.add_argument("--name", required=True, help="the hospital's institution id, e.g. hospital-a")
 
@@ -138,69 +255,127 @@ def _flower(args: argparse.Namespace) -> int:
     if args.flower_command == "certs":
         made = credentials.make_certificates(args.out, hosts=args.host, days=args.days)
         print(f"CA: {made.ca_certificate} (give it to every hospital; keep {made.ca_key} offline)")
-        print(f"SuperLink: --ssl-ca-certfile {made.ca_certificate} --ssl-certfile {made.superlink_certificate}"
-              f" --ssl-keyfile {made.superlink_key}")
+        print(
+            f"SuperLink: --ssl-ca-certfile {made.ca_certificate} --ssl-certfile {made.superlink_certificate}"
+            f" --ssl-keyfile {made.superlink_key}"
+        )
     else:
         private, public = credentials.make_supernode_key(args.out, name=args.name)
-        print(f"SuperNode: --auth-supernode-private-key {private} (stays at the hospital)\n"
-              f"Coordinator: flwr supernode register {public.name} <superlink> --name {args.name}")
+        print(
+            f"SuperNode: --auth-supernode-private-key {private} (stays at the hospital)\n"
+            f"Coordinator: flwr supernode register {public.name} <superlink> --name {args.name}"
+        )
     return 0
 
 
 def _add_budget_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("budget", help="privacy budgets: set them, show what was spent, list and verify "
-                            "the events")  # fmt: skip
+    p = commands.add_parser(
+        "budget", help="privacy budgets: set them, show what was spent, list and verify the events"
+    )
     sub = p.add_subparsers(dest="budget_command", required=True)
     ledger = argparse.ArgumentParser(add_help=False)
-    ledger.add_argument("--ledger", default=None, metavar="LOCATION",
-                        help="ledger file, sqlite:///PATH or postgresql://USER@HOST/DATABASE (default: "
-                             "$PRIVKIT_LEDGER, else $XDG_DATA_HOME/privkit/ledger.sqlite)")
-    scope_help = "dataset:<name>[/institution:<id>][/group:<id>], <name> known to privkit or registered"
+    ledger.add_argument(
+        "--ledger",
+        default=None,
+        metavar="LOCATION",
+        help="ledger file, sqlite:///PATH or postgresql://USER@HOST/DATABASE (default: "
+        "$PRIVKIT_LEDGER, else $XDG_DATA_HOME/privkit/ledger.sqlite)",
+    )
+    scope_help = (
+        "dataset:<name>[/institution:<id>][/group:<id>], <name> known to privkit or registered"
+    )
     actor = argparse.ArgumentParser(add_help=False)
     actor.add_argument("--actor", default=None, help="who does it (default: user@host)")
-    s = sub.add_parser("set", parents=[ledger, actor],
-                       help="set, lower or (with --raise --reason) raise the budget of a scope")
+    s = sub.add_parser(
+        "set",
+        parents=[ledger, actor],
+        help="set, lower or (with --raise --reason) raise the budget of a scope",
+    )
     s.add_argument("--scope", required=True, help=scope_help)
     s.add_argument("--epsilon", type=_float, required=True)
     s.add_argument("--delta", type=_float, required=True)
-    s.add_argument("--raise", dest="raise_budget", action="store_true",
-                   help="allow raising the epsilon or delta of the scope's current budget (needs --reason)")
-    s.add_argument("--reason", default=None, help="why; required with --raise, recorded, shown by history")
-    r = sub.add_parser("register", parents=[ledger, actor], help="register a dataset privkit does not know")
-    r.add_argument("--dataset", required=True, help="its name, in lower case (scopes: dataset:<name>...)")
+    s.add_argument(
+        "--raise",
+        dest="raise_budget",
+        action="store_true",
+        help="allow raising the epsilon or delta of the scope's current budget (needs --reason)",
+    )
+    s.add_argument(
+        "--reason", default=None, help="why; required with --raise, recorded, shown by history"
+    )
+    r = sub.add_parser(
+        "register", parents=[ledger, actor], help="register a dataset privkit does not know"
+    )
+    r.add_argument(
+        "--dataset", required=True, help="its name, in lower case (scopes: dataset:<name>...)"
+    )
     r.add_argument("--size", type=int, required=True, help="its number of records")
     r.add_argument("--description", default=None)
-    for name, what in (("show", "budgets, spent epsilon (composed and summed) and remaining, per scope"),
-                       ("history", "every event (budgets, registrations, spends), in order")):
+    for name, what in (
+        ("show", "budgets, spent epsilon (composed and summed) and remaining, per scope"),
+        ("history", "every event (budgets, registrations, spends), in order"),
+    ):
         sub.add_parser(name, parents=[ledger], help=what).add_argument(
-            "--scope", default=None, help=f"only this scope and what lies in it: {scope_help}")
-    v = sub.add_parser("verify", parents=[ledger], help="check the ledger's hash chain and print its head")
-    v.add_argument("--head", default=None,
-                   help="a head recorded earlier (an anchor): check that it is still on the chain")
-    c = sub.add_parser("charge", parents=[ledger, actor],
-                       help="record a run's spend by hand, or refuse it (exit 2)")
-    c.add_argument("--scope", required=True, action="append", help=f"{scope_help}; repeat for several")
+            "--scope", default=None, help=f"only this scope and what lies in it: {scope_help}"
+        )
+    v = sub.add_parser(
+        "verify", parents=[ledger], help="check the ledger's hash chain and print its head"
+    )
+    v.add_argument(
+        "--head",
+        default=None,
+        help="a head recorded earlier (an anchor): check that it is still on the chain",
+    )
+    c = sub.add_parser(
+        "charge",
+        parents=[ledger, actor],
+        help="record a run's spend by hand, or refuse it (exit 2)",
+    )
+    c.add_argument(
+        "--scope", required=True, action="append", help=f"{scope_help}; repeat for several"
+    )
     c.add_argument("--noise-multiplier", type=_float, required=True)
     c.add_argument("--sample-rate", type=_float, required=True)
     c.add_argument("--steps", type=int, required=True)
     c.add_argument("--delta", type=_float, required=True)
     c.add_argument("--run-id", required=True)
     c.add_argument("--accountant", default="prv", choices=("prv", "rdp"))
-    c.add_argument("--randomness", default="secure",
-                   help="secure (OS entropy), or seeded:<hex id>: noise that follows from a recorded seed")
-    c.add_argument("--allow-seeded", action="store_true", help="accept a seeded run (public benchmarks only)")
-    i = sub.add_parser("init", help="create a ledger, or bring its schema up to date (PostgreSQL: as a "
-                       "superuser; with the roles privkit_steward and privkit_researcher)")
-    i.add_argument("location", nargs="?", default=None,
-                   help="file, sqlite:///PATH or postgresql://USER@HOST/DATABASE (default: $PRIVKIT_LEDGER)")
-    g = sub.add_parser("grant", parents=[ledger],
-                       help="let a database role see and charge a dataset (PostgreSQL, a steward's)")
+    c.add_argument(
+        "--randomness",
+        default="secure",
+        help="secure (OS entropy), or seeded:<hex id>: noise that follows from a recorded seed",
+    )
+    c.add_argument(
+        "--allow-seeded", action="store_true", help="accept a seeded run (public benchmarks only)"
+    )
+    i = sub.add_parser(
+        "init",
+        help="create a ledger, or bring its schema up to date (PostgreSQL: as a "
+        "superuser; with the roles privkit_steward and privkit_researcher)",
+    )
+    i.add_argument(
+        "location",
+        nargs="?",
+        default=None,
+        help="file, sqlite:///PATH or postgresql://USER@HOST/DATABASE (default: $PRIVKIT_LEDGER)",
+    )
+    g = sub.add_parser(
+        "grant",
+        parents=[ledger],
+        help="let a database role see and charge a dataset (PostgreSQL, a steward's)",
+    )
     g.add_argument("--dataset", required=True, help="a dataset known to privkit or registered")
-    g.add_argument("--role", required=True, help="a researcher's database role, or a group role of them")
+    g.add_argument(
+        "--role", required=True, help="a researcher's database role, or a group role of them"
+    )
     g.add_argument("--revoke", action="store_true", help="take the grant back")
-    m = sub.add_parser("migrate", help="copy every event of a ledger, hash chain intact, into a new one")
+    m = sub.add_parser(
+        "migrate", help="copy every event of a ledger, hash chain intact, into a new one"
+    )
     m.add_argument("source", help="the ledger to copy (file or URL); read only")
-    m.add_argument("destination", help="a new ledger without events (PostgreSQL: after init, as a steward)")
+    m.add_argument(
+        "destination", help="a new ledger without events (PostgreSQL: after init, as a steward)"
+    )
 
 
 def _event_row(event: budget.Event, previous: dict[str, budget.Budget]) -> dict[str, object]:
@@ -210,16 +385,32 @@ def _event_row(event: budget.Event, previous: dict[str, budget.Budget]) -> dict[
         old = previous.get(event.scope)
         raised = old is not None and (event.epsilon > old.epsilon or event.delta > old.delta)
         previous[event.scope] = event
-        return row | {"kind": "raise" if raised else "budget", "scope": event.scope,
-                      "epsilon": f"{event.epsilon:g}", "delta": f"{event.delta:g}", "actor": event.actor,
-                      "note": event.reason or ""}  # fmt: skip
+        return row | {
+            "kind": "raise" if raised else "budget",
+            "scope": event.scope,
+            "epsilon": f"{event.epsilon:g}",
+            "delta": f"{event.delta:g}",
+            "actor": event.actor,
+            "note": event.reason or "",
+        }
     if isinstance(event, budget.Registration):
-        return row | {"scope": f"dataset:{event.name}", "run/size": event.size, "actor": event.actor,
-                      "note": event.description or ""}  # fmt: skip
-    return row | {"scope": ",".join(event.scopes), "epsilon": f"{event.epsilon:.3f}",
-                  "delta": f"{event.delta:g}", "run/size": event.run_id, "actor": event.actor,
-                  "noise": f"{event.noise_multiplier:g}", "sample_rate": f"{event.sample_rate:.4g}",
-                  "steps": str(event.steps), "note": event.randomness}  # fmt: skip
+        return row | {
+            "scope": f"dataset:{event.name}",
+            "run/size": event.size,
+            "actor": event.actor,
+            "note": event.description or "",
+        }
+    return row | {
+        "scope": ",".join(event.scopes),
+        "epsilon": f"{event.epsilon:.3f}",
+        "delta": f"{event.delta:g}",
+        "run/size": event.run_id,
+        "actor": event.actor,
+        "noise": f"{event.noise_multiplier:g}",
+        "sample_rate": f"{event.sample_rate:.4g}",
+        "steps": str(event.steps),
+        "note": event.randomness,
+    }
 
 
 def _budget(args: argparse.Namespace) -> int:
@@ -232,61 +423,114 @@ def _budget(args: argparse.Namespace) -> int:
         v = budget.migrate(args.source, args.destination)
         print(f"Copied {v.events} events: hash chain intact, head {v.head} (the source's).")
         return 0
-    ledger = budget.Ledger(args.ledger, read_only=args.budget_command in ("show", "history", "verify"))
+    ledger = budget.Ledger(
+        args.ledger, read_only=args.budget_command in ("show", "history", "verify")
+    )
     if args.budget_command == "grant":
         ledger.grant(args.dataset, args.role, revoke=args.revoke)
-        print(f"dataset:{args.dataset} {'no longer granted to' if args.revoke else 'granted to'} the role "
-              f"{args.role} ({ledger.location})")
+        print(
+            f"dataset:{args.dataset} {'no longer granted to' if args.revoke else 'granted to'} the role "
+            f"{args.role} ({ledger.location})"
+        )
     elif args.budget_command == "set":
-        b = ledger.set_budget(args.scope, epsilon=args.epsilon, delta=args.delta, actor=args.actor,
-                              raise_budget=args.raise_budget, reason=args.reason)  # fmt: skip
+        b = ledger.set_budget(
+            args.scope,
+            epsilon=args.epsilon,
+            delta=args.delta,
+            actor=args.actor,
+            raise_budget=args.raise_budget,
+            reason=args.reason,
+        )
         why = f"; reason: {b.reason}" if b.reason else ""
-        print(f"{b.scope}: budget epsilon={b.epsilon:g}, delta={b.delta:g} (set {b.time} by {b.actor}{why}; "
-              f"{ledger.location}, head {b.hash})")  # fmt: skip
+        print(
+            f"{b.scope}: budget epsilon={b.epsilon:g}, delta={b.delta:g} (set {b.time} by {b.actor}{why}; "
+            f"{ledger.location}, head {b.hash})"
+        )
     elif args.budget_command == "register":
-        r = ledger.register_dataset(args.dataset, size=args.size, actor=args.actor,
-                                    description=args.description)  # fmt: skip
-        print(f"dataset:{r.name} registered with {r.size} records ({r.time} by {r.actor}; "
-              f"{ledger.location}, head {r.hash})")  # fmt: skip
+        r = ledger.register_dataset(
+            args.dataset, size=args.size, actor=args.actor, description=args.description
+        )
+        print(
+            f"dataset:{r.name} registered with {r.size} records ({r.time} by {r.actor}; "
+            f"{ledger.location}, head {r.hash})"
+        )
     elif args.budget_command == "verify":
         v = ledger.verify(head=args.head)
         print(f"{ledger.location}: hash chain intact, {v.events} events, head {v.head}")
         if args.head:
-            print(f"The head {args.head} recorded earlier is event {v.anchor}: nothing up to it was changed.")
-        print("Record the head outside the ledger (run provenance, a steward's notes): verify --head HASH "
-              "later catches a rewrite of the whole ledger, which an unkeyed chain cannot.")  # fmt: skip
+            print(
+                f"The head {args.head} recorded earlier is event {v.anchor}: nothing up to it was changed."
+            )
+        print(
+            "Record the head outside the ledger (run provenance, a steward's notes): verify --head HASH "
+            "later catches a rewrite of the whole ledger, which an unkeyed chain cannot."
+        )
     elif args.budget_command == "show":
         table = ledger.show(args.scope)
         num = lambda fmt: lambda x: "-" if pd.isna(x) else format(x, fmt)  # noqa: E731
-        print(pd.DataFrame({
-            "scope": table["scope"],
-            "budget": [f"eps={e:g} delta={d:g}" if e == e else "no budget"
-                       for e, d in zip(table["budget_epsilon"], table["budget_delta"])],
-            "spent (composed)": table["spent_epsilon_composed"].map(num(".3f")),
-            "delta": table["spent_delta"].map(num("g")),
-            "spent (sum)": table["spent_epsilon_sum"].map(num(".3f")),
-            "sum of deltas": table["spent_delta_sum"].map(num("g")),
-            "remaining": table["remaining"].map(num(".3f")),
-            "spends": table["n_spends"],
-        }).to_string(index=False) if len(table) else "No budgets or spends yet.")
-        print(f"({ledger.location}; spent for the worst-off patient of each scope. composed: all spends "
-              "composed by the accountant, at the budget's delta; sum: the runs' own epsilons added, at "
-              "their deltas added)")
+        print(
+            pd.DataFrame(
+                {
+                    "scope": table["scope"],
+                    "budget": [
+                        f"eps={e:g} delta={d:g}" if e == e else "no budget"
+                        for e, d in zip(table["budget_epsilon"], table["budget_delta"])
+                    ],
+                    "spent (composed)": table["spent_epsilon_composed"].map(num(".3f")),
+                    "delta": table["spent_delta"].map(num("g")),
+                    "spent (sum)": table["spent_epsilon_sum"].map(num(".3f")),
+                    "sum of deltas": table["spent_delta_sum"].map(num("g")),
+                    "remaining": table["remaining"].map(num(".3f")),
+                    "spends": table["n_spends"],
+                }
+            ).to_string(index=False)
+            if len(table)
+            else "No budgets or spends yet."
+        )
+        print(
+            f"({ledger.location}; spent for the worst-off patient of each scope. composed: all spends "
+            "composed by the accountant, at the budget's delta; sum: the runs' own epsilons added, at "
+            "their deltas added)"
+        )
     elif args.budget_command == "history":
         previous: dict[str, budget.Budget] = {}
-        every = {(e.kind, e.id): _event_row(e, previous) for e in ledger.events()}  # all: to tell raises
+        every = {
+            (e.kind, e.id): _event_row(e, previous) for e in ledger.events()
+        }  # all: to tell raises
         rows = [every[e.kind, e.id] for e in ledger.events(args.scope)]
-        columns = ["event", "time", "kind", "scope", "epsilon", "delta", "run/size", "noise", "sample_rate",
-                   "steps", "actor", "note"]  # fmt: skip
+        columns = [
+            "event",
+            "time",
+            "kind",
+            "scope",
+            "epsilon",
+            "delta",
+            "run/size",
+            "noise",
+            "sample_rate",
+            "steps",
+            "actor",
+            "note",
+        ]
         table = pd.DataFrame(rows, columns=columns).fillna("")
         print(table.to_string(index=False) if rows else "No events yet.")
     else:
-        s = ledger.charge(args.scope, noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
-                          steps=args.steps, delta=args.delta, run_id=args.run_id,
-                          actor=args.actor or budget.default_actor(), accountant=args.accountant,
-                          randomness=args.randomness, allow_seeded=args.allow_seeded)  # fmt: skip
-        print(f"charged spend {s.id}: epsilon={s.epsilon:.3f} at delta={s.delta:g} on {', '.join(s.scopes)} "
-              f"({s.randomness}); ledger head {s.hash}")  # fmt: skip
+        s = ledger.charge(
+            args.scope,
+            noise_multiplier=args.noise_multiplier,
+            sample_rate=args.sample_rate,
+            steps=args.steps,
+            delta=args.delta,
+            run_id=args.run_id,
+            actor=args.actor or budget.default_actor(),
+            accountant=args.accountant,
+            randomness=args.randomness,
+            allow_seeded=args.allow_seeded,
+        )
+        print(
+            f"charged spend {s.id}: epsilon={s.epsilon:.3f} at delta={s.delta:g} on {', '.join(s.scopes)} "
+            f"({s.randomness}); ledger head {s.hash}"
+        )
     return 0
 
 
@@ -295,22 +539,43 @@ def _train(args: argparse.Namespace) -> int:
     from privkit.train import train
 
     config = TrainConfig(
-        dataset=args.dataset, model=args.model, backend=args.backend,
+        dataset=args.dataset,
+        model=args.model,
+        backend=args.backend,
         epsilon=None if args.noise_multiplier is not None else args.epsilon,
-        noise_multiplier=args.noise_multiplier, delta=args.delta,
-        max_grad_norm=args.max_grad_norm, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, momentum=args.momentum, ema=args.ema, accountant=args.accountant, seed=args.seed,
-        randomness=args.randomness, device=args.device, data_root=args.data_root,
-    )  # fmt: skip
+        noise_multiplier=args.noise_multiplier,
+        delta=args.delta,
+        max_grad_norm=args.max_grad_norm,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        ema=args.ema,
+        accountant=args.accountant,
+        seed=args.seed,
+        randomness=args.randomness,
+        device=args.device,
+        data_root=args.data_root,
+    )
     path = args.ledger or os.environ.get("PRIVKIT_LEDGER")
     ledger = budget.Ledger(path) if path else None
     if args.scope and ledger is None:
-        raise ValueError(f"--scope {args.scope} needs a ledger to charge (--ledger or $PRIVKIT_LEDGER).")
+        raise ValueError(
+            f"--scope {args.scope} needs a ledger to charge (--ledger or $PRIVKIT_LEDGER)."
+        )
     if args.out:
         if args.scope:
-            raise ValueError("--scope is for a single run without --out (a sweep charges dataset:<name>).")
-        table = experiments.sweep([config], experiment=args.experiment, out_dir=args.out, ledger=ledger,
-                                  allow_seeded=args.allow_seeded, progress=not args.no_progress)  # fmt: skip
+            raise ValueError(
+                "--scope is for a single run without --out (a sweep charges dataset:<name>)."
+            )
+        table = experiments.sweep(
+            [config],
+            experiment=args.experiment,
+            out_dir=args.out,
+            ledger=ledger,
+            allow_seeded=args.allow_seeded,
+            progress=not args.no_progress,
+        )
         summary = {
             "run_id": table["run_id"].iloc[0],
             "epsilon_spent": float(table["epsilon_spent"].iloc[0]),
@@ -319,15 +584,28 @@ def _train(args: argparse.Namespace) -> int:
             "table": f"{args.out}/metrics.csv",
         }
     else:
-        result = train(config, ledger=ledger, scopes=args.scope, allow_seeded=args.allow_seeded,
-                       progress=not args.no_progress)  # fmt: skip
+        result = train(
+            config,
+            ledger=ledger,
+            scopes=args.scope,
+            allow_seeded=args.allow_seeded,
+            progress=not args.no_progress,
+        )
         m = result.mechanism
         summary = {
-            "backend": result.backend, "device": result.device, "randomness": config.randomness,
-            "epsilon_spent": m.epsilon, "delta": m.delta, "noise_multiplier": m.noise_multiplier,
-            "sample_rate": m.sample_rate, "steps": m.steps, "seconds": round(result.seconds, 2),
-            "metrics": {f"{s}_{k}": v for s, vals in result.metrics.items() for k, v in vals.items()},
-        }  # fmt: skip
+            "backend": result.backend,
+            "device": result.device,
+            "randomness": config.randomness,
+            "epsilon_spent": m.epsilon,
+            "delta": m.delta,
+            "noise_multiplier": m.noise_multiplier,
+            "sample_rate": m.sample_rate,
+            "steps": m.steps,
+            "seconds": round(result.seconds, 2),
+            "metrics": {
+                f"{s}_{k}": v for s, vals in result.metrics.items() for k, v in vals.items()
+            },
+        }
     print(json.dumps(summary, indent=2, default=lambda x: "inf" if x == math.inf else str(x)))
     return 0
 
@@ -339,11 +617,16 @@ def _bench(args: argparse.Namespace) -> int:
         if args.accounting:
             from privkit import bench_accounting
 
-            report = bench_accounting.run(plan_groups=args.plan_groups, all_baselines=args.all_baselines)
+            report = bench_accounting.run(
+                plan_groups=args.plan_groups, all_baselines=args.all_baselines
+            )
             print(bench_accounting.format_table(report))
         else:
             timed = bench.time_ray(
-                address=args.ray or None, units=args.units, epochs=args.epochs, data_root=args.data_root,
+                address=args.ray or None,
+                units=args.units,
+                epochs=args.epochs,
+                data_root=args.data_root,
                 progress=not args.no_progress,
             )
             report = {"ray": timed}
@@ -352,12 +635,18 @@ def _bench(args: argparse.Namespace) -> int:
             bench.write_json(report, args.json)
         return 0
     report = bench.run(
-        device=args.device, model=args.model, data_root=args.data_root, batch_size=args.batch_size,
-        epochs=args.epochs, stacks=args.stacks, progress=not args.no_progress,
-    )  # fmt: skip
+        device=args.device,
+        model=args.model,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        stacks=args.stacks,
+        progress=not args.no_progress,
+    )
     if args.sweep:
-        report["sweep"] = bench.time_sweep(args.sweep, device=args.device, data_root=args.data_root,
-                                           progress=not args.no_progress)  # fmt: skip
+        report["sweep"] = bench.time_sweep(
+            args.sweep, device=args.device, data_root=args.data_root, progress=not args.no_progress
+        )
     print(bench.format_table(report))
     if args.json:
         bench.write_json(report, args.json)
@@ -367,8 +656,12 @@ def _bench(args: argparse.Namespace) -> int:
 def _site(args: argparse.Namespace) -> int:
     from privkit import course
 
-    executed = course.execute(out_dir=f"{args.out}/notebooks", solutions=not args.no_solutions,
-                              data_root=args.data_root, force=args.force)
+    executed = course.execute(
+        out_dir=f"{args.out}/notebooks",
+        solutions=not args.no_solutions,
+        data_root=args.data_root,
+        force=args.force,
+    )
     print(f"course site: {course.build_site(executed, f'{args.out}/site')}")
     return 0
 
@@ -396,10 +689,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from privkit.experiments import reproduce
 
         reproduce(
-            profile=args.profile, experiments_dir=args.experiments_dir,
-            notebooks_dir=args.notebooks_dir, results_dir=args.results_dir,
-            figures_dir=args.figures_dir, force=args.force, executor=_executor(args.ray),
-        )  # fmt: skip
+            profile=args.profile,
+            experiments_dir=args.experiments_dir,
+            notebooks_dir=args.notebooks_dir,
+            results_dir=args.results_dir,
+            figures_dir=args.figures_dir,
+            force=args.force,
+            executor=_executor(args.ray),
+        )
         return 0
     except (ValueError, FileNotFoundError, FileExistsError, LedgerError, UnitsFailedError) as err:
         print(f"privkit {args.command}: error: {err}", file=sys.stderr)

@@ -28,8 +28,10 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 def notebooks(notebooks_dir: str | Path = "notebooks/tutorials") -> dict[str, list[Path]]:
     """The course's notebooks by section: ``NN_*.ipynb`` and ``solutions/NN_*.ipynb``, in order."""
     root = Path(notebooks_dir)
-    found = {"tutorials": sorted(root.glob("[0-9][0-9]_*.ipynb")),
-             "solutions": sorted((root / "solutions").glob("[0-9][0-9]_*.ipynb"))}
+    found = {
+        "tutorials": sorted(root.glob("[0-9][0-9]_*.ipynb")),
+        "solutions": sorted((root / "solutions").glob("[0-9][0-9]_*.ipynb")),
+    }
     if not found["tutorials"]:
         raise FileNotFoundError(f"No tutorials (NN_*.ipynb) in {root.resolve()}.")
     return found
@@ -67,8 +69,11 @@ def _static(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs
-                            if WIDGET not in o.get("data", {}) or "text/html" in o["data"]]
+            cell.outputs = [
+                o
+                for o in cell.outputs
+                if WIDGET not in o.get("data", {}) or "text/html" in o["data"]
+            ]
     return notebook
 
 
@@ -96,12 +101,29 @@ def build_site(
         for path in paths:
             nbformat.write(_static(nbformat.read(path, as_version=4)), source / section / path.name)
         entries = "\n".join(f"{section}/{p.stem}" for p in paths)
-        index.append(f"\n```{{toctree}}\n:caption: {section.capitalize()}\n:maxdepth: 1\n\n{entries}\n```\n")
+        index.append(
+            f"\n```{{toctree}}\n:caption: {section.capitalize()}\n:maxdepth: 1\n\n{entries}\n```\n"
+        )
     (source / "index.md").write_text("\n".join(index), encoding="utf-8")
     html = out_dir / "html"
     subprocess.run(
-        [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-W", "--keep-going", "-E",
-         "-c", str(conf_dir.resolve()), "-d", str(out_dir / "doctrees"), str(source), str(html)],
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-b",
+            "html",
+            "-q",
+            "-W",
+            "--keep-going",
+            "-E",
+            "-c",
+            str(conf_dir.resolve()),
+            "-d",
+            str(out_dir / "doctrees"),
+            str(source),
+            str(html),
+        ],
         check=True,
     )
     return html / "index.html"

@@ -135,7 +135,10 @@ class Dataset:
         device = torch.device(device)
         if self.train.images.device == device:
             return self
-        moved = {s: Split(self.split(s).images.to(device), self.split(s).labels.to(device)) for s in SPLITS}
+        moved = {
+            s: Split(self.split(s).images.to(device), self.split(s).labels.to(device))
+            for s in SPLITS
+        }
         return replace(self, **moved)
 
     def __repr__(self) -> str:
@@ -353,9 +356,7 @@ def load(
     return Dataset(info=meta, path=path, sha256=_sha256(path), **splits)
 
 
-def train_size(
-    name: str, *, root: str | os.PathLike[str] | None = None, size: int = 28
-) -> int:
+def train_size(name: str, *, root: str | os.PathLike[str] | None = None, size: int = 28) -> int:
     """The number of training examples, read from the file's array header alone.
 
     Training asks the privacy ledger before it reads any patient data, but the sampling rate
@@ -368,7 +369,11 @@ def train_size(
     try:
         with zipfile.ZipFile(path) as archive, archive.open("train_labels.npy") as member:
             major, _ = np.lib.format.read_magic(member)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
             shape, _, _ = read_header(member)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: cannot read the header of train_labels ({exc}).") from exc

@@ -346,7 +346,11 @@ def run(
     with tqdm(total=len(units), desc=desc, disable=not progress) as bar:
         try:
             while True:
-                while stopped is None and len(pending) < slots and (unit := next(queue, None)) is not None:
+                while (
+                    stopped is None
+                    and len(pending) < slots
+                    and (unit := next(queue, None)) is not None
+                ):
                     try:
                         if before_dispatch is not None:
                             before_dispatch(unit)

@@ -99,8 +99,10 @@ def stack_groups(
         if run[0] in done:
             continue
         config = run[1]
-        limit = 1 if config.backend != "fast" else max_stack or (
-            (gpu_stack or len(runs)) if on_gpu(config, gpus) else 1
+        limit = (
+            1
+            if config.backend != "fast"
+            else max_stack or ((gpu_stack or len(runs)) if on_gpu(config, gpus) else 1)
         )
         group = open_groups.get(stack_key(config))
         if group is None or len(group) >= limit:
@@ -125,7 +127,11 @@ def charge_stack(
         budget.BudgetExceededError: a run over budget; the runs before it stay charged.
     """
     return charge_runs(
-        ledger, configs, [plan(c, n_train) for c in configs], run_ids=runs, allow_seeded=allow_seeded
+        ledger,
+        configs,
+        [plan(c, n_train) for c in configs],
+        run_ids=runs,
+        allow_seeded=allow_seeded,
     )
 
 
@@ -142,7 +148,9 @@ def train_stack(
     Returns:
         Per run, its rows (``results.result_rows``) and its record (``results.run_record``).
     """
-    trained = train_many(configs, dataset=dataset.to(resolve_device(configs[0].device)), progress=progress)
+    trained = train_many(
+        configs, dataset=dataset.to(resolve_device(configs[0].device)), progress=progress
+    )
     return [
         (
             results.result_rows(r, experiment=experiment, run=run),
@@ -199,7 +207,9 @@ def run_stacks(
 
 
 def _label(config: TrainConfig) -> str:
-    privacy = f"ε={config.epsilon:g}" if config.epsilon is not None else f"σ={config.noise_multiplier:g}"
+    privacy = (
+        f"ε={config.epsilon:g}" if config.epsilon is not None else f"σ={config.noise_multiplier:g}"
+    )
     return f"{config.model}, {privacy}, seed {config.seed}"
 
 
@@ -279,7 +289,9 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
     return papermill.inspect_notebook(str(notebook))
 
 
-def load_experiment(path: str | Path, *, profile: str = "full", notebooks_dir: str | Path = "notebooks") -> Experiment:
+def load_experiment(
+    path: str | Path, *, profile: str = "full", notebooks_dir: str | Path = "notebooks"
+) -> Experiment:
     """Read ``experiments/<name>.yaml`` and resolve a profile; every key is checked.
 
     Raises:
@@ -289,7 +301,9 @@ def load_experiment(path: str | Path, *, profile: str = "full", notebooks_dir: s
     spec = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(set(spec) - _YAML_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(_YAML_KEYS)}.")
+        raise ValueError(
+            f"{path}: unknown key(s) {unknown}; expected some of {sorted(_YAML_KEYS)}."
+        )
     if "notebook" not in spec:
         raise ValueError(f"{path}: missing key 'notebook' (the notebook this experiment runs).")
     profiles = spec.get("profiles") or {}
@@ -321,7 +335,9 @@ def kernel_name() -> str:
     return "privkit" if "privkit" in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def run_notebook(notebook: str | Path, output: str | Path, parameters: dict[str, Any], *, progress: bool = True) -> Path:
+def run_notebook(
+    notebook: str | Path, output: str | Path, parameters: dict[str, Any], *, progress: bool = True
+) -> Path:
     """Execute ``notebook`` with papermill into ``output``, written only once it succeeded.
 
     A failing notebook is kept as ``<output>.failed.ipynb`` with its error, and re-raised.
@@ -333,8 +349,12 @@ def run_notebook(notebook: str | Path, output: str | Path, parameters: dict[str,
     partial = output.with_name(f".{output.stem}.running.ipynb")
     try:
         papermill.execute_notebook(
-            str(notebook), str(partial), parameters=parameters, kernel_name=kernel_name(),
-            progress_bar=progress, cwd=str(Path.cwd()),
+            str(notebook),
+            str(partial),
+            parameters=parameters,
+            kernel_name=kernel_name(),
+            progress_bar=progress,
+            cwd=str(Path.cwd()),
         )
     except Exception:
         if partial.exists():  # keep the executed cells, with the error, for reading
@@ -354,7 +374,9 @@ def _stamp(experiment: Experiment) -> str:
     return h.hexdigest()
 
 
-def run_if_stale(experiment: Experiment, output: Path, *, force: bool = False, label: str = "") -> bool:
+def run_if_stale(
+    experiment: Experiment, output: Path, *, force: bool = False, label: str = ""
+) -> bool:
     """Execute ``experiment`` into ``output`` (:func:`run_notebook`) unless an executed copy of
     the same inputs (notebook, parameters, privkit's code) is there; True if it ran."""
     label = label or experiment.name
@@ -406,7 +428,11 @@ def reproduce(
 
 
 def _reproduce(
-    experiments: list[Experiment], profile: str, results_dir: str | Path, figures_dir: str | Path, force: bool
+    experiments: list[Experiment],
+    profile: str,
+    results_dir: str | Path,
+    figures_dir: str | Path,
+    force: bool,
 ) -> list[Path]:
     executed = []
     for exp in experiments:

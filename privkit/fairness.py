@@ -111,13 +111,17 @@ def binary_stat(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) 
             sens = np.where(TP + FN > 0, TP / (TP + FN), np.nan)
             spec = np.where(TN + FP > 0, TN / (TN + FP), np.nan)
             acc = (TP + TN) / w.sum(axis=1, keepdims=True)
-        auc = np.stack([weighted_auc(w, labels, scores[:, j]) for j in range(scores.shape[1])], axis=1)
+        auc = np.stack(
+            [weighted_auc(w, labels, scores[:, j]) for j in range(scores.shape[1])], axis=1
+        )
         return {m: v.mean(axis=1) for m, v in zip(METRICS, (sens, spec, acc, auc))}
 
     return stat
 
 
-def _in_chunks(stat: Stat, weights: np.ndarray, max_cells: int = 4_000_000) -> dict[str, np.ndarray]:
+def _in_chunks(
+    stat: Stat, weights: np.ndarray, max_cells: int = 4_000_000
+) -> dict[str, np.ndarray]:
     """``stat`` over rows of ``weights`` in chunks, so a jackknife of n rows stays in memory."""
     rows = max(1, max_cells // max(1, weights.shape[1]))
     parts = [stat(weights[i : i + rows]) for i in range(0, len(weights), rows)]
@@ -258,7 +262,9 @@ def subgroup_report(
         }
 
     def interval(reps, estimate, jack):
-        return confidence_interval(reps, estimate, confidence=confidence, method=method, jackknife=jack)
+        return confidence_interval(
+            reps, estimate, confidence=confidence, method=method, jackknife=jack
+        )
 
     rows = []
     for name in names:
@@ -276,9 +282,32 @@ def subgroup_report(
             value = f["value"][m] - ref["value"][m]
             jack = None
             if method == "bca":  # leave one example of either group out
-                jack = np.concatenate([f["jack"][m] - ref["value"][m], f["value"][m] - ref["jack"][m]])
+                jack = np.concatenate(
+                    [f["jack"][m] - ref["value"][m], f["value"][m] - ref["jack"][m]]
+                )
             low, high = interval(f["boot"][m] - ref["boot"][m], value, jack)
-            rows.append(("gap", name, reference, m, value, low, high, f["n"] + ref["n"],
-                         f["n_positive"] + ref["n_positive"]))  # fmt: skip
-    columns = ["kind", "group", "reference", "metric", "value", "ci_low", "ci_high", "n", "n_positive"]
+            rows.append(
+                (
+                    "gap",
+                    name,
+                    reference,
+                    m,
+                    value,
+                    low,
+                    high,
+                    f["n"] + ref["n"],
+                    f["n_positive"] + ref["n_positive"],
+                )
+            )
+    columns = [
+        "kind",
+        "group",
+        "reference",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "n_positive",
+    ]
     return pd.DataFrame(rows, columns=columns)

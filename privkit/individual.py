@@ -38,7 +38,9 @@ from privkit.train import Mechanism, TrainConfig, TrainResult, stream_identity, 
 from privkit.train import plan as plan_run
 
 _BATCH_TOLERANCE = 1e-3  # relative: the expected batch is at least batch_size and within 0.1% of it
-_EPSILON_TOLERANCE = 2.5e-4  # relative: each group's epsilon within 0.025% of its budget, finer than the
+_EPSILON_TOLERANCE = (
+    2.5e-4  # relative: each group's epsilon within 0.025% of its budget, finer than the
+)
 # batch's tolerance so that the expected batch, a sum of the groups' rates, is monotone in sigma at its scale
 _MAX_NOISE = 1e3  # far beyond any useful noise multiplier
 _MIN_RATE = 1e-12  # far below any useful sample rate
@@ -69,8 +71,15 @@ class IndividualPlan:
     def mechanism(self, group: str, max_grad_norm: float) -> Mechanism:
         """The mechanism that one record of ``group`` sees, as :class:`privkit.train.Mechanism`."""
         i = self.groups.index(group)
-        return Mechanism(self.noise_multiplier, self.sample_rates[i], self.steps, max_grad_norm,
-                         self.delta, self.accountant, self.epsilons[i])  # fmt: skip
+        return Mechanism(
+            self.noise_multiplier,
+            self.sample_rates[i],
+            self.steps,
+            max_grad_norm,
+            self.delta,
+            self.accountant,
+            self.epsilons[i],
+        )
 
 
 @dataclass
@@ -81,8 +90,9 @@ class IndividualResult:
     plan: IndividualPlan
 
 
-def _largest_rate(sigma: float, target: float, *, steps: int, delta: float, accountant: str,
-                  guess: float) -> tuple[float, float]:
+def _largest_rate(
+    sigma: float, target: float, *, steps: int, delta: float, accountant: str, guess: float
+) -> tuple[float, float]:
     """The largest Poisson rate q with epsilon(sigma, q, steps) <= target (within 0.025%), and that
     epsilon, searched from ``guess`` (:func:`privkit._search.solve_below` on log q).
 
@@ -91,20 +101,32 @@ def _largest_rate(sigma: float, target: float, *, steps: int, delta: float, acco
     """
 
     def log_ratio(log_q: float) -> float:  # log(epsilon / target): smooth and increasing in log q
-        eps = accounting.epsilon(noise_multiplier=sigma, sample_rate=math.exp(log_q), steps=steps,
-                                 delta=delta, accountant=accountant)  # fmt: skip
+        eps = accounting.epsilon(
+            noise_multiplier=sigma,
+            sample_rate=math.exp(log_q),
+            steps=steps,
+            delta=delta,
+            accountant=accountant,
+        )
         return math.log(eps / target) if eps > 0 else -math.inf
 
-    found = _search.solve_below(log_ratio, math.log(guess), scale=1.0, tolerance=_EPSILON_TOLERANCE,
-                                low=math.log(_MIN_RATE), high=0.0)
+    found = _search.solve_below(
+        log_ratio,
+        math.log(guess),
+        scale=1.0,
+        tolerance=_EPSILON_TOLERANCE,
+        low=math.log(_MIN_RATE),
+        high=0.0,
+    )
     if found is None:
         raise ValueError(
             f"No sample rate >= {_MIN_RATE:g} keeps epsilon <= {target!r} at noise_multiplier={sigma!r} "
             f"with accountant={accountant!r}: an epsilon this small cannot be certified."
         )
     q = math.exp(found[0])  # and its epsilon, from the accountant's cache:
-    return q, accounting.epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
-                                 accountant=accountant)
+    return q, accounting.epsilon(
+        noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=accountant
+    )
 
 
 def _rdp_integer_rate(sigma: float, target: float, *, steps: int, delta: float) -> float:
@@ -115,7 +137,9 @@ def _rdp_integer_rate(sigma: float, target: float, *, steps: int, delta: float) 
         eps = _prv.rdp_epsilon(_prv.rdp_one_step(sigma, math.exp(log_q)) * steps, delta)
         return math.log(eps / target) if eps > 0 else -math.inf
 
-    found = _search.solve_below(log_ratio, -3.0, scale=1.0, tolerance=1e-3, low=math.log(_MIN_RATE), high=0.0)
+    found = _search.solve_below(
+        log_ratio, -3.0, scale=1.0, tolerance=1e-3, low=math.log(_MIN_RATE), high=0.0
+    )
     return _MIN_RATE if found is None else math.exp(found[0])
 
 
@@ -154,8 +178,13 @@ def plan(
         raise ValueError("Expected at least one group in group_epsilons.")
     groups = tuple(sorted(group_epsilons, key=lambda g: (group_epsilons[g], g)))  # strictest first
     for g in groups:
-        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False,
-                           **{f"group_epsilons[{g!r}]": group_epsilons[g]})  # fmt: skip
+        _validate.in_range(
+            0,
+            math.inf,
+            low_inclusive=False,
+            high_inclusive=False,
+            **{f"group_epsilons[{g!r}]": group_epsilons[g]},
+        )
         _validate.positive_int(**{f"group_sizes[{g!r}]": group_sizes[g]})
     sizes = tuple(int(group_sizes[g]) for g in groups)
     targets = tuple(float(group_epsilons[g]) for g in groups)
@@ -166,15 +195,27 @@ def plan(
 
     rates, sigma = _solve_plan(targets, sizes, batch_size, steps, delta, accountant)
     return IndividualPlan(
-        groups=groups, sizes=sizes, targets=targets, sample_rates=tuple(q for q, _ in rates),
-        epsilons=tuple(e for _, e in rates), noise_multiplier=sigma, steps=steps, delta=delta,
+        groups=groups,
+        sizes=sizes,
+        targets=targets,
+        sample_rates=tuple(q for q, _ in rates),
+        epsilons=tuple(e for _, e in rates),
+        noise_multiplier=sigma,
+        steps=steps,
+        delta=delta,
         accountant=accountant,
-    )  # fmt: skip
+    )
 
 
 @functools.lru_cache(maxsize=64)  # each evaluation runs the accountant: plan once per setting
-def _solve_plan(targets: tuple[float, ...], sizes: tuple[int, ...], batch_size: int, steps: int, delta: float,
-                accountant: str) -> tuple[tuple[tuple[float, float], ...], float]:
+def _solve_plan(
+    targets: tuple[float, ...],
+    sizes: tuple[int, ...],
+    batch_size: int,
+    steps: int,
+    delta: float,
+    accountant: str,
+) -> tuple[tuple[tuple[float, float], ...], float]:
     """Per-group (rate, epsilon) and the noise multiplier: the search behind :func:`plan`.
 
     Two nested searches (:func:`privkit._search.solve_below`): over log sigma for the expected
@@ -194,17 +235,25 @@ def _solve_plan(targets: tuple[float, ...], sizes: tuple[int, ...], batch_size: 
     slopes = [(a - b) / h for a, b in zip(*log_q)]  # of each group's log rate
     batch = [math.log(sum(n * math.exp(x) for n, x in zip(sizes, row))) for row in log_q]
     batch_slope = max((batch[0] - batch[1]) / h, 0.1)
-    seen: list[list[tuple[float, float]]] = [[] for _ in targets]  # each group's (log sigma, log rate) so far
+    seen: list[list[tuple[float, float]]] = [
+        [] for _ in targets
+    ]  # each group's (log sigma, log rate) so far
 
     def solve(sigma: float, target: float, i: int) -> tuple[float, float]:
         x, past = math.log(sigma), seen[i][-2:]
         if not past:
             guess = fast(sigma, target, i)[0]
         else:  # log rate linear in log sigma, through the last two or with the fast plan's slope
-            slope = (past[1][1] - past[0][1]) / (past[1][0] - past[0][0]) if len(past) == 2 else slopes[i]
+            slope = (
+                (past[1][1] - past[0][1]) / (past[1][0] - past[0][0])
+                if len(past) == 2
+                else slopes[i]
+            )
             guess = math.exp(min(0.0, past[-1][1] + slope * (x - past[-1][0])))
         guess = max(guess * math.exp(-_EPSILON_TOLERANCE / 2), _MIN_RATE)  # aimed just below
-        q, eps = _largest_rate(sigma, target, steps=steps, delta=delta, accountant=accountant, guess=guess)
+        q, eps = _largest_rate(
+            sigma, target, steps=steps, delta=delta, accountant=accountant, guess=guess
+        )
         seen[i].append((x, math.log(q)))
         return q, eps
 
@@ -213,27 +262,41 @@ def _solve_plan(targets: tuple[float, ...], sizes: tuple[int, ...], batch_size: 
     return rates(sigma), sigma
 
 
-def _plan_rates(targets: tuple[float, ...],
-                solve: Callable[[float, float, int], tuple[float, float]]) -> Callable[[float], tuple]:
+def _plan_rates(
+    targets: tuple[float, ...], solve: Callable[[float, float, int], tuple[float, float]]
+) -> Callable[[float], tuple]:
     """sigma -> each group's (rate, epsilon) by ``solve(sigma, target, group index)``, cached."""
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def rates(sigma: float) -> tuple[tuple[float, float], ...]:
         return tuple(solve(sigma, t, i) for i, t in enumerate(targets))
 
     return rates
 
 
-def _smallest_sigma(rates: Callable[[float], tuple], sizes: tuple[int, ...], batch_size: int, *,
-                    guess: float, scale: float) -> float:
+def _smallest_sigma(
+    rates: Callable[[float], tuple],
+    sizes: tuple[int, ...],
+    batch_size: int,
+    *,
+    guess: float,
+    scale: float,
+) -> float:
     """The smallest sigma (within 0.1%) whose rates give an expected batch of at least ``batch_size``;
     ``scale``: a guess of d log sigma / d log batch."""
 
-    def log_shortfall(x: float) -> float:  # log(batch_size / expected batch) at sigma = e^-x: increasing in x
+    def log_shortfall(
+        x: float,
+    ) -> float:  # log(batch_size / expected batch) at sigma = e^-x: increasing in x
         return math.log(batch_size / sum(n * q for n, (q, _) in zip(sizes, rates(math.exp(-x)))))
 
-    found = _search.solve_below(log_shortfall, -math.log(guess), scale=scale, tolerance=_BATCH_TOLERANCE,
-                                low=-math.log(_MAX_NOISE))
+    found = _search.solve_below(
+        log_shortfall,
+        -math.log(guess),
+        scale=scale,
+        tolerance=_BATCH_TOLERANCE,
+        low=-math.log(_MAX_NOISE),
+    )
     if found is None:
         raise ValueError(f"No noise multiplier up to {_MAX_NOISE} reaches batch_size={batch_size}.")
     return math.exp(-found[0])
@@ -250,7 +313,11 @@ def assign_groups(n: int, fractions: Mapping[str, float], *, seed: int = 0) -> n
     """
     _validate.positive_int(n=n)
     total = sum(fractions.values())
-    if not fractions or any(f <= 0 for f in fractions.values()) or not math.isclose(total, 1.0, abs_tol=1e-6):
+    if (
+        not fractions
+        or any(f <= 0 for f in fractions.values())
+        or not math.isclose(total, 1.0, abs_tol=1e-6)
+    ):
         raise ValueError(f"Expected fractions={dict(fractions)} to be positive and add up to 1.")
     names = list(fractions)
     counts = np.floor(np.array([fractions[g] for g in names]) * n).astype(int)
@@ -289,29 +356,46 @@ def train(
     n = len(dataset.train) if dataset else data.train_size(config.dataset, root=config.data_root)
     labels = np.asarray(groups).astype(str)
     if labels.shape != (n,):
-        raise ValueError(f"Expected groups of shape ({n},), one per training record, got {labels.shape}.")
+        raise ValueError(
+            f"Expected groups of shape ({n},), one per training record, got {labels.shape}."
+        )
     names, counts = np.unique(labels, return_counts=True)
     missing = sorted(set(names.tolist()) - set(group_epsilons))
     if missing:
-        raise ValueError(f"Groups {missing} have no epsilon in group_epsilons={dict(group_epsilons)}.")
+        raise ValueError(
+            f"Groups {missing} have no epsilon in group_epsilons={dict(group_epsilons)}."
+        )
     bad = [g for g in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", g)]
     if bad:
         raise ValueError(f"Expected group names of letters, digits, '_', '.', '-', got {bad}.")
-    uniform = plan_run(dataclasses.replace(config, epsilon=None, noise_multiplier=1.0), n)  # checks delta < 1/n
+    uniform = plan_run(
+        dataclasses.replace(config, epsilon=None, noise_multiplier=1.0), n
+    )  # checks delta < 1/n
     p = plan(
         group_epsilons={g: group_epsilons[g] for g in names.tolist()},
-        group_sizes=dict(zip(names.tolist(), counts.tolist())), batch_size=config.batch_size,
-        steps=uniform.steps, delta=config.delta, accountant=config.accountant,
-    )  # fmt: skip
+        group_sizes=dict(zip(names.tolist(), counts.tolist())),
+        batch_size=config.batch_size,
+        steps=uniform.steps,
+        delta=config.delta,
+        accountant=config.accountant,
+    )
     run = dataclasses.replace(config, epsilon=None, noise_multiplier=p.noise_multiplier)
     if ledger is not None:
         run_id = f"{config.model}-individual-seed{config.seed}-{uuid.uuid4().hex[:8]}"
         tag = randomness.ledger_tag(randomness=run.randomness, identity=stream_identity(run))
         for g, q in zip(p.groups, p.sample_rates):
-            ledger.charge([str(budget.Scope(config.dataset, group=g))], noise_multiplier=p.noise_multiplier,
-                          sample_rate=q, steps=p.steps, delta=p.delta, run_id=run_id,
-                          actor=budget.default_actor(), accountant=config.accountant, randomness=tag,
-                          allow_seeded=allow_seeded)  # fmt: skip
+            ledger.charge(
+                [str(budget.Scope(config.dataset, group=g))],
+                noise_multiplier=p.noise_multiplier,
+                sample_rate=q,
+                steps=p.steps,
+                delta=p.delta,
+                run_id=run_id,
+                actor=budget.default_actor(),
+                accountant=config.accountant,
+                randomness=tag,
+                allow_seeded=allow_seeded,
+            )
     rate_of = dict(zip(p.groups, p.sample_rates))
     rates = torch.tensor([rate_of[g] for g in labels], dtype=torch.float64)[None]  # (1, n)
     [result] = train_many([run], dataset=dataset, sample_rates=rates, progress=progress)

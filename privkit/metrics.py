@@ -30,7 +30,13 @@ from privkit._arrays import check_scores as _check_scores
 from privkit.calibration import brier_score, expected_calibration_error
 from privkit.fairness import class_groups, subgroup_report
 
-__all__ = ["evaluate", "subgroup_report", "class_groups", "expected_calibration_error", "brier_score"]
+__all__ = [
+    "evaluate",
+    "subgroup_report",
+    "class_groups",
+    "expected_calibration_error",
+    "brier_score",
+]
 
 TASKS = ("binary", "multi-label")
 

@@ -27,7 +27,9 @@ class TramerBonehCNN(nn.Module):
     def __init__(self, in_channels: int = 1, n_outputs: int = 1, image_size: int = 28) -> None:
         super().__init__()
         if image_size != 28:
-            raise ValueError(f"Expected image_size=28 for model 'cnn', got image_size={image_size}.")
+            raise ValueError(
+                f"Expected image_size=28 for model 'cnn', got image_size={image_size}."
+            )
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 16, kernel_size=8, stride=2, padding=3),  # (B, 16, 14, 14)
             nn.Tanh(),

@@ -77,7 +77,9 @@ class Recipe:
         around = _between(rates, epsilon)
         if around is None:  # outside the tuned budgets: the nearest
             finite = sorted(e for e in rates if math.isfinite(e))
-            return rates[finite[0]] if epsilon < finite[0] else rates.get(epsilon, rates[finite[-1]])
+            return (
+                rates[finite[0]] if epsilon < finite[0] else rates.get(epsilon, rates[finite[-1]])
+            )
         e0, e1, w = around
         return math.exp((1 - w) * math.log(rates[e0]) + w * math.log(rates[e1]))
 
@@ -99,14 +101,24 @@ class Recipe:
         if around is None:
             return None
         e0, e1, w = around
-        return MeasuredAUC(epsilon, (1 - w) * table[e0][0] + w * table[e1][0],
-                           ((e0, *table[e0]), (e1, *table[e1])))
+        return MeasuredAUC(
+            epsilon, (1 - w) * table[e0][0] + w * table[e1][0], ((e0, *table[e0]), (e1, *table[e1]))
+        )
 
     def config(self, epsilon: float, **overrides: Any) -> TrainConfig:
         """The recipe's run at ``epsilon``; ``overrides`` set anything else (seed, device, ...)."""
-        return config_from_dict({**self.settings, "lr": self.lr(epsilon), "epsilon": epsilon, **overrides})
+        return config_from_dict(
+            {**self.settings, "lr": self.lr(epsilon), "epsilon": epsilon, **overrides}
+        )
 
-    def sweep(self, epsilons: Iterable[float], seeds: Iterable[int], *, nonprivate: bool = True, **overrides: Any) -> list[TrainConfig]:
+    def sweep(
+        self,
+        epsilons: Iterable[float],
+        seeds: Iterable[int],
+        *,
+        nonprivate: bool = True,
+        **overrides: Any,
+    ) -> list[TrainConfig]:
         """One run per (epsilon, seed), plus the non-private baseline per seed."""
         budgets = list(epsilons) + ([math.inf] if nonprivate else [])
         return [self.config(e, seed=s, **overrides) for e in budgets for s in seeds]
@@ -116,32 +128,59 @@ RECIPES: dict[str, Recipe] = {
     "scatternet": Recipe(
         name="scatternet",
         description="ScatterNet + linear head, batch 1024, C = 0.1, 60 epochs, EMA 0.99",
-        settings={"model": "scatternet", "epochs": 60, "batch_size": 1024, "max_grad_norm": 0.1,
-                  "momentum": 0.9, "ema": 0.99},  # fmt: skip
+        settings={
+            "model": "scatternet",
+            "epochs": 60,
+            "batch_size": 1024,
+            "max_grad_norm": 0.1,
+            "momentum": 0.9,
+            "ema": 0.99,
+        },
         learning_rates={0.5: 0.5, 1.0: 1.0, 2.0: 2.0, 4.0: 4.0, 8.0: 4.0, math.inf: 0.05},
-        measured_auc={0.5: (0.935, 0.007), 1.0: (0.949, 0.006), 2.0: (0.961, 0.005), 4.0: (0.969, 0.004),
-                      8.0: (0.972, 0.002), math.inf: (0.980, 0.000)},
+        measured_auc={
+            0.5: (0.935, 0.007),
+            1.0: (0.949, 0.006),
+            2.0: (0.961, 0.005),
+            4.0: (0.969, 0.004),
+            8.0: (0.972, 0.002),
+            math.inf: (0.980, 0.000),
+        },
     ),
     "cnn": Recipe(
         name="cnn",
         description="Tramèr & Boneh's small CNN, batch 256, C = 1, 30 epochs (the previous default)",
-        settings={"model": "cnn", "epochs": 30, "batch_size": 256, "max_grad_norm": 1.0, "momentum": 0.9},
+        settings={
+            "model": "cnn",
+            "epochs": 30,
+            "batch_size": 256,
+            "max_grad_norm": 1.0,
+            "momentum": 0.9,
+        },
         learning_rates={8.0: 0.1, math.inf: 0.1},
-        measured_auc={0.5: (0.866, 0.018), 1.0: (0.907, 0.030), 2.0: (0.939, 0.004), 4.0: (0.951, 0.003),
-                      8.0: (0.948, 0.003), math.inf: (0.958, 0.006)},
+        measured_auc={
+            0.5: (0.866, 0.018),
+            1.0: (0.907, 0.030),
+            2.0: (0.939, 0.004),
+            4.0: (0.951, 0.003),
+            8.0: (0.948, 0.003),
+            math.inf: (0.958, 0.006),
+        },
     ),
 }
 
 
-def sweep_recipes(names: Iterable[str], epsilons: Iterable[float], seeds: Iterable[int], **overrides: Any) -> list[TrainConfig]:
+def sweep_recipes(
+    names: Iterable[str], epsilons: Iterable[float], seeds: Iterable[int], **overrides: Any
+) -> list[TrainConfig]:
     """Every named recipe's sweep (``Recipe.sweep``), one after another, as the privacy-utility
     notebook trains them."""
     epsilons, seeds = list(epsilons), list(seeds)
-    return [config for name in names for config in get_recipe(name).sweep(epsilons, seeds, **overrides)]
+    return [
+        config for name in names for config in get_recipe(name).sweep(epsilons, seeds, **overrides)
+    ]
 
 
 def get_recipe(name: str) -> Recipe:
     """A recipe by name; an unknown one is an error that lists the known."""
     _validate.one_of(RECIPES, recipe=name)
     return RECIPES[name]
-

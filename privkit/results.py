@@ -25,10 +25,25 @@ from privkit.budget import Spend
 from privkit.train import TrainConfig, TrainResult
 
 COLUMNS = [
-    "run_id", "experiment", "dataset", "model", "backend", "seed", "randomness", "epsilon_target",
-    "epsilon_spent", "delta", "accountant", "noise_multiplier", "sample_rate", "steps",
-    "max_grad_norm", "split", "metric", "value",
-]  # fmt: skip
+    "run_id",
+    "experiment",
+    "dataset",
+    "model",
+    "backend",
+    "seed",
+    "randomness",
+    "epsilon_target",
+    "epsilon_spent",
+    "delta",
+    "accountant",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "max_grad_norm",
+    "split",
+    "metric",
+    "value",
+]
 
 # Settings that do not change what is trained: where the data lies, which device runs it.
 _NOT_IN_RUN_ID = ("device", "data_root")
@@ -85,7 +100,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def append_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Append rows under a lock and replace the file atomically."""
     with locked(path):
-        table = pd.concat([read_table(path), pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+        table = pd.concat(
+            [read_table(path), pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True
+        )
         atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
@@ -98,9 +115,13 @@ def summary(table: pd.DataFrame, *, split: str = "test") -> pd.DataFrame:
     np.float64(0.85)
     """
     rows = table[table["split"] == split]
-    stats = rows.pivot_table(
-        index="epsilon_target", columns="metric", values="value", aggfunc=["mean", "std"]
-    ).swaplevel(axis=1).sort_index(axis=1)
+    stats = (
+        rows.pivot_table(
+            index="epsilon_target", columns="metric", values="value", aggfunc=["mean", "std"]
+        )
+        .swaplevel(axis=1)
+        .sort_index(axis=1)
+    )
     stats[("epsilon_spent", "max")] = rows.groupby("epsilon_target")["epsilon_spent"].max()
     stats[("runs", "n")] = rows.groupby("epsilon_target")["seed"].nunique()
     return stats
@@ -112,19 +133,27 @@ def provenance(config: TrainConfig, *, data_sha256: str, device: str) -> dict[st
         "git_commit": _git_commit(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": {name: _version(name) for name in ("privkit", "torch", "opacus", "numpy", "medmnist")},
+        "packages": {
+            name: _version(name) for name in ("privkit", "torch", "opacus", "numpy", "medmnist")
+        },
         "device": device,
-        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device)
+        if device.startswith("cuda")
+        else platform.processor() or "cpu",
         "data_sha256": data_sha256,
         "parameters": dataclasses.asdict(config),
     }
 
 
 def write_provenance(out_dir: str | Path, run: str, record: dict[str, Any]) -> Path:
-    return atomic_write_text(Path(out_dir) / "runs" / f"{run}.json", json.dumps(record, indent=2, default=str))
+    return atomic_write_text(
+        Path(out_dir) / "runs" / f"{run}.json", json.dumps(record, indent=2, default=str)
+    )
 
 
-def run_record(result: TrainResult, *, data_sha256: str, trained_together_with: int) -> dict[str, Any]:
+def run_record(
+    result: TrainResult, *, data_sha256: str, trained_together_with: int
+) -> dict[str, Any]:
     """A trained run's provenance, wall time and stack size, taken where it trained."""
     record = provenance(result.config, data_sha256=data_sha256, device=result.device)
     record["seconds"] = result.seconds
@@ -154,7 +183,10 @@ def _git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, check=True,
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"

@@ -51,8 +51,9 @@ def _out(values: np.ndarray, like: float | np.ndarray) -> float | np.ndarray:
 
 
 def _mechanism(noise_multiplier: float, sample_rate: float, steps: int) -> None:
-    in_range(0, math.inf, low_inclusive=False, high_inclusive=False,
-             noise_multiplier=noise_multiplier)
+    in_range(
+        0, math.inf, low_inclusive=False, high_inclusive=False, noise_multiplier=noise_multiplier
+    )
     in_range(0, 1, low_inclusive=False, sample_rate=sample_rate)
     positive_int(steps=steps)
 
@@ -152,8 +153,9 @@ def _prv_sums(sigma: float, q: float, steps: int) -> tuple[np.ndarray, np.ndarra
     return t, d1, d2
 
 
-def delta_bound(epsilon: float | np.ndarray, *, noise_multiplier: float,
-                sample_rate: float, steps: int) -> float | np.ndarray:
+def delta_bound(
+    epsilon: float | np.ndarray, *, noise_multiplier: float, sample_rate: float, steps: int
+) -> float | np.ndarray:
     """Upper bound on DP-SGD's privacy profile delta(epsilon), for any real epsilon.
 
     delta(eps) = sup_S P1(S) - e^eps P0(S), P1 the output with the patient and P0 without:
@@ -189,8 +191,14 @@ def delta_bound(epsilon: float | np.ndarray, *, noise_multiplier: float,
     return _out(np.clip(est + _DELTA_ERROR, 0.0, 1.0), epsilon)
 
 
-def tpr_bound_mechanism(fpr: float | np.ndarray, *, noise_multiplier: float, sample_rate: float,
-                        steps: int, neighbours: str = "add_remove") -> float | np.ndarray:
+def tpr_bound_mechanism(
+    fpr: float | np.ndarray,
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    neighbours: str = "add_remove",
+) -> float | np.ndarray:
     """Highest TPR of any membership-inference attack on DP-SGD, from its whole profile.
 
     ``neighbours="add_remove"``: the patient is in the training set or not, all else equal.
@@ -279,13 +287,23 @@ class _Lines:
         i = np.searchsorted(-self.d1, -target.ravel(), side="left").reshape(alpha.shape)
         j = self._near(i)
         with np.errstate(over="ignore", invalid="ignore"):
-            lines = 1 - np.exp(-self.t[j] - _EPS_ERROR) * np.maximum(1 - self.delta[j] - alpha[..., None], 0)
+            lines = 1 - np.exp(-self.t[j] - _EPS_ERROR) * np.maximum(
+                1 - self.delta[j] - alpha[..., None], 0
+            )
         return np.clip(lines.min(axis=-1), alpha, 1.0)  # never below guessing: any line >= alpha
 
 
-def tpr_against_bound(scores: Any, membership: Any, *, fpr: float, noise_multiplier: float,
-                      sample_rate: float, steps: int, neighbours: str = "add_remove",
-                      confidence: float = 0.95) -> dict[str, float | bool]:
+def tpr_against_bound(
+    scores: Any,
+    membership: Any,
+    *,
+    fpr: float,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    neighbours: str = "add_remove",
+    confidence: float = 0.95,
+) -> dict[str, float | bool]:
     """An attack's TPR at ``fpr``, with its statistical error, against the DP cap of the mechanism.
 
     The threshold is :func:`privkit.attacks.scores.tpr_at_fpr`'s; its true rates lie, with
@@ -320,15 +338,28 @@ def tpr_against_bound(scores: Any, membership: Any, *, fpr: float, noise_multipl
     out: dict[str, float | bool] = dict(
         tpr_at_fpr_interval(scores, membership, fpr=fpr, confidence=confidence)
     )
-    out["bound"] = float(tpr_bound_mechanism(out["fpr_high"], noise_multiplier=noise_multiplier,
-                                             sample_rate=sample_rate, steps=steps, neighbours=neighbours))
+    out["bound"] = float(
+        tpr_bound_mechanism(
+            out["fpr_high"],
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=steps,
+            neighbours=neighbours,
+        )
+    )
     out["above_bound"] = bool(out["tpr_low"] > out["bound"])
     return out
 
 
-def reconstruction_bound(*, prior: float, noise_multiplier: float | None = None,
-                         sample_rate: float | None = None, steps: int | None = None,
-                         epsilon: float | None = None, delta: float | None = None) -> float:
+def reconstruction_bound(
+    *,
+    prior: float,
+    noise_multiplier: float | None = None,
+    sample_rate: float | None = None,
+    steps: int | None = None,
+    epsilon: float | None = None,
+    delta: float | None = None,
+) -> float:
     """Highest chance that an informed adversary reconstructs a training image.
 
     ``prior`` (kappa) is the adversary's chance of success without the model, e.g. 1 / the
@@ -368,9 +399,15 @@ def _pct(x: float) -> str:
     return f"{up:.{digits}f}%"
 
 
-def summary(*, epsilon: float, delta: float, noise_multiplier: float | None = None,
-            sample_rate: float | None = None, steps: int | None = None,
-            n_patients: int | None = None) -> str:
+def summary(
+    *,
+    epsilon: float,
+    delta: float,
+    noise_multiplier: float | None = None,
+    sample_rate: float | None = None,
+    steps: int | None = None,
+    n_patients: int | None = None,
+) -> str:
     """One plain-language paragraph on what (epsilon, delta) means, for a data protection officer.
 
     Args:
@@ -390,8 +427,10 @@ def summary(*, epsilon: float, delta: float, noise_multiplier: float | None = No
     mech = {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps}
     missing = [k for k, v in mech.items() if v is None]
     if 0 < len(missing) < 3:
-        raise ValueError(f"Expected noise_multiplier, sample_rate and steps together; "
-                         f"missing {', '.join(missing)}.")
+        raise ValueError(
+            f"Expected noise_multiplier, sample_rate and steps together; "
+            f"missing {', '.join(missing)}."
+        )
     if n_patients is not None:
         positive_int(n_patients=n_patients)
     priors = np.array([1e-3] + ([1 / n_patients] if n_patients and n_patients > 1 else []))
@@ -401,14 +440,20 @@ def summary(*, epsilon: float, delta: float, noise_multiplier: float | None = No
         _mechanism(noise_multiplier, sample_rate, steps)
         try:  # both caps hold for the same model: keep the lower
             caps = np.minimum(caps, tpr_bound_mechanism(priors, **mech))
-            source = (f"the training settings (noise multiplier {noise_multiplier:g}, sampling "
-                      f"rate {sample_rate:.3g}, {steps} steps), tighter than epsilon alone")
+            source = (
+                f"the training settings (noise multiplier {noise_multiplier:g}, sampling "
+                f"rate {sample_rate:.3g}, {steps} steps), tighter than epsilon alone"
+            )
         except RuntimeError:  # the PRV cannot (epsilon in the hundreds): keep (eps, delta)
             pass
     factor = math.exp(epsilon)  # rounded up, as the percentages
-    factor_text = (f"{math.ceil(factor * 100) / 100:g}" if factor < 100 else
-                   f"{math.ceil(factor):,}" if factor < 1e6 else
-                   f"10^{math.ceil(epsilon / math.log(10))}")
+    factor_text = (
+        f"{math.ceil(factor * 100) / 100:g}"
+        if factor < 100
+        else f"{math.ceil(factor):,}"
+        if factor < 1e6
+        else f"10^{math.ceil(epsilon / math.log(10))}"
+    )
     text = [
         f"The model was trained with differential privacy at epsilon = {epsilon:.3g} and "
         f"delta = {delta:.3g}.",
@@ -422,7 +467,9 @@ def summary(*, epsilon: float, delta: float, noise_multiplier: float | None = No
         f"by guessing, succeeds at most {_pct(caps[0])} of the time.",
     ]
     if len(caps) > 1:
-        text.append(f"Picking one of the {n_patients:,} training patients (1 in {n_patients:,} "
-                    f"by guessing), an attacker succeeds at most {_pct(caps[1])} of the time.")
+        text.append(
+            f"Picking one of the {n_patients:,} training patients (1 in {n_patients:,} "
+            f"by guessing), an attacker succeeds at most {_pct(caps[1])} of the time."
+        )
     text.append(f"These are worst-case limits for the strongest attacker, computed from {source}.")
     return " ".join(text)

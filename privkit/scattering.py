@@ -72,17 +72,23 @@ class Scattering(nn.Module):
         padded = nn.functional.pad((x + 1) / 2, (top, bottom, top, bottom), mode="reflect")
 
         def low_pass(u: Tensor, r: int) -> Tensor:  # u at resolution r -> averaged at 2**J
-            return torch.fft.ifft2(_periodize(u * getattr(self, f"phi_{r}"), 2 ** (J - r))).real[..., 1:-1, 1:-1]
+            return torch.fft.ifft2(_periodize(u * getattr(self, f"phi_{r}"), 2 ** (J - r))).real[
+                ..., 1:-1, 1:-1
+            ]
 
         def modulus(u: Tensor, n: int, r: int) -> Tensor:  # |u * psi_n|, in frequency, at scale j_n
             psi = getattr(self, f"psi_{n}_{r}")
-            return torch.fft.fft2(torch.fft.ifft2(_periodize(u * psi, 2 ** (self.scales[n] - r))).abs())
+            return torch.fft.fft2(
+                torch.fft.ifft2(_periodize(u * psi, 2 ** (self.scales[n] - r))).abs()
+            )
 
         u0 = torch.fft.fft2(padded)
         first, second = [low_pass(u0, 0)], []
         for n1, j1 in enumerate(self.scales):
             u1 = modulus(u0, n1, 0)
             first.append(low_pass(u1, j1))
-            second += [low_pass(modulus(u1, n2, j1), j2) for n2, j2 in enumerate(self.scales) if j2 > j1]
+            second += [
+                low_pass(modulus(u1, n2, j1), j2) for n2, j2 in enumerate(self.scales) if j2 > j1
+            ]
         coefficients = torch.stack(first + second, dim=-3)  # (B, C, K, H', W'), Kymatio's order
         return coefficients.flatten(-4, -3)

@@ -13,8 +13,8 @@ import dataclasses
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -53,7 +53,9 @@ class TrainConfig:
     ema: float = 0.0  # decay of a moving average of the parameters, evaluated instead (0: off)
     accountant: str = "prv"
     seed: int = 0  # initialisation; also the noise and Poisson draws with randomness="seeded"
-    randomness: str = "secure"  # noise and Poisson draws: OS entropy, or "seeded" (privkit.randomness)
+    randomness: str = (
+        "secure"  # noise and Poisson draws: OS entropy, or "seeded" (privkit.randomness)
+    )
     device: str = "auto"
     data_root: str | None = None
 
@@ -79,7 +81,9 @@ class TrainConfig:
         if self.noise_multiplier is not None:
             _validate.in_range(0, math.inf, noise_multiplier=self.noise_multiplier)
         _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=self.delta)
-        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=self.max_grad_norm)
+        _validate.in_range(
+            0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=self.max_grad_norm
+        )
         _validate.positive_int(epochs=self.epochs)
         _validate.positive_int(batch_size=self.batch_size)
         _validate.positive(lr=self.lr)
@@ -129,7 +133,9 @@ class TrainResult:
     epoch_seconds: list[float] = field(default_factory=list)  # training only; shared by a stack
     device: str = ""
     seconds: float = 0.0
-    spend: budget.Spend | None = None  # the ledger's record of this run; its hash anchors the ledger
+    spend: budget.Spend | None = (
+        None  # the ledger's record of this run; its hash anchors the ledger
+    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -156,12 +162,16 @@ def plan(config: TrainConfig, n_train: int) -> Mechanism:
             steps=steps,
             accountant=config.accountant,
         )
-    eps = math.inf if noise == 0 else accounting.epsilon(
-        noise_multiplier=noise,
-        sample_rate=sample_rate,
-        steps=steps,
-        delta=config.delta,
-        accountant=config.accountant,
+    eps = (
+        math.inf
+        if noise == 0
+        else accounting.epsilon(
+            noise_multiplier=noise,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=config.delta,
+            accountant=config.accountant,
+        )
     )
     return Mechanism(
         noise, sample_rate, steps, config.max_grad_norm, config.delta, config.accountant, eps
@@ -207,12 +217,28 @@ def train(
         A ``TrainResult`` with the executed mechanism (the epsilon actually spent) and metrics.
     """
     return train_many(
-        [config], dataset=dataset, ledger=ledger, scopes=scopes, allow_seeded=allow_seeded, progress=progress
+        [config],
+        dataset=dataset,
+        ledger=ledger,
+        scopes=scopes,
+        allow_seeded=allow_seeded,
+        progress=progress,
     )[0]
 
 
 # Settings that models trained together in one stack must share.
-STACK_FIELDS = ("dataset", "model", "backend", "epochs", "batch_size", "lr", "momentum", "ema", "device", "data_root")
+STACK_FIELDS = (
+    "dataset",
+    "model",
+    "backend",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "ema",
+    "device",
+    "data_root",
+)
 
 
 def stack_key(config: TrainConfig) -> tuple:
@@ -275,7 +301,9 @@ def train_many(
     elif first.backend != "fast":
         raise ValueError(f"members= needs backend='fast', got backend={first.backend!r}.")
     elif tuple(members.shape) != (len(configs), n):
-        raise ValueError(f"Expected members of shape ({len(configs)}, {n}), got {tuple(members.shape)}.")
+        raise ValueError(
+            f"Expected members of shape ({len(configs)}, {n}), got {tuple(members.shape)}."
+        )
     members = members.to(device)
     mechs = [plan(c, int(m.sum())) for c, m in zip(configs, members)]
     batch_sizes = [float(c.batch_size) for c in configs]  # expected; the update divides by it
@@ -283,13 +311,19 @@ def train_many(
         rates = torch.tensor([m.sample_rate for m in mechs], dtype=torch.float64, device=device)
         sample_rates = members * rates[:, None]
     elif first.backend != "fast" or ledger is not None:
-        raise ValueError("sample_rates= needs backend='fast' and no ledger (privkit.individual charges).")
+        raise ValueError(
+            "sample_rates= needs backend='fast' and no ledger (privkit.individual charges)."
+        )
     elif tuple(sample_rates.shape) != (len(configs), n):
-        raise ValueError(f"Expected sample_rates of shape ({len(configs)}, {n}), got {tuple(sample_rates.shape)}.")
+        raise ValueError(
+            f"Expected sample_rates of shape ({len(configs)}, {n}), got {tuple(sample_rates.shape)}."
+        )
     else:
         sample_rates = sample_rates.to(device, torch.float64) * members
         batch_sizes = sample_rates.sum(dim=1).tolist()
-    if len({m.steps for m in mechs}) > 1:  # a stack steps together: each model's count must be its own
+    if (
+        len({m.steps for m in mechs}) > 1
+    ):  # a stack steps together: each model's count must be its own
         raise ValueError(
             f"Models trained together must plan the same number of steps, got "
             f"{sorted({m.steps for m in mechs})}: give members of (nearly) equal size."
@@ -308,7 +342,9 @@ def train_many(
             configs, mechs, trainable, generators, split, sample_rates, batch_sizes, progress
         )
     else:
-        losses, epoch_seconds = _train_sequentially(configs, mechs, trainable, generators, split, progress)
+        losses, epoch_seconds = _train_sequentially(
+            configs, mechs, trainable, generators, split, progress
+        )
 
     info = dataset.info
     names = info.label_names if info.task == "multi-label" else None
@@ -319,7 +355,9 @@ def train_many(
             mechanism=m,
             backend=c.backend if c.private else "nonprivate",
             metrics={
-                split: evaluate(part.labels, predict(model, part.images), task=info.task, label_names=names)
+                split: evaluate(
+                    part.labels, predict(model, part.images), task=info.task, label_names=names
+                )
                 for split, part in (("val", dataset.val), ("test", dataset.test))
             },
             loss_per_epoch=loss,
@@ -329,7 +367,9 @@ def train_many(
             seconds=seconds,
             spend=spend,
         )
-        for c, m, model, loss, times, spend in zip(configs, mechs, models, losses, epoch_seconds, spends)
+        for c, m, model, loss, times, spend in zip(
+            configs, mechs, models, losses, epoch_seconds, spends
+        )
     ]
 
 
@@ -353,7 +393,9 @@ def _generators(configs: Sequence[TrainConfig], device: torch.device) -> list[to
                     f"noise; give them different seeds (seed={c.seed})."
                 )
     return [
-        randomness.torch_generator(randomness=c.randomness, identity=stream_identity(c), device=device)
+        randomness.torch_generator(
+            randomness=c.randomness, identity=stream_identity(c), device=device
+        )
         for c in configs
     ]
 
@@ -401,7 +443,11 @@ def charged_scopes(dataset: str, scopes: Sequence[str] | None) -> list[str]:
     extra = [budget.parse_scope(s) for s in scopes or []]
     foreign = [s for s in extra if not whole.contains(s)]
     if foreign:
-        variants = [dataclasses.replace(s, dataset=dataset) for s in foreign if s.dataset.casefold() == dataset]
+        variants = [
+            dataclasses.replace(s, dataset=dataset)
+            for s in foreign
+            if s.dataset.casefold() == dataset
+        ]
         hint = f" Did you mean '{variants[0]}'?" if variants else ""
         raise ValueError(
             f"scopes={[str(s) for s in foreign]} lie outside dataset:{dataset}, the records this run reads; "
@@ -420,14 +466,18 @@ def _init_model(config: TrainConfig, dataset: data.Dataset, device: torch.device
     ).to(device)
 
 
-def _trainable_parts(models: list[nn.Module], split: data.Split) -> tuple[list[nn.Module], data.Split]:
+def _trainable_parts(
+    models: list[nn.Module], split: data.Split
+) -> tuple[list[nn.Module], data.Split]:
     """What DP-SGD updates, and on which inputs: for ``FixedFeatures`` models (ScatterNet) the
     heads, on features computed once per image (the same gradients, as features have no
     parameters); for any other model, the model on the images."""
     if not isinstance(models[0], FixedFeatures):
         return models, split
     with torch.no_grad():
-        features = torch.cat([models[0].features(split.images[i : i + 512]) for i in range(0, len(split), 512)])
+        features = torch.cat(
+            [models[0].features(split.images[i : i + 512]) for i in range(0, len(split), 512)]
+        )
     return [m.head for m in models], data.Split(images=features, labels=split.labels)
 
 
@@ -454,7 +504,9 @@ def _epoch_timer(device: torch.device) -> Callable[[], float]:
 Losses = list[list[float]]  # per model, per epoch
 
 
-def _train_sequentially(configs, mechs, models, generators, split, progress) -> tuple[Losses, Losses]:
+def _train_sequentially(
+    configs, mechs, models, generators, split, progress
+) -> tuple[Losses, Losses]:
     """One model after another, through a per-model backend (``opacus``)."""
     losses, times = [], []
     for config, mech, model, generator in zip(configs, mechs, models, generators):
@@ -492,7 +544,9 @@ def _train_sequentially(configs, mechs, models, generators, split, progress) -> 
     return losses, times
 
 
-def _train_fast(configs, mechs, models, generators, split, sample_rates, batch_sizes, progress) -> tuple[Losses, Losses]:
+def _train_fast(
+    configs, mechs, models, generators, split, sample_rates, batch_sizes, progress
+) -> tuple[Losses, Losses]:
     """All models at once: stacked parameters, padded Poisson batches (``engine/fast.py``)."""
     first, device = configs[0], sample_rates.device
     used = (sample_rates > 0).sum(dim=1)  # (K,) examples each model may draw

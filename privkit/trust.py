@@ -32,9 +32,21 @@ from privkit.metrics import evaluate
 from privkit.train import TrainConfig, logits, resolve_device, train_many
 
 SCORE_COLUMNS = [
-    "run_id", "experiment", "dataset", "model", "seed", "randomness", "epsilon_target", "epsilon_spent",
-    "delta", "noise_multiplier", "split", "index", "label", "logit",
-]  # fmt: skip
+    "run_id",
+    "experiment",
+    "dataset",
+    "model",
+    "seed",
+    "randomness",
+    "epsilon_target",
+    "epsilon_spent",
+    "delta",
+    "noise_multiplier",
+    "split",
+    "index",
+    "label",
+    "logit",
+]
 SPLITS = ("val", "test")
 CALIBRATIONS = ("uncalibrated", "temperature", "temperature_dp")
 
@@ -78,7 +90,8 @@ def scored_sweep(
     for config in configs:
         if data.info(config.dataset).task != "binary":
             raise ValueError(
-                f"Expected a binary dataset; got dataset={config.dataset!r} (per-case reports need one label)."
+                f"Expected a binary dataset; got dataset={config.dataset!r} "
+                "(per-case reports need one label)."
             )
     runner = executors.resolve(executor)
     runs = experiments.load_runs(configs, device=runner.data_device)
@@ -127,20 +140,35 @@ def score_stack(
     trained = train_many(configs, dataset=dataset, progress=progress)
     frames, records = [], []
     for run, config, result in zip(runs, configs, trained):
-        record = results.run_record(result, data_sha256=dataset.sha256, trained_together_with=len(configs))
+        record = results.run_record(
+            result, data_sha256=dataset.sha256, trained_together_with=len(configs)
+        )
         records.append(record)
         for split in SPLITS:
             part = dataset.split(split)
             z = logits(result.model, part.images)[:, 0].double().cpu().numpy()  # (n,)
-            frames.append(pd.DataFrame({
-                "run_id": run, "experiment": experiment, "dataset": config.dataset,
-                "model": config.model, "seed": config.seed, "randomness": config.randomness,
-                "epsilon_target": config.epsilon if config.epsilon is not None else math.nan,
-                "epsilon_spent": result.mechanism.epsilon, "delta": result.mechanism.delta,
-                "noise_multiplier": result.mechanism.noise_multiplier, "split": split,
-                "index": np.arange(len(z)), "label": part.labels[:, 0].long().cpu().numpy(),
-                "logit": z,
-            }))  # fmt: skip
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "run_id": run,
+                        "experiment": experiment,
+                        "dataset": config.dataset,
+                        "model": config.model,
+                        "seed": config.seed,
+                        "randomness": config.randomness,
+                        "epsilon_target": config.epsilon
+                        if config.epsilon is not None
+                        else math.nan,
+                        "epsilon_spent": result.mechanism.epsilon,
+                        "delta": result.mechanism.delta,
+                        "noise_multiplier": result.mechanism.noise_multiplier,
+                        "split": split,
+                        "index": np.arange(len(z)),
+                        "label": part.labels[:, 0].long().cpu().numpy(),
+                        "logit": z,
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS], records
 
 
@@ -157,12 +185,26 @@ def _runs(scores: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def metrics_table(scores: pd.DataFrame) -> pd.DataFrame:
     """``privkit.metrics.evaluate`` of every run and split, as tidy rows (``privkit.results`` columns)."""
     rows = []
-    for run, part in _runs(scores):
+    for _, part in _runs(scores):
         first = part.iloc[0]
         for split, rows_split in part.groupby("split"):
-            values = evaluate(rows_split["label"].to_numpy(), expit(rows_split["logit"].to_numpy()), task="binary")
-            common = {c: first[c] for c in ("run_id", "experiment", "dataset", "model", "seed", "randomness",
-                                             "epsilon_target", "epsilon_spent", "delta")}  # fmt: skip
+            values = evaluate(
+                rows_split["label"].to_numpy(), expit(rows_split["logit"].to_numpy()), task="binary"
+            )
+            common = {
+                c: first[c]
+                for c in (
+                    "run_id",
+                    "experiment",
+                    "dataset",
+                    "model",
+                    "seed",
+                    "randomness",
+                    "epsilon_target",
+                    "epsilon_spent",
+                    "delta",
+                )
+            }
             rows += [{**common, "split": split, "metric": m, "value": v} for m, v in values.items()]
     return pd.DataFrame(rows)
 
@@ -195,11 +237,19 @@ def subgroup_table(
         wide = rows.pivot(index="index", columns="run_id", values="logit").sort_index()  # (n, k)
         labels = rows.drop_duplicates("index").set_index("index")["label"].sort_index()
         report = fairness.subgroup_report(
-            labels.to_numpy(), expit(wide.to_numpy()), fairness.class_groups(labels.to_numpy()),
-            threshold=threshold, n_bootstrap=n_bootstrap, confidence=confidence, method=method, seed=seed,
-        )  # fmt: skip
+            labels.to_numpy(),
+            expit(wide.to_numpy()),
+            fairness.class_groups(labels.to_numpy()),
+            threshold=threshold,
+            n_bootstrap=n_bootstrap,
+            confidence=confidence,
+            method=method,
+            seed=seed,
+        )
         spent = rows["epsilon_spent"].max()
-        frames.append(report.assign(epsilon_target=eps, epsilon_spent=spent, n_models=wide.shape[1]))
+        frames.append(
+            report.assign(epsilon_target=eps, epsilon_spent=spent, n_models=wide.shape[1])
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -236,13 +286,20 @@ def calibration_table(
         val, test = part[part["split"] == "val"], part[part["split"] == "test"]
         first = part.iloc[0]
         private = calibration.fit_temperature_dp(
-            val["label"].to_numpy(), val["logit"].to_numpy(), epsilon=temperature_epsilon,
-            delta=temperature_delta, steps=temperature_steps, randomness=randomness,
+            val["label"].to_numpy(),
+            val["logit"].to_numpy(),
+            epsilon=temperature_epsilon,
+            delta=temperature_delta,
+            steps=temperature_steps,
+            randomness=randomness,
             seed=seed + int(first["seed"]),
-        )  # fmt: skip
+        )
         fits = {
             "uncalibrated": (1.0, 0.0),
-            "temperature": (calibration.fit_temperature(val["label"], val["logit"]), math.inf),  # unaccounted
+            "temperature": (
+                calibration.fit_temperature(val["label"], val["logit"]),
+                math.inf,
+            ),  # unaccounted
             "temperature_dp": (private.temperature, private.epsilon),
         }
         y, z = test["label"].to_numpy(), test["logit"].to_numpy()
@@ -257,10 +314,14 @@ def calibration_table(
                 "nll": calibration.negative_log_likelihood(y, z, temperature=t),
             }
             common = {
-                "run_id": run, "seed": first["seed"], "epsilon_target": first["epsilon_target"],
-                "epsilon_spent": first["epsilon_spent"], "calibration": name, "temperature": t,
+                "run_id": run,
+                "seed": first["seed"],
+                "epsilon_target": first["epsilon_target"],
+                "epsilon_spent": first["epsilon_spent"],
+                "calibration": name,
+                "temperature": t,
                 "temperature_epsilon": eps_t,
-            }  # fmt: skip
+            }
             rows += [{**common, "metric": m, "value": v} for m, v in values.items()]
     return pd.DataFrame(rows)
 
@@ -270,6 +331,8 @@ def calibrated_test_scores(scores: pd.DataFrame, calib: pd.DataFrame) -> pd.Data
 
     Temperatures come from ``calib`` (:func:`calibration_table`).
     """
-    temps = calib.drop_duplicates(["run_id", "calibration"])[["run_id", "calibration", "temperature"]]
+    temps = calib.drop_duplicates(["run_id", "calibration"])[
+        ["run_id", "calibration", "temperature"]
+    ]
     test = scores[scores["split"] == "test"].merge(temps, on="run_id")
     return test.assign(probability=expit(test["logit"] / test["temperature"]))

@@ -29,7 +29,15 @@ from privkit.train import TrainConfig, TrainResult, plan, train
 
 # Renyi orders: Opacus's default grid, extended (long searches push the optimum up).
 ORDERS: tuple[float, ...] = (
-    *(1 + x / 10.0 for x in range(1, 100)), *range(12, 64), 80, 96, 128, 192, 256, 384, 512
+    *(1 + x / 10.0 for x in range(1, 100)),
+    *range(12, 64),
+    80,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
 )
 
 
@@ -70,12 +78,22 @@ def tuning_epsilon(
     orders = np.array(ORDERS)
     curves = []
     for i, (sigma, q, steps) in enumerate(mechanisms):
-        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, **{f"mechanisms[{i}].noise_multiplier": sigma})
+        _validate.in_range(
+            0,
+            math.inf,
+            low_inclusive=False,
+            high_inclusive=False,
+            **{f"mechanisms[{i}].noise_multiplier": sigma},
+        )
         _validate.in_range(0, 1, low_inclusive=False, **{f"mechanisms[{i}].sample_rate": q})
         _validate.positive_int(**{f"mechanisms[{i}].steps": steps})
-        curves.append(_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(ORDERS)))
+        curves.append(
+            _rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(ORDERS))
+        )
     rdp = np.max(curves, axis=0)  # one trial, whichever candidate it draws
-    delta_hat = np.array([math.exp(_log_delta(orders, rdp, math.log1p(1 / (a - 1)))) for a in orders])
+    delta_hat = np.array(
+        [math.exp(_log_delta(orders, rdp, math.log1p(1 / (a - 1)))) for a in orders]
+    )
     searched = rdp + mean_trials * delta_hat + math.log(mean_trials) / (orders - 1)
     with warnings.catch_warnings():  # "optimal order is the smallest/largest alpha"
         warnings.filterwarnings("ignore", "Optimal order", UserWarning)
@@ -128,12 +146,16 @@ def random_search(
         )
     shared = {(c.dataset, c.delta, c.data_root) for c in candidates}
     if len(shared) > 1:
-        raise ValueError(f"Candidates must share dataset, delta and data_root, got {sorted(shared, key=str)}.")
+        raise ValueError(
+            f"Candidates must share dataset, delta and data_root, got {sorted(shared, key=str)}."
+        )
     first = candidates[0]
     n = len(dataset.train) if dataset else data.train_size(first.dataset, root=first.data_root)
     mechanisms = [plan(c, n) for c in candidates]
     epsilon = tuning_epsilon(
-        [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms], delta=first.delta, mean_trials=mean_trials
+        [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms],
+        delta=first.delta,
+        mean_trials=mean_trials,
     )
     drawn = draw_trials(len(candidates), mean_trials=mean_trials)
     trials = [train(candidates[i], dataset=dataset, progress=progress) for i in drawn]

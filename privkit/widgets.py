@@ -20,8 +20,8 @@ import ipywidgets as w
 
 from privkit import risk
 from privkit._validate import in_range, positive, positive_int
-from privkit.risk import _pct  # percentages rounded up: a stated cap must not understate
 from privkit.recipes import MeasuredAUC, get_recipe
+from privkit.risk import _pct  # percentages rounded up: a stated cap must not understate
 from privkit.train import Mechanism, plan
 
 FPRS: tuple[float, ...] = (0.001, 0.01)  # the false-positive rates the explorer reports
@@ -38,7 +38,9 @@ class WhatEpsilonBuys:
     batch_size: int
     epochs: int
     mechanism: Mechanism  # noise_multiplier, sample_rate, steps, and the epsilon actually spent
-    auc: MeasuredAUC | None  # the recipe's measured test AUC at the target epsilon; None: not measured
+    auc: (
+        MeasuredAUC | None
+    )  # the recipe's measured test AUC at the target epsilon; None: not measured
     recipe_settings: bool  # batch size and epochs are the recipe's, those its AUC was measured with
     tpr_bounds: dict[float, float]  # FPR -> the highest TPR of any membership-inference attack
     reconstruction_prior: float  # the attacker's chance of rebuilding an X-ray without the model
@@ -85,9 +87,14 @@ def what_epsilon_buys(
     positive_int(batch_size=batch_size)
     positive_int(epochs=epochs)
     prior = 1 / n_train if prior is None else positive(prior=prior)
-    mechanism = plan(recipe_.config(epsilon, delta=delta, batch_size=batch_size, epochs=epochs), n_train)
-    mech = {"noise_multiplier": mechanism.noise_multiplier, "sample_rate": mechanism.sample_rate,
-            "steps": mechanism.steps}
+    mechanism = plan(
+        recipe_.config(epsilon, delta=delta, batch_size=batch_size, epochs=epochs), n_train
+    )
+    mech = {
+        "noise_multiplier": mechanism.noise_multiplier,
+        "sample_rate": mechanism.sample_rate,
+        "steps": mechanism.steps,
+    }
     bounds = risk.tpr_bound_mechanism(list(FPRS), **mech)
     return WhatEpsilonBuys(
         recipe=recipe,
@@ -96,7 +103,8 @@ def what_epsilon_buys(
         epochs=epochs,
         mechanism=mechanism,
         auc=recipe_.auc(epsilon),
-        recipe_settings=(batch_size, epochs) == (recipe_.settings["batch_size"], recipe_.settings["epochs"]),
+        recipe_settings=(batch_size, epochs)
+        == (recipe_.settings["batch_size"], recipe_.settings["epochs"]),
         tpr_bounds={fpr: float(b) for fpr, b in zip(FPRS, bounds)},
         reconstruction_prior=prior,
         reconstruction_bound=risk.reconstruction_bound(prior=prior, **mech),
@@ -110,9 +118,15 @@ def _auc_text(view: WhatEpsilonBuys) -> str:
         return f"not measured at this ε (measured from {lo:g} to {hi:g})"
     at = ", ".join(f"{mean:.3f} ± {sd:.3f} at ε = {e:g}" for e, mean, sd in view.auc.measured)
     how = f"interpolated between {at}" if view.auc.interpolated else f"measured: {at}"
-    note = "" if view.recipe_settings else "; measured with the recipe's own batch size and epochs, not these"
-    return (f"<b>{view.auc.auc:.3f}</b><br><small>{how}; real PneumoniaMNIST, δ = 1e-5, seeds 0-2 "
-            f"(README){note}</small>")
+    note = (
+        ""
+        if view.recipe_settings
+        else "; measured with the recipe's own batch size and epochs, not these"
+    )
+    return (
+        f"<b>{view.auc.auc:.3f}</b><br><small>{how}; real PneumoniaMNIST, δ = 1e-5, seeds 0-2 "
+        f"(README){note}</small>"
+    )
 
 
 def html_summary(view: WhatEpsilonBuys) -> str:
@@ -120,15 +134,22 @@ def html_summary(view: WhatEpsilonBuys) -> str:
     m = view.mechanism
     spent = math.ceil(m.epsilon * 100) / 100  # rounded up, as the bounds
     cards = [
-        ("noise multiplier σ", f"<b>{m.noise_multiplier:.3g}</b><br><small>{m.steps} steps at sampling rate "
-                               f"{m.sample_rate:.3g}; ε spent ≤ {spent:g}</small>"),
+        (
+            "noise multiplier σ",
+            f"<b>{m.noise_multiplier:.3g}</b><br><small>{m.steps} steps at sampling rate "
+            f"{m.sample_rate:.3g}; ε spent ≤ {spent:g}</small>",
+        ),
         (f"test AUC of the {view.recipe} recipe", _auc_text(view)),
-        ("membership inference: highest TPR",
-         "<br>".join(f"<b>{_pct(b)}</b> at FPR {100 * f:g}%" for f, b in view.tpr_bounds.items())
-         + "<br><small>any attack; guessing gets TPR = FPR</small>"),
-        ("reconstructing an X-ray: highest chance",
-         f"<b>{_pct(view.reconstruction_bound)}</b><br><small>for an attacker right 1 time in "
-         f"{1 / view.reconstruction_prior:,.0f} without the model</small>"),
+        (
+            "membership inference: highest TPR",
+            "<br>".join(f"<b>{_pct(b)}</b> at FPR {100 * f:g}%" for f, b in view.tpr_bounds.items())
+            + "<br><small>any attack; guessing gets TPR = FPR</small>",
+        ),
+        (
+            "reconstructing an X-ray: highest chance",
+            f"<b>{_pct(view.reconstruction_bound)}</b><br><small>for an attacker right 1 time in "
+            f"{1 / view.reconstruction_prior:,.0f} without the model</small>",
+        ),
     ]
     body = "".join(
         f'<div class="privkit-card" style="flex:1 1 12em;min-width:12em;padding:0.4em 0.8em;'
@@ -164,22 +185,34 @@ def explorer(
     Show it as the last expression of a notebook cell; each slider, once released, replans
     the run in the kernel and updates the four numbers.
     """
-    first = what_epsilon_buys(epsilon=epsilon, delta=delta, n_train=n_train, batch_size=batch_size,
-                              epochs=epochs, recipe=recipe)
+    first = what_epsilon_buys(
+        epsilon=epsilon,
+        delta=delta,
+        n_train=n_train,
+        batch_size=batch_size,
+        epochs=epochs,
+        recipe=recipe,
+    )
     sizes = sorted({2**k for k in range(4, 16) if 2**k <= n_train} | {first.batch_size})
     epsilons = sorted(set(EPSILONS) | {epsilon})
     deltas = sorted({d for d in DELTAS if d < 1 / n_train} | {delta})
     sliders = {
         "epsilon": w.SelectionSlider(options=epsilons, value=epsilon, description="ε"),
         "delta": w.SelectionSlider(options=deltas, value=delta, description="δ"),
-        "batch_size": w.SelectionSlider(options=sizes, value=first.batch_size, description="batch size"),
-        "epochs": w.IntSlider(value=first.epochs, min=1, max=max(100, first.epochs), description="epochs"),
+        "batch_size": w.SelectionSlider(
+            options=sizes, value=first.batch_size, description="batch size"
+        ),
+        "epochs": w.IntSlider(
+            value=first.epochs, min=1, max=max(100, first.epochs), description="epochs"
+        ),
     }
     for slider in sliders.values():
         slider.continuous_update = False
         slider.style.description_width = "initial"
     result = w.HTML(html_summary(first))
-    box = Explorer([w.HBox(list(sliders.values()), layout=w.Layout(flex_flow="row wrap")), result], first)
+    box = Explorer(
+        [w.HBox(list(sliders.values()), layout=w.Layout(flex_flow="row wrap")), result], first
+    )
     box.add_class("privkit-explorer")
 
     def update(_: Any) -> None:

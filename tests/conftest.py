@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import postgres
 import pytest
 import torch
-
-import postgres
 from synthetic import N_LABELS, write_medmnist_npz
 from tutorials import browser_available
 
@@ -46,8 +45,10 @@ def postgres_cluster() -> Iterator[postgres.Cluster]:
     pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install -e '.[dev]')")
     bindir = postgres.find_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/initdb, no initdb on PATH "
-                    "(.ci/run installs Debian's postgresql package)")
+        pytest.skip(
+            "PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/initdb, no initdb on PATH "
+            "(.ci/run installs Debian's postgresql package)"
+        )
     server = postgres.Server.start(bindir)
     try:
         yield postgres.Cluster(server)
@@ -95,7 +96,9 @@ def session_processes(sid: int) -> dict[int, str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError):
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session
+        fields = stat[
+            stat.rindex(")") + 2 :
+        ].split()  # after "pid (comm) ": state ppid pgrp session
         if entry.name.isdigit() and int(fields[3]) == sid:
             found[int(entry.name)] = cmdline.strip()
     return found
@@ -125,12 +128,26 @@ def ray_head() -> Iterator[dict]:
             port = _free_port()
             log = temp / f"head-{attempt}.log"
             command = [
-                ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-                "--no-monitor", "--include-log-monitor=false", f"--temp-dir={temp}",
+                ray_cli,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                "--no-monitor",
+                "--include-log-monitor=false",
+                f"--temp-dir={temp}",
             ]
             head = subprocess.Popen(
-                command, env=head_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=head_env,
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             while head.poll() is None and "Ray runtime started" not in log.read_text():
                 time.sleep(0.2)

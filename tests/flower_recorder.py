@@ -28,7 +28,11 @@ def numbers(message: Message) -> list[np.ndarray]:
     """Every array a reply carries: its ArrayRecords, and any serialised array in its ConfigRecords."""
     if message.has_error():
         return []
-    found = [array.numpy() for record in message.content.array_records.values() for array in record.values()]
+    found = [
+        array.numpy()
+        for record in message.content.array_records.values()
+        for array in record.values()
+    ]
     for record in message.content.config_records.values():
         for value in record.values():
             for item in value if isinstance(value, list) else [value]:
@@ -53,7 +57,9 @@ class RecordingGrid:
             np.savez(self._folder / f"{next(self._count)}.npz", *numbers(reply))
         return replies
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         return self._keep(self._grid.send_and_receive(messages, timeout=timeout))
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:

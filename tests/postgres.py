@@ -20,7 +20,9 @@ ADMIN = "privkit_admin"  # the superuser initdb creates
 
 def find_bindir() -> Path | None:
     """The newest ``/usr/lib/postgresql/<version>/bin`` (Debian), else the folder of ``initdb`` on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3])
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -43,7 +45,9 @@ class Server:
     password: str
     user: str | None  # run as this user (under root), else as ourselves
 
-    def url(self, user: str = ADMIN, password: str | None = None, database: str = "postgres") -> str:
+    def url(
+        self, user: str = ADMIN, password: str | None = None, database: str = "postgres"
+    ) -> str:
         secret = urllib.parse.quote(self.password if user == ADMIN else password or "", safe="")
         return f"postgresql://{user}:{secret}@127.0.0.1:{self.port}/{database}"
 
@@ -59,7 +63,9 @@ class Server:
         if os.geteuid() == 0:
             user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
             if user is None:
-                raise RuntimeError("running as root, and neither a 'postgres' nor a 'nobody' user exists")
+                raise RuntimeError(
+                    "running as root, and neither a 'postgres' nor a 'nobody' user exists"
+                )
         folder = Path(tempfile.mkdtemp(prefix="privkit-pg-"))
         server = cls(bindir, folder, _free_port(), os.urandom(12).hex(), user)
         (folder / "pw").write_text(server.password + "\n")
@@ -67,16 +73,31 @@ class Server:
             entry = pwd.getpwnam(user)
             for path in (folder, folder / "pw"):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        done = server._run("initdb", "-D", str(folder / "data"), "-U", ADMIN, f"--pwfile={folder / 'pw'}",
-                           "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
+        done = server._run(
+            "initdb",
+            "-D",
+            str(folder / "data"),
+            "-U",
+            ADMIN,
+            f"--pwfile={folder / 'pw'}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         if done.returncode != 0:
             server.remove()
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
         # fsync off: a test server's data need not survive a power cut (the clients are what tests kill)
-        options = (f"-c listen_addresses=127.0.0.1 -p {server.port} -c unix_socket_directories={folder} "
-                   "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=80")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {server.port} -c unix_socket_directories={folder} "
+            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=80"
+        )
         log = folder / "log"
-        done = server._run("pg_ctl", "-D", str(folder / "data"), "-l", str(log), "-o", options, "-w", "start")
+        done = server._run(
+            "pg_ctl", "-D", str(folder / "data"), "-l", str(log), "-o", options, "-w", "start"
+        )
         if done.returncode != 0:
             tail = log.read_text()[-2000:] if log.exists() else ""
             server.remove()
@@ -109,7 +130,9 @@ USERS = {
     "alice": ("privkit_researcher",),
     "bob": ("privkit_researcher",),
 }
-_ADMIN_URLS: dict[str, str] = {}  # a ledger's location (the URL without password) -> its superuser's URL
+_ADMIN_URLS: dict[
+    str, str
+] = {}  # a ledger's location (the URL without password) -> its superuser's URL
 
 
 class Cluster:
@@ -128,7 +151,9 @@ class Cluster:
         with psycopg.connect(server.url(), autocommit=True) as db:
             for user, roles in USERS.items():
                 password = self.passwords[user]
-                db.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {', '.join(roles)}")
+                db.execute(
+                    f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {', '.join(roles)}"
+                )
         steward = budget.Ledger(self.url("steward", "privkit_template"))
         for user, dataset in RESEARCHERS.items():
             steward.grant(dataset, user)

@@ -77,8 +77,7 @@ def test_against_dp_accounting(name: str) -> None:
 @pytest.mark.filterwarnings(GDP_WARNING)
 def test_gdp_under_reports_where_the_warning_says() -> None:
     q, sigma, steps = SETTINGS["pneumonia_20_epochs"]  # 370 steps at q = 0.054
-    gdp = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5,
-                  accountant="gdp")
+    gdp = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant="gdp")
     assert gdp < 0.95 * dp_accounting_epsilon("pld", q, sigma, steps, 1e-5)  # ~10% low
 
 
@@ -86,8 +85,9 @@ def test_gdp_under_reports_where_the_warning_says() -> None:
 # sigma = 4.530877117 gives exactly (1, 1e-6)-DP for one Gaussian under RDP (orders 1 to
 # 100 in steps of 0.001); our coarser orders may only be slightly looser.
 def test_rdp_reference_value_from_dp_accounting() -> None:
-    eps = epsilon(noise_multiplier=4.530877117, sample_rate=1.0, steps=1, delta=1e-6,
-                  accountant="rdp")
+    eps = epsilon(
+        noise_multiplier=4.530877117, sample_rate=1.0, steps=1, delta=1e-6, accountant="rdp"
+    )
     assert 1.0 - 1e-6 <= eps <= 1.01
 
 
@@ -98,8 +98,9 @@ def test_calibration_round_trip(accountant: str) -> None:
     setting = dict(sample_rate=256 / 4708, steps=370)
     sigmas = []
     for target in (1.0, 3.0):
-        sigma = calibrate_noise(target_epsilon=target, target_delta=1e-5,
-                                accountant=accountant, **setting)
+        sigma = calibrate_noise(
+            target_epsilon=target, target_delta=1e-5, accountant=accountant, **setting
+        )
         eps = epsilon(noise_multiplier=sigma, delta=1e-5, accountant=accountant, **setting)
         assert 0.99 * target <= eps <= target
         sigmas.append(sigma)
@@ -109,23 +110,30 @@ def test_calibration_round_trip(accountant: str) -> None:
 @pytest.mark.parametrize("tolerance", [0.001, 0.2])
 def test_calibration_tolerance(tolerance: float) -> None:
     setting = dict(sample_rate=256 / 4708, steps=370)
-    sigma = calibrate_noise(target_epsilon=3.0, target_delta=1e-5, accountant="rdp",
-                            tolerance=tolerance, **setting)
+    sigma = calibrate_noise(
+        target_epsilon=3.0, target_delta=1e-5, accountant="rdp", tolerance=tolerance, **setting
+    )
     eps = epsilon(noise_multiplier=sigma, delta=1e-5, accountant="rdp", **setting)
     assert (1 - tolerance) * 3.0 <= eps <= 3.0
 
 
 def test_calibration_infinite_budget_means_no_noise() -> None:
-    assert calibrate_noise(target_epsilon=math.inf, target_delta=1e-5, sample_rate=0.1,
-                           steps=10) == 0.0
+    assert (
+        calibrate_noise(target_epsilon=math.inf, target_delta=1e-5, sample_rate=0.1, steps=10)
+        == 0.0
+    )
 
 
 def test_calibration_unreachable_target() -> None:
     # Opacus's RDP orders stop at 63, so epsilon stays above ~0.1 at delta=1e-5.
-    with pytest.raises(ValueError, match=rf"target_epsilon=0\.05.*{MAX_NOISE_MULTIPLIER:g}|"
-                                         rf"{MAX_NOISE_MULTIPLIER:g}.*target_epsilon=0\.05"):
-        calibrate_noise(target_epsilon=0.05, target_delta=1e-5, sample_rate=0.01, steps=100,
-                        accountant="rdp")
+    with pytest.raises(
+        ValueError,
+        match=rf"target_epsilon=0\.05.*{MAX_NOISE_MULTIPLIER:g}|"
+        rf"{MAX_NOISE_MULTIPLIER:g}.*target_epsilon=0\.05",
+    ):
+        calibrate_noise(
+            target_epsilon=0.05, target_delta=1e-5, sample_rate=0.01, steps=100, accountant="rdp"
+        )
 
 
 # 5. Monotonicity and limits.
@@ -133,8 +141,9 @@ def test_calibration_unreachable_target() -> None:
 @pytest.mark.parametrize("accountant", ACCOUNTANTS)
 def test_monotone(accountant: str) -> None:
     def eps(sigma: float = 1.0, q: float = 0.01, steps: int = 100) -> float:
-        return epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5,
-                       accountant=accountant)
+        return epsilon(
+            noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant=accountant
+        )
 
     by_sigma = [eps(sigma=s) for s in (1.0, 1.5, 2.0, 3.0)]
     by_steps = [eps(steps=n) for n in (10, 100, 300)]
@@ -157,8 +166,9 @@ def test_pure_no_hidden_state() -> None:
     b = dict(noise_multiplier=0.8, sample_rate=0.05, steps=50, delta=1e-6)
     first = epsilon(**a)
     epsilon(**b)
-    calibrate_noise(target_epsilon=1.0, target_delta=1e-5, sample_rate=0.01, steps=100,
-                    accountant="rdp")
+    calibrate_noise(
+        target_epsilon=1.0, target_delta=1e-5, sample_rate=0.01, steps=100, accountant="rdp"
+    )
     assert epsilon(**a) == first
 
 
@@ -167,8 +177,10 @@ def test_prv_refuses_a_grid_that_would_exhaust_memory() -> None:
     # Opacus would allocate ~3.5e9 points here; we fail fast and point to rdp.
     with pytest.raises(RuntimeError, match="accountant='rdp'"):
         epsilon(noise_multiplier=0.01, sample_rate=0.01, steps=100, delta=1e-5)
-    assert epsilon(noise_multiplier=0.01, sample_rate=0.01, steps=100, delta=1e-5,
-                   accountant="rdp") > 1e5
+    assert (
+        epsilon(noise_multiplier=0.01, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp")
+        > 1e5
+    )
 
 
 # 6. Bad input: the message names the argument and the value.

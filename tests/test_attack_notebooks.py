@@ -16,11 +16,19 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 def test_membership_notebook_runs_on_a_cpu(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     experiments.run_notebook(
-        NOTEBOOKS / "membership_inference.ipynb", tmp_path / "mi.ipynb",
-        {"data_root": str(synthetic_root), "out_dir": str(out), "epsilons": [4.0], "n_models": 6,
-         "pool_size": 64, "epochs": 1, "batch_size": 16},
+        NOTEBOOKS / "membership_inference.ipynb",
+        tmp_path / "mi.ipynb",
+        {
+            "data_root": str(synthetic_root),
+            "out_dir": str(out),
+            "epsilons": [4.0],
+            "n_models": 6,
+            "pool_size": 64,
+            "epochs": 1,
+            "batch_size": 16,
+        },
         progress=False,
-    )  # fmt: skip
+    )
     table = pd.read_csv(out / "metrics.csv")
     assert set(table["attack"]) == {"LiRA online", "LiRA offline", "loss threshold", "none"}
     assert (out / "figures" / "roc_loglog.png").exists()
@@ -31,11 +39,20 @@ def test_membership_notebook_runs_on_a_cpu(synthetic_root: Path, tmp_path: Path)
 def test_audit_notebook_runs_on_a_cpu(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     experiments.run_notebook(
-        NOTEBOOKS / "privacy_audit.ipynb", tmp_path / "audit.ipynb",
-        {"data_root": str(synthetic_root), "out_dir": str(out), "epsilons": [4.0], "n_canaries": 40,
-         "train_records": 64, "epochs": 1, "batch_size": 32, "k_values": [5, 10]},
+        NOTEBOOKS / "privacy_audit.ipynb",
+        tmp_path / "audit.ipynb",
+        {
+            "data_root": str(synthetic_root),
+            "out_dir": str(out),
+            "epsilons": [4.0],
+            "n_canaries": 40,
+            "train_records": 64,
+            "epochs": 1,
+            "batch_size": 32,
+            "k_values": [5, 10],
+        },
         progress=False,
-    )  # fmt: skip
+    )
     table = pd.read_csv(out / "audit.csv")
     assert len(table) == 2 and table["passes"].all()
     assert (out / "figures" / "audit_epsilons.png").exists()

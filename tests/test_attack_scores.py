@@ -43,7 +43,12 @@ def test_metrics_match_brute_force(attack):
 
 def test_metric_names_and_perfect_attack():
     out = scores.attack_metrics([2, 2, 1, 1], [1, 1, 0, 0])
-    assert out == {"auc": 1.0, "balanced_accuracy": 1.0, "tpr_at_fpr_0.01": 1.0, "tpr_at_fpr_0.001": 1.0}
+    assert out == {
+        "auc": 1.0,
+        "balanced_accuracy": 1.0,
+        "tpr_at_fpr_0.01": 1.0,
+        "tpr_at_fpr_0.001": 1.0,
+    }
 
 
 def test_roc_curve_runs_from_origin_to_corner(attack):

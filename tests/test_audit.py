@@ -26,9 +26,15 @@ def _p_value_exact(m: int, r: int, v: int, eps: float, delta: float) -> float:
     return min(1.0, float(tail + 2 * m * Fraction(delta) * alpha))
 
 
-@pytest.mark.parametrize("m, r, v, eps, delta", [
-    (100, 20, 15, 0.5, 0.0), (100, 20, 15, 0.5, 1e-3), (1000, 50, 48, 2.0, 1e-5), (10, 10, 0, 1.0, 0.01),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "m, r, v, eps, delta",
+    [
+        (100, 20, 15, 0.5, 0.0),
+        (100, 20, 15, 0.5, 1e-3),
+        (1000, 50, 48, 2.0, 1e-5),
+        (10, 10, 0, 1.0, 0.01),
+    ],
+)
 def test_p_value_matches_exact_sums(m, r, v, eps, delta):
     got = audit.one_run_p_value(m=m, r=r, v=v, epsilon=eps, delta=delta)
     assert got == pytest.approx(_p_value_exact(m, r, v, eps, delta), rel=1e-9)
@@ -59,7 +65,9 @@ def test_one_run_bound_is_valid_for_randomised_response(eps0):
     rng = np.random.default_rng(0)
     r, trials = 100, 4000
     correct = rng.binomial(r, 1 / (1 + math.exp(-eps0)), size=trials)
-    p = {v: audit.one_run_p_value(m=r, r=r, v=int(v), epsilon=eps0, delta=0.0) for v in set(correct)}
+    p = {
+        v: audit.one_run_p_value(m=r, r=r, v=int(v), epsilon=eps0, delta=0.0) for v in set(correct)
+    }
     false_alarms = np.mean([p[v] < 0.05 for v in correct])
     assert 0.02 < false_alarms <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)  # tight, and valid
 
@@ -69,10 +77,13 @@ def test_one_run_audit_guesses_the_top_scores_with_bonferroni():
     s = np.arange(100.0)[::-1]  # the 30 included canaries score highest
     one = audit.one_run_audit(s, included, delta=0.0, k_values=[30])
     assert (one["guesses"], one["correct"]) == (30, 30)
-    assert one["epsilon_lower_bound"] == pytest.approx(audit.one_run_epsilon(m=100, r=30, v=30, delta=0.0))
+    assert one["epsilon_lower_bound"] == pytest.approx(
+        audit.one_run_epsilon(m=100, r=30, v=30, delta=0.0)
+    )
     two = audit.one_run_audit(s, included, delta=0.0, k_values=[30, 60])
     assert two["epsilon_lower_bound"] == pytest.approx(
-        audit.one_run_epsilon(m=100, r=30, v=30, delta=0.0, confidence=0.975))
+        audit.one_run_epsilon(m=100, r=30, v=30, delta=0.0, confidence=0.975)
+    )
     both = audit.one_run_audit(s, included, delta=0.0, k_values=[30], k_neg=70)
     assert (both["guesses"], both["correct"]) == (100, 100)
     with pytest.raises(ValueError, match="k_values"):
@@ -104,7 +115,8 @@ def test_canaries(synthetic_root, kind):
 def test_runs_including_different_numbers_of_canaries_train(small_audit_data):
     ds, canaries = small_audit_data
     configs = [
-        TrainConfig(noise_multiplier=1.0, epsilon=None, epochs=1, batch_size=8, seed=k) for k in range(3)
+        TrainConfig(noise_multiplier=1.0, epsilon=None, epochs=1, batch_size=8, seed=k)
+        for k in range(3)
     ]
     runs = audit.train_with_canaries(configs, canaries=canaries, dataset=ds, seed=5, progress=False)
     sizes = [64 + int(r.included.sum()) for r in runs]
@@ -118,11 +130,23 @@ def test_runs_including_different_numbers_of_canaries_train(small_audit_data):
 # reporting a small epsilon (0.28) for runs that are far less private.
 _BROKEN = {
     # no noise: training with clipping only, so canaries are memorised
-    "noise off": (1.0, lambda mp: mp.setattr(
-        fast.FastStack, "_noise", lambda self: {k: torch.zeros_like(v) for k, v in self.params.items()})),
+    "noise off": (
+        1.0,
+        lambda mp: mp.setattr(
+            fast.FastStack,
+            "_noise",
+            lambda self: {k: torch.zeros_like(v) for k, v in self.params.items()},
+        ),
+    ),
     # no clipping: with C tiny, noise sigma * C is tiny too and unclipped gradients dwarf it
-    "clipping off": (2e-4, lambda mp: mp.setattr(
-        per_sample, "clip_factors", lambda grads, c: torch.ones(next(iter(grads.values())).shape[0]))),
+    "clipping off": (
+        2e-4,
+        lambda mp: mp.setattr(
+            per_sample,
+            "clip_factors",
+            lambda grads, c: torch.ones(next(iter(grads.values())).shape[0]),
+        ),
+    ),
 }
 
 
@@ -138,10 +162,14 @@ def small_audit_data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("bug", list(_BROKEN))
-def test_audit_catches_a_broken_mechanism_and_passes_the_intact_one(small_audit_data, monkeypatch, bug):
+def test_audit_catches_a_broken_mechanism_and_passes_the_intact_one(
+    small_audit_data, monkeypatch, bug
+):
     ds, canaries = small_audit_data
     clip, break_it = _BROKEN[bug]
-    config = TrainConfig(epsilon=None, noise_multiplier=50.0, max_grad_norm=clip, epochs=20, batch_size=32)
+    config = TrainConfig(
+        epsilon=None, noise_multiplier=50.0, max_grad_norm=clip, epochs=20, batch_size=32
+    )
 
     def audited() -> dict[str, float]:
         run = audit.train_with_canaries([config], canaries=canaries, dataset=ds, progress=False)[0]

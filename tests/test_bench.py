@@ -11,8 +11,14 @@ from privkit import bench
 
 
 def test_bench_reports_every_row_with_ratios(synthetic_root: Path, tmp_path: Path) -> None:
-    report = bench.run(device="cpu", data_root=str(synthetic_root), batch_size=32, epochs=1,
-                       stacks=(2,), progress=False)  # fmt: skip
+    report = bench.run(
+        device="cpu",
+        data_root=str(synthetic_root),
+        batch_size=32,
+        epochs=1,
+        stacks=(2,),
+        progress=False,
+    )
     assert [r["name"] for r in report["rows"]] == ["nonprivate", "opacus", "fast", "fast-stack-2"]
     assert "pneumoniamnist" in report["data"] and report["model"] == "cnn"
     for row in report["rows"]:
@@ -24,12 +30,20 @@ def test_bench_reports_every_row_with_ratios(synthetic_root: Path, tmp_path: Pat
     assert stack["per_model_epoch_s"] == pytest.approx(stack["epoch_s"] / 2)
     path = bench.write_json(report, tmp_path / "bench.json")
     keys = set(json.loads(path.read_text())["rows"][0])
-    assert {"name", "epoch_s", "per_model_epoch_s", "ratio_to_nonprivate", "peak_memory_bytes"} <= keys
+    assert {
+        "name",
+        "epoch_s",
+        "per_model_epoch_s",
+        "ratio_to_nonprivate",
+        "peak_memory_bytes",
+    } <= keys
     assert "fast-stack-2" in bench.format_table(report)
 
 
 def test_bench_falls_back_to_random_data_of_the_real_size(tmp_path: Path) -> None:
-    ds, described = bench._bench_dataset("pneumoniamnist", str(tmp_path), __import__("torch").device("cpu"))
+    ds, described = bench._bench_dataset(
+        "pneumoniamnist", str(tmp_path), __import__("torch").device("cpu")
+    )
     assert "random data" in described
     assert len(ds.train) == 4708 and tuple(ds.train.images.shape[1:]) == (1, 28, 28)
 
@@ -38,8 +52,10 @@ def test_time_sweep_runs_the_experiments_sweep(synthetic_root: Path, tmp_path: P
     repo = Path(__file__).resolve().parents[1]
     spec = tmp_path / "experiments" / "privacy_utility.yaml"
     spec.parent.mkdir()
-    spec.write_text("notebook: privacy_utility.ipynb\nparameters: {epsilons: [4.0], seeds: [0, 1], "
-                    "overrides: {epochs: 1, batch_size: 32}, delta: 0.001}\n")  # fmt: skip
+    spec.write_text(
+        "notebook: privacy_utility.ipynb\nparameters: {epsilons: [4.0], seeds: [0, 1], "
+        "overrides: {epochs: 1, batch_size: 32}, delta: 0.001}\n"
+    )
     (tmp_path / "notebooks").symlink_to(repo / "notebooks")
     timing = bench.time_sweep(spec, device="cpu", data_root=str(synthetic_root), progress=False)
     # Both recipes of the notebook, each at epsilon 4 and without privacy, two seeds.

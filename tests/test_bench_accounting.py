@@ -18,17 +18,30 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "accounting_reference.j
 
 
 def test_old_paths_reproduce_todays_values() -> None:
-    rows = [r for r in REFERENCE["epsilons"] if r["accountant"] == "prv" and r["steps"] <= 18 and "epsilon" in r]
+    rows = [
+        r
+        for r in REFERENCE["epsilons"]
+        if r["accountant"] == "prv" and r["steps"] <= 18 and "epsilon" in r
+    ]
     for row in rows[::6]:
-        old = bench_accounting._opacus_epsilon(row["noise_multiplier"], row["sample_rate"], row["steps"], row["delta"])
+        old = bench_accounting._opacus_epsilon(
+            row["noise_multiplier"], row["sample_rate"], row["steps"], row["delta"]
+        )
         assert old == row["epsilon"]
-    row = next(r for r in REFERENCE["calibrations"] if r["target_epsilon"] == 1.0 and r["steps"] == 54)
-    assert bench_accounting._opacus_calibrate(1.0, row["sample_rate"], 54) == row["noise_multiplier"]
+    row = next(
+        r for r in REFERENCE["calibrations"] if r["target_epsilon"] == 1.0 and r["steps"] == 54
+    )
+    assert (
+        bench_accounting._opacus_calibrate(1.0, row["sample_rate"], 54) == row["noise_multiplier"]
+    )
 
 
 def test_a_row_reports_speedup_and_the_range_of_change() -> None:
     row = bench_accounting._row("x", "s", lambda: [1.0, 2.5], lambda: [1.0, 2.0], "epsilon")
-    assert row.speedup == pytest.approx(row.old_s / row.new_s) and (row.change_min, row.change_max) == (0.0, 0.5)
+    assert row.speedup == pytest.approx(row.old_s / row.new_s) and (
+        row.change_min,
+        row.change_max,
+    ) == (0.0, 0.5)
     row = bench_accounting._row("y", "s", lambda: 1.01, lambda: 1.0, "sigma")
     assert row.change_min == row.change_max == pytest.approx(0.01)
     row = bench_accounting._row("z", "s", lambda: 1.0, None, "sigma")
@@ -37,8 +50,9 @@ def test_a_row_reports_speedup_and_the_range_of_change() -> None:
     assert table.splitlines()[1].startswith("z") and table.splitlines()[1].rstrip().endswith("-")
 
 
-def test_bench_accounting_command_prints_and_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_bench_accounting_command_prints_and_writes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     calls = []
 
     def run(**kwargs: object) -> dict:
@@ -47,7 +61,12 @@ def test_bench_accounting_command_prints_and_writes(monkeypatch: pytest.MonkeyPa
         return {"rows": [row.__dict__]}
 
     monkeypatch.setattr(bench_accounting, "run", run)
-    assert cli.main(["bench", "--accounting", "--plan-groups", "2", "--json", str(tmp_path / "a.json")]) == 0
+    assert (
+        cli.main(
+            ["bench", "--accounting", "--plan-groups", "2", "--json", str(tmp_path / "a.json")]
+        )
+        == 0
+    )
     assert calls == [{"plan_groups": [2], "all_baselines": False}]
     assert "speedup" in capsys.readouterr().out
     keys = set(json.loads((tmp_path / "a.json").read_text())["rows"][0])

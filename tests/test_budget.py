@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from postgres import admin_rows
+
 from privkit.accounting import compose, epsilon
 from privkit.budget import (
     PRV_MAX_MECHANISMS,
@@ -36,7 +36,9 @@ MECH = (RUN["noise_multiplier"], RUN["sample_rate"], RUN["steps"])
 
 def eps_of(k: int, delta: float = 1e-5, accountant: str = "prv") -> float:
     """Epsilon of k runs of RUN, from the accountant run once for k times the steps."""
-    return epsilon(noise_multiplier=1.0, sample_rate=0.05, steps=50 * k, delta=delta, accountant=accountant)
+    return epsilon(
+        noise_multiplier=1.0, sample_rate=0.05, steps=50 * k, delta=delta, accountant=accountant
+    )
 
 
 def charge(ledger: Ledger, *scopes: str, run_id: str = "run", **overrides):
@@ -47,7 +49,9 @@ def counts(ledger: Ledger) -> tuple[int, int, int]:
     """The rows of the budgets, spends and spend_scopes tables, as stored."""
     tables = ("budgets", "spends", "spend_scopes")
     if ledger.path is None:  # PostgreSQL: every row, as the superuser
-        return tuple(admin_rows(ledger.location, f"SELECT count(*) FROM privkit.{t}")[0][0] for t in tables)
+        return tuple(
+            admin_rows(ledger.location, f"SELECT count(*) FROM privkit.{t}")[0][0] for t in tables
+        )
     db = sqlite3.connect(ledger.path)
     try:
         return tuple(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
@@ -70,7 +74,9 @@ sqlite_only = pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # th
 
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])
-def test_compose_of_one_run_is_its_epsilon_and_of_k_identical_runs_is_k_times_the_steps(accountant: str) -> None:
+def test_compose_of_one_run_is_its_epsilon_and_of_k_identical_runs_is_k_times_the_steps(
+    accountant: str,
+) -> None:
     assert compose([MECH], delta=1e-5, accountant=accountant) == eps_of(1, accountant=accountant)
     three = compose([MECH] * 3, delta=1e-5, accountant=accountant)
     assert three == pytest.approx(eps_of(3, accountant=accountant), rel=1e-9)
@@ -84,7 +90,10 @@ def test_heterogeneous_compose_lies_between_max_and_sum_and_matches_dp_accountin
     both = compose(runs, delta=1e-5)
     assert max(alone) < both < sum(alone)
     assert compose(runs[::-1], delta=1e-5) == both
-    rdp = [epsilon(noise_multiplier=s, sample_rate=q, steps=n, delta=1e-5, accountant="rdp") for s, q, n in runs]
+    rdp = [
+        epsilon(noise_multiplier=s, sample_rate=q, steps=n, delta=1e-5, accountant="rdp")
+        for s, q, n in runs
+    ]
     assert max(rdp) < compose(runs, delta=1e-5, accountant="rdp") < sum(rdp)
     dp_accounting = pytest.importorskip("dp_accounting")  # an independent implementation (PLD)
     pld = dp_accounting.pld.PLDAccountant()
@@ -117,9 +126,16 @@ def test_compose_names_bad_arguments(mechanisms: list, kwargs: dict, message: st
 def test_scopes_parse_print_and_nest() -> None:
     cell = parse_scope(f"{D}/institution:h-1/group:kids_0.5")
     assert str(cell) == f"{D}/institution:h-1/group:kids_0.5"
-    assert cell.parent == parse_scope(f"{D}/institution:h-1") and cell.parent.parent == Scope("pneumoniamnist")
+    assert cell.parent == parse_scope(f"{D}/institution:h-1") and cell.parent.parent == Scope(
+        "pneumoniamnist"
+    )
     assert parse_scope(D).parent is None
-    assert [str(s) for s in cell.chain] == [D, f"{D}/institution:h-1", f"{D}/group:kids_0.5", str(cell)]
+    assert [str(s) for s in cell.chain] == [
+        D,
+        f"{D}/institution:h-1",
+        f"{D}/group:kids_0.5",
+        str(cell),
+    ]
     assert parse_scope(H1).overlaps(parse_scope(f"{D}/group:kids"))
     assert not parse_scope(H1).overlaps(parse_scope(H2))
     assert not parse_scope(D).overlaps(parse_scope("dataset:chestmnist"))
@@ -127,11 +143,22 @@ def test_scopes_parse_print_and_nest() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["hospital:h1", "dataset:", "pneumoniamnist", f"{D}/group:g/institution:h", f"{D}/institution:h/",
-     "dataset:a b", f"{D}/patient:1", f" {D}", 42],  # fmt: skip
+    [
+        "hospital:h1",
+        "dataset:",
+        "pneumoniamnist",
+        f"{D}/group:g/institution:h",
+        f"{D}/institution:h/",
+        "dataset:a b",
+        f"{D}/patient:1",
+        f" {D}",
+        42,
+    ],
 )
 def test_unknown_scope_forms_are_named_with_the_allowed_forms(ledger: Ledger, text: object) -> None:
-    with pytest.raises(ValueError, match=r"Unknown scope=.*expected one of: dataset:<name>, .*/group:<id>"):
+    with pytest.raises(
+        ValueError, match=r"Unknown scope=.*expected one of: dataset:<name>, .*/group:<id>"
+    ):
         ledger.set_budget(text, epsilon=1.0, delta=1e-5)
     with pytest.raises(ValueError, match="Unknown scope="):
         charge(ledger, text)
@@ -149,11 +176,17 @@ def test_set_charge_show_and_history(ledger: Ledger) -> None:
     assert spent.epsilon == eps_of(1) and spent.epsilon_sum == eps_of(1) and spent.delta_sum == 1e-5
     assert spent.remaining == pytest.approx(4.0 - eps_of(1)) and spent.n_spends == 1
     assert spent.budget.epsilon == 4.0
-    assert spent.budget.actor == ("dpo" if ledger.path else "tester")  # PostgreSQL: the database user
-    charge(ledger, H1, run_id="r2")  # an institution without a budget of its own: no limit of its own
+    assert spent.budget.actor == (
+        "dpo" if ledger.path else "tester"
+    )  # PostgreSQL: the database user
+    charge(
+        ledger, H1, run_id="r2"
+    )  # an institution without a budget of its own: no limit of its own
     table = ledger.show().set_index("scope")
     assert list(table.index) == [D, H1]
-    assert table.loc[D, "n_spends"] == 2 and table.loc[D, "spent_epsilon_composed"] == pytest.approx(eps_of(2))
+    assert table.loc[D, "n_spends"] == 2 and table.loc[
+        D, "spent_epsilon_composed"
+    ] == pytest.approx(eps_of(2))
     assert math.isnan(table.loc[H1, "budget_epsilon"]) and math.isnan(table.loc[H1, "remaining"])
     assert [s.run_id for s in ledger.history()] == ["r1", "r2"]
     assert [s.run_id for s in ledger.history(H2)] == ["r1"]  # the dataset-wide run touched h2
@@ -161,7 +194,9 @@ def test_set_charge_show_and_history(ledger: Ledger) -> None:
     assert times == sorted(times)
 
 
-def test_a_refused_run_charges_nothing_and_says_budget_spent_requested_remaining(ledger: Ledger) -> None:
+def test_a_refused_run_charges_nothing_and_says_budget_spent_requested_remaining(
+    ledger: Ledger,
+) -> None:
     budget = (eps_of(1) + eps_of(2)) / 2  # room for one run, not two
     ledger.set_budget(D, epsilon=budget, delta=1e-5)
     charge(ledger, D, run_id="first")
@@ -170,19 +205,36 @@ def test_a_refused_run_charges_nothing_and_says_budget_spent_requested_remaining
         charge(ledger, D, run_id="second", delta=1e-6)  # the run's own delta does not matter
     assert counts(ledger) == before and len(ledger.history()) == 1
     err = refused.value
-    assert err.spent == eps_of(1) and err.requested == eps_of(1) and err.composed == pytest.approx(eps_of(2))
+    assert (
+        err.spent == eps_of(1)
+        and err.requested == eps_of(1)
+        and err.composed == pytest.approx(eps_of(2))
+    )
     assert err.remaining == pytest.approx(budget - eps_of(1))
     message = str(err)
-    for part in (D, f"budget epsilon={budget:g}", "delta=1e-05", f"spent {eps_of(1):.4g}",
-                 f"requested {eps_of(1):.4g}", f"remaining {budget - eps_of(1):.4g}", "'second'",
-                 "nothing was charged"):  # fmt: skip
+    for part in (
+        D,
+        f"budget epsilon={budget:g}",
+        "delta=1e-05",
+        f"spent {eps_of(1):.4g}",
+        f"requested {eps_of(1):.4g}",
+        f"remaining {budget - eps_of(1):.4g}",
+        "'second'",
+        "nothing was charged",
+    ):
         assert part in message
-    assert isinstance(err, LedgerError) and isinstance(err, RuntimeError) and not isinstance(err, OSError)
+    assert (
+        isinstance(err, LedgerError)
+        and isinstance(err, RuntimeError)
+        and not isinstance(err, OSError)
+    )
     copy = pickle.loads(pickle.dumps(err))  # crosses process boundaries intact
     assert str(copy) == message and copy.remaining == err.remaining and copy.budget == err.budget
 
 
-def test_a_run_without_noise_is_refused_by_any_budget_and_recorded_without_one(ledger: Ledger) -> None:
+def test_a_run_without_noise_is_refused_by_any_budget_and_recorded_without_one(
+    ledger: Ledger,
+) -> None:
     ledger.set_budget(H1, epsilon=100.0, delta=1e-5)
     with pytest.raises(BudgetExceededError, match="requested inf"):
         charge(ledger, H1, noise_multiplier=0.0)
@@ -200,7 +252,9 @@ def test_a_dataset_spend_counts_against_an_institution_budget(ledger: Ledger) ->
     with pytest.raises(BudgetExceededError, match=f"budget of {H1} exceeded"):
         charge(ledger, D)  # touches h1 again
     charge(ledger, H2)  # h2 has no budget, and the dataset none
-    assert ledger.spent(H1).epsilon == eps_of(1) and ledger.spent(H2).epsilon == pytest.approx(eps_of(2))
+    assert ledger.spent(H1).epsilon == eps_of(1) and ledger.spent(H2).epsilon == pytest.approx(
+        eps_of(2)
+    )
 
 
 def test_spends_on_two_institutions_do_not_add_up(ledger: Ledger) -> None:
@@ -249,7 +303,9 @@ def test_k_identical_runs_compose_to_the_accountant_for_k_times_the_steps(ledger
         charge(ledger, D, run_id=f"r{i}")
     spent = ledger.spent(D)
     assert spent.epsilon == pytest.approx(eps_of(4), rel=1e-9)  # 5.2, where adding gives 10.9
-    assert spent.epsilon_sum == pytest.approx(4 * eps_of(1)) and spent.delta_sum == pytest.approx(4e-5)
+    assert spent.epsilon_sum == pytest.approx(4 * eps_of(1)) and spent.delta_sum == pytest.approx(
+        4e-5
+    )
     assert spent.epsilon_sum > 1.5 * spent.epsilon
     assert ledger.spent(D, accountant="rdp").epsilon == pytest.approx(eps_of(4, accountant="rdp"))
 
@@ -269,14 +325,18 @@ def test_composed_epsilon_is_reported_at_the_budget_delta(ledger: Ledger) -> Non
     ledger.set_budget(D, epsilon=10.0, delta=1e-7)
     assert ledger.spent(H1).delta == 1e-7 and ledger.spent(H1).epsilon == eps_of(1, delta=1e-7)
     ledger.set_budget(H1, epsilon=10.0, delta=1e-5)
-    assert ledger.spent(H1).epsilon == eps_of(1) and ledger.spent(H1).remaining == pytest.approx(10 - eps_of(1))
+    assert ledger.spent(H1).epsilon == eps_of(1) and ledger.spent(H1).remaining == pytest.approx(
+        10 - eps_of(1)
+    )
 
 
 def test_budgets_are_kept_and_never_lowered_below_what_was_spent(ledger: Ledger) -> None:
     ledger.set_budget(D, epsilon=8.0, delta=1e-5)
     charge(ledger, H1)
     charge(ledger, H1)
-    with pytest.raises(ValueError, match=rf"epsilon=3.0 >= {eps_of(2):.4g}, what {D} has already spent"):
+    with pytest.raises(
+        ValueError, match=rf"epsilon=3.0 >= {eps_of(2):.4g}, what {D} has already spent"
+    ):
         ledger.set_budget(D, epsilon=3.0, delta=1e-5)
     ledger.set_budget(D, epsilon=6.0, delta=1e-5)
     assert [b.epsilon for b in ledger.budgets()] == [8.0, 6.0]
@@ -285,11 +345,19 @@ def test_budgets_are_kept_and_never_lowered_below_what_was_spent(ledger: Ledger)
 
 @pytest.mark.parametrize(
     ("epsilon", "delta", "message"),
-    [(0.0, 1e-5, "epsilon=0.0 in (0, inf)"), (-1.0, 1e-5, "epsilon=-1.0 in (0, inf)"),
-     (math.inf, 1e-5, "epsilon=inf in (0, inf)"), (math.nan, 1e-5, "epsilon=nan"),
-     (1.0, 0.0, "delta=0.0 in (0, 1)"), (1.0, 1.0, "delta=1.0 in (0, 1)"), (1.0, -1e-5, "delta=-1e-05")],
-)  # fmt: skip
-def test_bad_budgets_are_named_and_record_nothing(ledger: Ledger, epsilon: float, delta: float, message: str) -> None:
+    [
+        (0.0, 1e-5, "epsilon=0.0 in (0, inf)"),
+        (-1.0, 1e-5, "epsilon=-1.0 in (0, inf)"),
+        (math.inf, 1e-5, "epsilon=inf in (0, inf)"),
+        (math.nan, 1e-5, "epsilon=nan"),
+        (1.0, 0.0, "delta=0.0 in (0, 1)"),
+        (1.0, 1.0, "delta=1.0 in (0, 1)"),
+        (1.0, -1e-5, "delta=-1e-05"),
+    ],
+)
+def test_bad_budgets_are_named_and_record_nothing(
+    ledger: Ledger, epsilon: float, delta: float, message: str
+) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ledger.set_budget(D, epsilon=epsilon, delta=delta)
     assert counts(ledger) == (0, 0, 0)
@@ -297,10 +365,17 @@ def test_bad_budgets_are_named_and_record_nothing(ledger: Ledger, epsilon: float
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"steps": -1}, "steps=-1"), ({"sample_rate": 0.0}, "sample_rate=0.0"), ({"run_id": ""}, "run_id=''"),
-     ({"accountant": "gdp"}, "accountant='gdp'"), ({"delta": 2.0}, "delta=2.0")],
-)  # fmt: skip
-def test_bad_charges_are_named_and_record_nothing(ledger: Ledger, overrides: dict, message: str) -> None:
+    [
+        ({"steps": -1}, "steps=-1"),
+        ({"sample_rate": 0.0}, "sample_rate=0.0"),
+        ({"run_id": ""}, "run_id=''"),
+        ({"accountant": "gdp"}, "accountant='gdp'"),
+        ({"delta": 2.0}, "delta=2.0"),
+    ],
+)
+def test_bad_charges_are_named_and_record_nothing(
+    ledger: Ledger, overrides: dict, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         charge(ledger, D, **overrides)
     with pytest.raises(ValueError, match="non-empty list"):
@@ -316,9 +391,14 @@ def test_the_audit_trail_refuses_update_and_delete(ledger: Ledger) -> None:
     ledger.set_budget(D, epsilon=4.0, delta=1e-5)
     charge(ledger, D)
     db = sqlite3.connect(ledger.path)
-    for statement in ("UPDATE spends SET epsilon = 0", "DELETE FROM spends", "DELETE FROM spend_scopes",
-                      "UPDATE spend_scopes SET scope = 'x'", "UPDATE budgets SET epsilon = 99",
-                      "DELETE FROM budgets"):  # fmt: skip
+    for statement in (
+        "UPDATE spends SET epsilon = 0",
+        "DELETE FROM spends",
+        "DELETE FROM spend_scopes",
+        "UPDATE spend_scopes SET scope = 'x'",
+        "UPDATE budgets SET epsilon = 99",
+        "DELETE FROM budgets",
+    ):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute(statement)
     db.close()
@@ -333,7 +413,10 @@ def test_a_file_that_is_not_a_ledger_is_named_and_left_unchanged(tmp_path: Path)
     db.execute("CREATE TABLE patients (name TEXT)")
     db.commit()
     db.close()
-    for path, why in ((junk, "not an SQLite database"), (other, "an SQLite database but not a privkit ledger")):
+    for path, why in (
+        (junk, "not an SQLite database"),
+        (other, "an SQLite database but not a privkit ledger"),
+    ):
         before = path.read_bytes()
         with pytest.raises(LedgerError, match=f"{path}.*{why}.*left unchanged"):
             Ledger(path)
@@ -354,7 +437,9 @@ def test_a_newer_schema_is_refused(ledger: Ledger) -> None:
 
 def _assert_reads_work_and_writes_fail(path: Path, ledger: Ledger) -> None:
     assert ledger.spent(D).n_spends == 1 and len(ledger.history()) == 1 and len(ledger.show()) == 1
-    with pytest.raises(LedgerError, match=f"Cannot write to the ledger {path}.*read-only.*Nothing was changed"):
+    with pytest.raises(
+        LedgerError, match=f"Cannot write to the ledger {path}.*read-only.*Nothing was changed"
+    ):
         ledger.set_budget(D, epsilon=9.0, delta=1e-5)
     with pytest.raises(LedgerError, match=f"Cannot write to the ledger {path}"):
         charge(ledger, D)
@@ -372,9 +457,14 @@ def test_a_ledger_opened_read_only_reads_and_refuses_writes(ledger: Ledger) -> N
 
 
 @sqlite_only
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits; for root, a read-only "
-                    "ledger is a read-only mount (tested above), or one opened with read_only=True")  # fmt: skip
-def test_a_ledger_whose_file_and_folder_are_read_only_reads_and_refuses_writes(ledger: Ledger) -> None:
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root writes through permission bits; for root, a read-only "
+    "ledger is a read-only mount (tested above), or one opened with read_only=True",
+)
+def test_a_ledger_whose_file_and_folder_are_read_only_reads_and_refuses_writes(
+    ledger: Ledger,
+) -> None:
     ledger.set_budget(D, epsilon=9.0, delta=1e-5)
     charge(ledger, D)
     folder = ledger.path.parent
@@ -396,13 +486,22 @@ def _on_a_read_only_mount(path: str, conn) -> None:
     if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
         return conn.send({"skip": f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}"})
     folder = os.path.dirname(path)
-    for args in (["--make-rprivate", "/"], ["--bind", folder, folder], ["-o", "remount,ro,bind", folder]):
-        done = subprocess.run(["mount", *args], capture_output=True, text=True)  # in this namespace only
+    for args in (
+        ["--make-rprivate", "/"],
+        ["--bind", folder, folder],
+        ["-o", "remount,ro,bind", folder],
+    ):
+        done = subprocess.run(
+            ["mount", *args], capture_output=True, text=True
+        )  # in this namespace only
         if done.returncode != 0:
             return conn.send({"skip": f"mount {' '.join(args)}: {done.stderr.strip()}"})
     ledger, out = Ledger(path), {}
     out["reads"] = (ledger.spent(D).n_spends, len(ledger.history()), len(ledger.show()))
-    writes = {"set": lambda: ledger.set_budget(D, epsilon=9.0, delta=1e-5), "charge": lambda: charge(ledger, D)}
+    writes = {
+        "set": lambda: ledger.set_budget(D, epsilon=9.0, delta=1e-5),
+        "charge": lambda: charge(ledger, D),
+    }
     for name, write in writes.items():
         try:
             write()
@@ -412,7 +511,9 @@ def _on_a_read_only_mount(path: str, conn) -> None:
 
 
 @sqlite_only
-@pytest.mark.skipif(os.geteuid() != 0 or not sys.platform.startswith("linux"), reason="needs root on Linux to mount")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not sys.platform.startswith("linux"), reason="needs root on Linux to mount"
+)
 def test_a_ledger_on_a_read_only_file_system_reads_and_refuses_writes(ledger: Ledger) -> None:
     # Root ignores permission bits; a read-only mount (a snapshot, a read-only volume) is what
     # stops root. Made in a forked child's own mount namespace: nothing outside it changes.
@@ -428,12 +529,17 @@ def test_a_ledger_on_a_read_only_file_system_reads_and_refuses_writes(ledger: Le
         pytest.skip(f"cannot make a read-only mount here ({out['skip']})")
     assert out["reads"] == (1, 1, 1)
     for name in ("set", "charge"):
-        assert f"Cannot write to the ledger {ledger.path}" in out[name] and "Nothing was changed" in out[name]
+        assert (
+            f"Cannot write to the ledger {ledger.path}" in out[name]
+            and "Nothing was changed" in out[name]
+        )
     assert counts(ledger) == (1, 1, 1)
     charge(ledger, D)  # outside the child's namespace the folder stayed writable
 
 
-def test_the_default_path_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_default_path_follows_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("PRIVKIT_LEDGER", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert default_path() == tmp_path / "xdg" / "privkit" / "ledger.sqlite"
@@ -466,7 +572,9 @@ def test_processes_racing_for_the_last_of_a_budget_never_overspend(ledger: Ledge
     ledger.set_budget(D, epsilon=budget, delta=1e-5)
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(8)
-    processes = [context.Process(target=_race, args=(str(ledger.path), barrier, i)) for i in range(8)]
+    processes = [
+        context.Process(target=_race, args=(str(ledger.path), barrier, i)) for i in range(8)
+    ]
     for p in processes:
         p.start()
     for p in processes:

@@ -51,7 +51,9 @@ def test_ece_of_a_known_miscalibration_equals_the_hand_value():
     y = np.r_[np.ones(7), np.zeros(3), np.ones(5), np.zeros(5)].astype(int)
     assert expected_calibration_error(y, p) == pytest.approx(0.5 * 0.2 + 0.5 * 0.2)
     # Positive-class view: at p = 0.9 the pneumonia rate is 0.7, at p = 0.3 it is 0.5.
-    assert expected_calibration_error(y, p, view="positive-class") == pytest.approx(0.5 * 0.2 + 0.5 * 0.2)
+    assert expected_calibration_error(y, p, view="positive-class") == pytest.approx(
+        0.5 * 0.2 + 0.5 * 0.2
+    )
     # One bin: mean confidence 0.8, accuracy 12/20.
     assert expected_calibration_error(y, p, n_bins=1) == pytest.approx(abs(0.8 - 12 / 20))
 
@@ -61,14 +63,21 @@ def test_ece_equals_guos_loop_on_random_data():
     p = rng.beta(0.7, 0.7, 5000)
     y = (rng.random(5000) < p**1.5).astype(int)
     for n_bins in (1, 10, 15):
-        assert expected_calibration_error(y, p, n_bins=n_bins) == pytest.approx(_reference_ece(y, p, n_bins))
+        assert expected_calibration_error(y, p, n_bins=n_bins) == pytest.approx(
+            _reference_ece(y, p, n_bins)
+        )
 
 
 def test_equal_width_bins_are_right_closed_and_equal_mass_bins_split_evenly():
     bins = reliability_bins([1, 1, 1, 1], [2 / 3, 0.7, 1.0, 0.5], n_bins=3, view="positive-class")
     assert bins["n"].tolist() == [0, 2, 2]  # 0.5 in (1/3, 2/3], 2/3 too; 0.7 and 1.0 in (2/3, 1]
-    mass = reliability_bins([0, 1, 0, 1, 1], [0.1, 0.2, 0.3, 0.4, 0.9], n_bins=2,
-                            binning="equal-mass", view="positive-class")  # fmt: skip
+    mass = reliability_bins(
+        [0, 1, 0, 1, 1],
+        [0.1, 0.2, 0.3, 0.4, 0.9],
+        n_bins=2,
+        binning="equal-mass",
+        view="positive-class",
+    )
     assert mass["n"].tolist() == [3, 2]
     assert mass["confidence"].tolist() == pytest.approx([0.2, 0.65])
     assert mass["accuracy"].tolist() == pytest.approx([1 / 3, 1.0])
@@ -97,8 +106,12 @@ def test_nll_temperature_is_the_minimiser_found_by_a_generic_optimiser():
     rng = np.random.default_rng(3)
     z = rng.normal(0, 2, 500)
     y = (rng.random(500) < expit(0.6 * z + 0.3)).astype(int)  # not a pure temperature family
-    best = minimize_scalar(lambda t: negative_log_likelihood(y, z, temperature=t), bounds=(0.05, 20),
-                           method="bounded", options={"xatol": 1e-8})  # fmt: skip
+    best = minimize_scalar(
+        lambda t: negative_log_likelihood(y, z, temperature=t),
+        bounds=(0.05, 20),
+        method="bounded",
+        options={"xatol": 1e-8},
+    )
     assert fit_temperature(y, z) == pytest.approx(best.x, rel=1e-4)
 
 
@@ -141,25 +154,48 @@ def test_dp_temperature_centres_on_the_noiseless_fit_and_is_noisy():
     z = rng.normal(0, 2, 500) * 2.0  # over-confident by T = 2
     y = (rng.random(500) < expit(z / 2.0)).astype(int)
     target = fit_temperature(y, z, objective="confidence")
-    fits = [fit_temperature_dp(y, z, epsilon=1.0, delta=1e-5, randomness="seeded", seed=s).temperature
-            for s in range(40)]  # fmt: skip
+    fits = [
+        fit_temperature_dp(y, z, epsilon=1.0, delta=1e-5, randomness="seeded", seed=s).temperature
+        for s in range(40)
+    ]
     assert np.median(fits) == pytest.approx(target, rel=0.08)
     assert np.std(fits) > 0.01  # noise is there
-    sharp = [fit_temperature_dp(y, z, epsilon=50.0, delta=1e-5, steps=14, randomness="seeded", seed=s).temperature
-             for s in range(5)]  # fmt: skip
+    sharp = [
+        fit_temperature_dp(
+            y, z, epsilon=50.0, delta=1e-5, steps=14, randomness="seeded", seed=s
+        ).temperature
+        for s in range(5)
+    ]
     assert sharp == pytest.approx([target] * 5, rel=0.02)
 
 
 def test_dp_temperature_charges_a_ledger_first(tmp_path):
     ledger = budget.Ledger(tmp_path / "ledger.sqlite")
     ledger.set_budget("dataset:pneumoniamnist", epsilon=1.2, delta=1e-5)
-    fit = fit_temperature_dp([0, 1] * 100, [-1.0, 1.0] * 100, epsilon=1.0, delta=1e-5, steps=6,
-                             ledger=ledger, scopes=["dataset:pneumoniamnist"])  # fmt: skip
+    fit = fit_temperature_dp(
+        [0, 1] * 100,
+        [-1.0, 1.0] * 100,
+        epsilon=1.0,
+        delta=1e-5,
+        steps=6,
+        ledger=ledger,
+        scopes=["dataset:pneumoniamnist"],
+    )
     (spend,) = ledger.history("dataset:pneumoniamnist")
-    assert (spend.noise_multiplier, spend.sample_rate, spend.steps) == (fit.noise_multiplier, 1.0, 6)
+    assert (spend.noise_multiplier, spend.sample_rate, spend.steps) == (
+        fit.noise_multiplier,
+        1.0,
+        6,
+    )
     with pytest.raises(budget.BudgetExceededError):
-        fit_temperature_dp([0, 1] * 100, [-1.0, 1.0] * 100, epsilon=1.0, delta=1e-5, ledger=ledger,
-                           scopes=["dataset:pneumoniamnist"])  # fmt: skip
+        fit_temperature_dp(
+            [0, 1] * 100,
+            [-1.0, 1.0] * 100,
+            epsilon=1.0,
+            delta=1e-5,
+            ledger=ledger,
+            scopes=["dataset:pneumoniamnist"],
+        )
 
 
 def test_dp_temperature_refuses_bad_privacy_parameters():
@@ -188,7 +224,10 @@ def test_confidence_statement(p, expected):
 
 
 def test_confidence_statement_names_and_threshold():
-    assert confidence_statement(0.4, class_names=("benign", "malignant"), threshold=0.3) == "malignant, 40% confident"
+    assert (
+        confidence_statement(0.4, class_names=("benign", "malignant"), threshold=0.3)
+        == "malignant, 40% confident"
+    )
     with pytest.raises(ValueError, match="probability=1.2"):
         confidence_statement(1.2)
 
@@ -198,8 +237,12 @@ def test_dp_temperature_noise_has_the_calibrated_scale():
     # pneumonia, the exact sum is 20 (sigmoid(1) - 1) < 0 (under-confident), so the step sharpens
     # (T < 1) unless the noise flips the sign: P(T < 1) = Phi(-sum / sigma).
     y, z = [1] * 20, [1.0] * 20
-    fits = [fit_temperature_dp(y, z, epsilon=1.0, delta=1e-5, steps=1, bounds=(0.5, 2.0), randomness="seeded",
-                               seed=s) for s in range(600)]  # fmt: skip
+    fits = [
+        fit_temperature_dp(
+            y, z, epsilon=1.0, delta=1e-5, steps=1, bounds=(0.5, 2.0), randomness="seeded", seed=s
+        )
+        for s in range(600)
+    ]
     expected = norm.cdf(-20 * (expit(1.0) - 1) / fits[0].noise_multiplier)
     observed = np.mean([f.temperature < 1 for f in fits])
     assert 0.8 < expected < 0.97  # the test can tell the noise's scale apart

@@ -16,14 +16,38 @@ import pytest
 
 from privkit.cli import main
 
-ARGS = ["--epochs", "1", "--batch-size", "32", "--delta", "1e-3", "--device", "cpu", "--no-progress"]
+ARGS = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--delta",
+    "1e-3",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def test_train_prints_the_result_and_appends_to_the_table(
     synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    assert main(["train", "--epsilon", "4", "--data-root", str(synthetic_root), "--out", str(out), *ARGS]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--epsilon",
+                "4",
+                "--data-root",
+                str(synthetic_root),
+                "--out",
+                str(out),
+                *ARGS,
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert 0 < printed["epsilon_spent"] <= 4
     assert 0 <= printed["metrics"]["test_auc"] <= 1
@@ -31,7 +55,9 @@ def test_train_prints_the_result_and_appends_to_the_table(
     assert table["run_id"].nunique() == 1 and (table["epsilon_target"] == 4).all()
 
 
-def test_infinite_epsilon_trains_without_privacy(synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_infinite_epsilon_trains_without_privacy(
+    synthetic_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["train", "--epsilon", "inf", "--data-root", str(synthetic_root), *ARGS]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["backend"] == "nonprivate" and printed["noise_multiplier"] == 0
@@ -47,7 +73,11 @@ def test_infinite_epsilon_trains_without_privacy(synthetic_root: Path, capsys: p
     ],
 )
 def test_bad_input_exits_non_zero_and_writes_nothing(
-    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+    synthetic_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    args: list[str],
+    message: str,
 ) -> None:
     out = tmp_path / "out"
     code = main(["train", "--data-root", str(synthetic_root), "--out", str(out), *ARGS, *args])
@@ -82,5 +112,7 @@ def test_unknown_dataset_is_refused_by_the_parser(capsys: pytest.CaptureFixture)
 def test_help_runs_as_a_console_script() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for args in (["--help"], ["train", "--help"], ["reproduce", "--help"]):
-        done = subprocess.run([sys.executable, "-m", "privkit", *args], capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "privkit", *args], capture_output=True, text=True, env=env
+        )
         assert done.returncode == 0 and "usage: privkit" in done.stdout

@@ -39,10 +39,22 @@ def test_set_show_history(ledger_path: Path, capsys: pytest.CaptureFixture) -> N
     ledger = ["--ledger", str(ledger_path)]
     assert main(["budget", "set", "--scope", D, "--epsilon", "4", "--delta", "1e-5", *ledger]) == 0
     assert f"{D}: budget epsilon=4, delta=1e-05" in capsys.readouterr().out
-    assert main(["budget", "charge", "--scope", H1, *RUN, "--run-id", "r1", "--actor", "alice", *ledger]) == 0
+    assert (
+        main(
+            ["budget", "charge", "--scope", H1, *RUN, "--run-id", "r1", "--actor", "alice", *ledger]
+        )
+        == 0
+    )
     assert f"epsilon={EPS:.3f}" in capsys.readouterr().out
-    Ledger(ledger_path).charge([f"{D}/institution:h2"], noise_multiplier=1.0, sample_rate=0.05, steps=50,
-                               delta=1e-5, run_id="r2", actor="bob")  # fmt: skip
+    Ledger(ledger_path).charge(
+        [f"{D}/institution:h2"],
+        noise_multiplier=1.0,
+        sample_rate=0.05,
+        steps=50,
+        delta=1e-5,
+        run_id="r2",
+        actor="bob",
+    )
     assert main(["budget", "show", *ledger]) == 0
     lines = capsys.readouterr().out.splitlines()
     header, rows = lines[0], {line.split()[0]: line for line in lines[1:4]}
@@ -56,9 +68,26 @@ def test_set_show_history(ledger_path: Path, capsys: pytest.CaptureFixture) -> N
     assert "r1" in out and "alice" in out and "r2" not in out
 
 
-def test_a_refused_charge_exits_2_and_charges_nothing(ledger_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_refused_charge_exits_2_and_charges_nothing(
+    ledger_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     ledger = ["--ledger", str(ledger_path)]
-    assert main(["budget", "set", "--scope", D, "--epsilon", f"{(EPS + EPS2) / 2}", "--delta", "1e-5", *ledger]) == 0
+    assert (
+        main(
+            [
+                "budget",
+                "set",
+                "--scope",
+                D,
+                "--epsilon",
+                f"{(EPS + EPS2) / 2}",
+                "--delta",
+                "1e-5",
+                *ledger,
+            ]
+        )
+        == 0
+    )
     assert main(["budget", "charge", "--scope", H1, *RUN, "--run-id", "r1", *ledger]) == 0
     capsys.readouterr()
     assert main(["budget", "charge", "--scope", D, *RUN, "--run-id", "r2", *ledger]) == 2
@@ -75,23 +104,42 @@ def test_a_refused_charge_exits_2_and_charges_nothing(ledger_path: Path, capsys:
         (["set", "--scope", D, "--epsilon", "-2", "--delta", "1e-5"], "epsilon=-2.0 in (0, inf)"),
         (["set", "--scope", D, "--epsilon", "inf", "--delta", "1e-5"], "epsilon=inf in (0, inf)"),
         (["set", "--scope", D, "--epsilon", "1", "--delta", "1"], "delta=1.0 in (0, 1)"),
-        (["set", "--scope", "hospital:h1", "--epsilon", "1", "--delta", "1e-5"], "Unknown scope='hospital:h1'"),
-        (["charge", "--scope", "dataset:x/ward:3", *RUN, "--run-id", "r"], "Unknown scope='dataset:x/ward:3'"),
+        (
+            ["set", "--scope", "hospital:h1", "--epsilon", "1", "--delta", "1e-5"],
+            "Unknown scope='hospital:h1'",
+        ),
+        (
+            ["charge", "--scope", "dataset:x/ward:3", *RUN, "--run-id", "r"],
+            "Unknown scope='dataset:x/ward:3'",
+        ),
         (["charge", "--scope", D, *RUN, "--steps", "-1", "--run-id", "r"], "steps=-1"),
-        (["set", "--scope", "dataset:PneumoniaMNIST", "--epsilon", "1", "--delta", "1e-5"],
-         f"Unknown dataset 'PneumoniaMNIST' in scope 'dataset:PneumoniaMNIST'; did you mean '{D}'?"),
-        (["charge", "--scope", "dataset:pneumonia/institution:h1", *RUN, "--run-id", "r"],
-         f"did you mean '{H1}'?"),
-        (["charge", "--scope", "dataset:mimic-cxr", *RUN, "--run-id", "r"],
-         "register --dataset NAME --size N"),
-        (["charge", "--scope", D, *RUN, "--run-id", "r", "--randomness", "seeded:ab12"],
-         "Pass allow_seeded=True (privkit budget charge --allow-seeded) only for public benchmark data"),
-        (["charge", "--scope", D, *RUN, "--run-id", "r", "--randomness", "seeded:AB12"],
-         "randomness='seeded:AB12'"),
+        (
+            ["set", "--scope", "dataset:PneumoniaMNIST", "--epsilon", "1", "--delta", "1e-5"],
+            f"Unknown dataset 'PneumoniaMNIST' in scope 'dataset:PneumoniaMNIST'; did you mean '{D}'?",
+        ),
+        (
+            ["charge", "--scope", "dataset:pneumonia/institution:h1", *RUN, "--run-id", "r"],
+            f"did you mean '{H1}'?",
+        ),
+        (
+            ["charge", "--scope", "dataset:mimic-cxr", *RUN, "--run-id", "r"],
+            "register --dataset NAME --size N",
+        ),
+        (
+            ["charge", "--scope", D, *RUN, "--run-id", "r", "--randomness", "seeded:ab12"],
+            "Pass allow_seeded=True (privkit budget charge --allow-seeded) only for public benchmark data",
+        ),
+        (
+            ["charge", "--scope", D, *RUN, "--run-id", "r", "--randomness", "seeded:AB12"],
+            "randomness='seeded:AB12'",
+        ),
         (["register", "--dataset", "MIMIC", "--size", "10"], "Expected name='MIMIC' in lower case"),
-        (["register", "--dataset", "mimic", "--size", "0"], "Expected size=0 to be an integer >= 1"),
+        (
+            ["register", "--dataset", "mimic", "--size", "0"],
+            "Expected size=0 to be an integer >= 1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_exits_2_and_records_nothing(
     ledger_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
 ) -> None:
@@ -102,7 +150,9 @@ def test_bad_input_exits_2_and_records_nothing(
     assert ledger.budgets() == [] and ledger.history() == []
 
 
-def test_a_file_that_is_not_a_ledger_exits_2_and_stays_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_file_that_is_not_a_ledger_exits_2_and_stays_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     junk = tmp_path / "notes.txt"
     junk.write_text("not a ledger\n" * 200)
     for args in (["show"], ["set", "--scope", D, "--epsilon", "1", "--delta", "1e-5"]):
@@ -118,7 +168,10 @@ def test_show_never_creates_a_ledger(ledger_path: Path, capsys: pytest.CaptureFi
 
 
 def test_the_ledger_comes_from_privkit_ledger_without_the_option(
-    ledger_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ledger_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     assert main(["budget", "set", "--scope", D, "--epsilon", "4", "--delta", "1e-5"]) == 0
     assert (tmp_path / "xdg" / "privkit" / "ledger.sqlite").exists()  # the default
@@ -126,17 +179,48 @@ def test_the_ledger_comes_from_privkit_ledger_without_the_option(
     assert main(["budget", "set", "--scope", H1, "--epsilon", "2", "--delta", "1e-5"]) == 0
     assert [b.scope for b in Ledger(ledger_path).budgets()] == [H1]
     other = tmp_path / "other.sqlite"
-    assert main(["budget", "set", "--scope", D, "--epsilon", "1", "--delta", "1e-5", "--ledger", str(other)]) == 0
+    assert (
+        main(
+            [
+                "budget",
+                "set",
+                "--scope",
+                D,
+                "--epsilon",
+                "1",
+                "--delta",
+                "1e-5",
+                "--ledger",
+                str(other),
+            ]
+        )
+        == 0
+    )
     assert [b.scope for b in Ledger(ledger_path).budgets()] == [H1] and other.exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits (see test_budget.py)")
-def test_a_read_only_ledger_shows_but_refuses_to_set(ledger_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes through permission bits (see test_budget.py)"
+)
+def test_a_read_only_ledger_shows_but_refuses_to_set(
+    ledger_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     Ledger(ledger_path).set_budget(D, epsilon=4.0, delta=1e-5)
     ledger_path.chmod(0o444)
     try:
         assert main(["budget", "show", "--ledger", str(ledger_path)]) == 0
-        args = ["budget", "set", "--scope", D, "--epsilon", "5", "--delta", "1e-5", "--ledger", str(ledger_path)]
+        args = [
+            "budget",
+            "set",
+            "--scope",
+            D,
+            "--epsilon",
+            "5",
+            "--delta",
+            "1e-5",
+            "--ledger",
+            str(ledger_path),
+        ]
         assert main(args) == 2
         assert "read-only" in capsys.readouterr().err
     finally:
@@ -147,19 +231,56 @@ def test_a_read_only_ledger_shows_but_refuses_to_set(ledger_path: Path, capsys: 
 def test_register_raise_and_history(ledger_path: Path, capsys: pytest.CaptureFixture) -> None:
     ledger = ["--ledger", str(ledger_path)]
     mimic = "dataset:mimic-cxr"
-    assert main(["budget", "register", "--dataset", "mimic-cxr", "--size", "377110", "--actor", "steward",
-                 "--description", "PhysioNet", *ledger]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "budget",
+                "register",
+                "--dataset",
+                "mimic-cxr",
+                "--size",
+                "377110",
+                "--actor",
+                "steward",
+                "--description",
+                "PhysioNet",
+                *ledger,
+            ]
+        )
+        == 0
+    )
     assert f"{mimic} registered with 377110 records" in capsys.readouterr().out
-    assert main(["budget", "set", "--scope", mimic, "--epsilon", "4", "--delta", "1e-6", *ledger]) == 0
+    assert (
+        main(["budget", "set", "--scope", mimic, "--epsilon", "4", "--delta", "1e-6", *ledger]) == 0
+    )
     raise_ = ["budget", "set", "--scope", mimic, "--epsilon", "6", "--delta", "1e-6", *ledger]
     assert main(raise_) == 2
     err = capsys.readouterr().err
-    assert "without raise_budget=True and a reason (privkit budget set --raise --reason TEXT)" in err
+    assert (
+        "without raise_budget=True and a reason (privkit budget set --raise --reason TEXT)" in err
+    )
     assert main([*raise_, "--raise"]) == 2
     assert main([*raise_, "--raise", "--reason", "DPO ticket 42", "--actor", "dpo"]) == 0
     assert "reason: DPO ticket 42" in capsys.readouterr().out
-    assert main(["budget", "charge", "--scope", f"{mimic}/institution:bidmc", *RUN[:-1], "1e-6", "--run-id",
-                 "r1", "--randomness", "seeded:ab12", "--allow-seeded", *ledger]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "budget",
+                "charge",
+                "--scope",
+                f"{mimic}/institution:bidmc",
+                *RUN[:-1],
+                "1e-6",
+                "--run-id",
+                "r1",
+                "--randomness",
+                "seeded:ab12",
+                "--allow-seeded",
+                *ledger,
+            ]
+        )
+        == 0
+    )
     assert "(seeded:ab12); ledger head " in capsys.readouterr().out
     assert main(["budget", "history", *ledger]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -192,8 +313,9 @@ def test_verify_prints_the_head_and_checks_an_anchor(
     db.close()
     assert main(["budget", "verify", *ledger]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"privkit budget: error: The ledger {ledger_path} was changed outside privkit: "
-                          "spends row 1")  # fmt: skip
+    assert err.startswith(
+        f"privkit budget: error: The ledger {ledger_path} was changed outside privkit: spends row 1"
+    )
     assert main(["budget", "charge", "--scope", H1, *RUN, "--run-id", "r3", *ledger]) == 2
     assert "privkit writes nothing to a ledger that does not verify" in capsys.readouterr().err
     assert n_spends(ledger_path) == 2

@@ -12,9 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 from matplotlib.figure import Figure
+from tutorials import REPO, TUTORIALS, TUTORIALS_DIR
 
 from privkit import course
-from tutorials import REPO, TUTORIALS, TUTORIALS_DIR
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -30,18 +30,28 @@ def _png() -> str:
 def _executed(path: Path) -> Path:
     """A notebook as JupyterLab saves it: a formula, a figure, a progress bar, the explorer."""
     view = {"version_major": 2, "version_minor": 0, "model_id": "0123"}
-    explorer = {WIDGET: view, "text/plain": "Explorer(...)",
-                "text/html": '<div class="privkit-explorer-result">σ 1.2</div>'}
+    explorer = {
+        WIDGET: view,
+        "text/plain": "Explorer(...)",
+        "text/html": '<div class="privkit-explorer-result">σ 1.2</div>',
+    }
     outputs = [
-        nbformat.v4.new_output("display_data", {WIDGET: view, "text/plain": "  0%|          | 0/5"}),
+        nbformat.v4.new_output(
+            "display_data", {WIDGET: view, "text/plain": "  0%|          | 0/5"}
+        ),
         nbformat.v4.new_output("display_data", {"image/png": _png(), "text/plain": "<Figure>"}),
         nbformat.v4.new_output("execute_result", explorer, execution_count=1),
     ]
-    cell = nbformat.v4.new_code_cell("train(...); widgets.explorer(...)", execution_count=1, outputs=outputs)
+    cell = nbformat.v4.new_code_cell(
+        "train(...); widgets.explorer(...)", execution_count=1, outputs=outputs
+    )
     lesson = nbformat.v4.new_markdown_cell("# A lesson\n\nNoise $\\sigma C$ on the sum.")
     notebook = nbformat.v4.new_notebook(cells=[lesson, cell])
-    notebook.metadata["kernelspec"] = {"name": "privkit", "display_name": "Python (privkit)",
-                                       "language": "python"}
+    notebook.metadata["kernelspec"] = {
+        "name": "privkit",
+        "display_name": "Python (privkit)",
+        "language": "python",
+    }
     notebook.metadata["language_info"] = {"name": "python"}
     notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     nbformat.write(notebook, path)
@@ -58,7 +68,9 @@ def test_the_site_builds_offline_and_keeps_only_static_outputs(tmp_path: Path) -
     assert re.search(r'<script[^>]+src="[./]*_static/mathjax/tex-chtml\.js', html)
     assert (index.parent / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 100_000
     for built in index.parent.rglob("*.html"):  # nothing is fetched from another host
-        assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', built.read_text()), built
+        assert not re.search(
+            r'<(script|link|img)[^>]+(src|href)="(https?:)?//', built.read_text()
+        ), built
 
 
 def test_every_tutorial_and_its_solutions_are_in_the_course() -> None:

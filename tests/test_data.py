@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import N_LABELS, write_medmnist_npz
 
 from privkit import data
-from synthetic import N_LABELS, write_medmnist_npz
 
 SIZES = (256, 64, 128)  # synthetic train/val/test, as written by conftest's synthetic_root
 
@@ -336,7 +336,9 @@ def test_real_pneumoniamnist() -> None:
     assert ds.sha256 == hashlib.sha256(ds.path.read_bytes()).hexdigest()
 
 
-def test_train_size_reads_only_the_header(synthetic_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_size_reads_only_the_header(
+    synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     expected = len(data.load("pneumoniamnist", root=synthetic_root).train)
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("train_size read the arrays"))
     assert data.train_size("pneumoniamnist", root=synthetic_root) == expected == 256

@@ -34,13 +34,20 @@ def _reference_update(model: nn.Module, x, y, *, clip: float, batch: float) -> l
     return [t / batch for t in total]
 
 
-def _step_delta(backend_name: str, model: nn.Module, x, y, *, clip: float, noise: float, batch: float):
+def _step_delta(
+    backend_name: str, model: nn.Module, x, y, *, clip: float, noise: float, batch: float
+):
     before = [p.detach().clone() for p in model.parameters()]
     backend = create_backend(
-        backend_name, model, noise_multiplier=noise, max_grad_norm=clip,
-        expected_batch_size=batch, lr=1.0, momentum=0.0,
+        backend_name,
+        model,
+        noise_multiplier=noise,
+        max_grad_norm=clip,
+        expected_batch_size=batch,
+        lr=1.0,
+        momentum=0.0,
         generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    )
     backend.step(x, y)
     return [b - p.detach() for b, p in zip(before, model.parameters())]
 
@@ -88,7 +95,12 @@ def test_noise_has_standard_deviation_sigma_c_over_batch() -> None:
     model = create_model("cnn")
     x, y = _batch(n=0)
     sigma, clip, batch = 1.3, 0.7, 16
-    delta = torch.cat([d.flatten() for d in _step_delta("opacus", model, x, y, clip=clip, noise=sigma, batch=batch)])
+    delta = torch.cat(
+        [
+            d.flatten()
+            for d in _step_delta("opacus", model, x, y, clip=clip, noise=sigma, batch=batch)
+        ]
+    )
     expected = sigma * clip / batch
     assert delta.numel() > 20_000
     assert abs(delta.std().item() / expected - 1) < 0.03
@@ -115,12 +127,20 @@ def test_poisson_sampling_matches_its_distribution() -> None:
 
 
 def test_opacus_refuses_batchnorm_with_a_clear_error() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 1))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 1)
+    )
     with pytest.raises(ValueError, match="cannot be trained with backend 'opacus'.*BatchNorm"):
         create_backend(
-            "opacus", model, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4,
-            lr=0.1, momentum=0.0, generator=torch.Generator(),
-        )  # fmt: skip
+            "opacus",
+            model,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=4,
+            lr=0.1,
+            momentum=0.0,
+            generator=torch.Generator(),
+        )
 
 
 @pytest.mark.parametrize("model_name", ["cnn", "resnet8"])

@@ -27,8 +27,12 @@ def test_a_failing_unit_is_named_after_every_other_unit_finished() -> None:
     local = executors.LocalExecutor()
     failed = r"1 of 5 unit\(s\) failed(.|\n)*u3: ArithmeticError: unit 3"
     with pytest.raises(executors.UnitsFailedError, match=failed) as err:
-        executors.run(units, executor=local, on_finished=lambda f: got.update({f.unit.name: f.value}),
-                      progress=False)
+        executors.run(
+            units,
+            executor=local,
+            on_finished=lambda f: got.update({f.unit.name: f.value}),
+            progress=False,
+        )
     assert got == {"u0": 0, "u1": 2, "u2": 8, "u4": 32}
     assert list(err.value.failures) == ["u3"]
 
@@ -68,18 +72,28 @@ def test_a_sweep_records_where_each_run_trained(synthetic_root: Path, tmp_path: 
     config = TrainConfig(
         data_root=str(synthetic_root), epochs=1, batch_size=64, device="cpu", epsilon=math.inf
     )
-    table = experiments.sweep([config], experiment="e", out_dir=tmp_path, executor="local", progress=False)
+    table = experiments.sweep(
+        [config], experiment="e", out_dir=tmp_path, executor="local", progress=False
+    )
     [run] = table["run_id"].unique()
     where = json.loads((tmp_path / "runs" / f"{run}.json").read_text())["where"]
     assert where["executor"] == "local" and where["hostname"] and where["pid"] > 0
 
 
-def test_the_driver_charges_each_stack_before_training_it(synthetic_root: Path, tmp_path: Path) -> None:
+def test_the_driver_charges_each_stack_before_training_it(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     """Two seeded runs against a budget that holds one: the first is charged under its table run
     id, trained and written; the second is refused before it is dispatched, and trains nothing."""
     base = TrainConfig(
-        data_root=str(synthetic_root), epochs=1, batch_size=64, device="cpu", delta=1e-3,
-        epsilon=None, noise_multiplier=1.0, randomness="seeded",
+        data_root=str(synthetic_root),
+        epochs=1,
+        batch_size=64,
+        device="cpu",
+        delta=1e-3,
+        epsilon=None,
+        noise_multiplier=1.0,
+        randomness="seeded",
     )
     configs = [replace(base, seed=s) for s in (0, 1)]
     one = accounting.epsilon(noise_multiplier=1.0, sample_rate=64 / 256, steps=4, delta=1e-3)

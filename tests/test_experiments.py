@@ -47,12 +47,16 @@ def _write_experiment(tmp_path: Path, text: str) -> Path:
     [
         ("notebook: privacy_utility.ipynb\nparameter: {}\n", r"unknown key\(s\) \['parameter'\]"),
         ("parameters: {}\n", r"missing key 'notebook'"),
-        ("notebook: privacy_utility.ipynb\nparameters: {epsilon: 3}\n",
-         r"parameters has unknown parameter\(s\) \['epsilon'\].*epsilons"),
-        ("notebook: privacy_utility.ipynb\nprofiles: {quick: {sed: [1]}}\n",
-         r"profiles.quick has unknown parameter\(s\) \['sed'\]"),
+        (
+            "notebook: privacy_utility.ipynb\nparameters: {epsilon: 3}\n",
+            r"parameters has unknown parameter\(s\) \['epsilon'\].*epsilons",
+        ),
+        (
+            "notebook: privacy_utility.ipynb\nprofiles: {quick: {sed: [1]}}\n",
+            r"profiles.quick has unknown parameter\(s\) \['sed'\]",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_yaml_is_named(tmp_path: Path, text: str, message: str) -> None:
     spec = _write_experiment(tmp_path, text)
     with pytest.raises(ValueError, match=message):
@@ -82,9 +86,11 @@ def test_reproduce_runs_the_notebook_then_skips_it_until_something_changes(
 ) -> None:
     _write_experiment(tmp_path, TINY.format(root=synthetic_root))
     dirs = dict(
-        experiments_dir=tmp_path / "experiments", notebooks_dir=REPO / "notebooks",
-        results_dir=tmp_path / "results", figures_dir=tmp_path / "figures",
-    )  # fmt: skip
+        experiments_dir=tmp_path / "experiments",
+        notebooks_dir=REPO / "notebooks",
+        results_dir=tmp_path / "results",
+        figures_dir=tmp_path / "figures",
+    )
     [executed] = experiments.reproduce(**dirs)
     assert executed == tmp_path / "results" / "privacy_utility" / "privacy_utility-full.ipynb"
     table = pd.read_csv(tmp_path / "results" / "privacy_utility" / "metrics.csv")

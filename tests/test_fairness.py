@@ -20,7 +20,9 @@ def _values(report):
 def _constructed():
     """Group A: 10 positives (8 caught), 10 negatives (6 cleared); group B: 5 pos (2), 15 neg (15)."""
     labels = [1] * 10 + [0] * 10 + [1] * 5 + [0] * 15
-    scores = ([0.9] * 8 + [0.2] * 2) + ([0.1] * 6 + [0.7] * 4) + ([0.6] * 2 + [0.4] * 3) + [0.3] * 15
+    scores = (
+        ([0.9] * 8 + [0.2] * 2) + ([0.1] * 6 + [0.7] * 4) + ([0.6] * 2 + [0.4] * 3) + [0.3] * 15
+    )
     groups = ["A"] * 20 + ["B"] * 20
     return np.array(labels), np.array(scores), np.array(groups)
 
@@ -60,10 +62,17 @@ def test_class_as_group_reports_recall_and_nan_where_undefined():
     overall = metrics.evaluate(y, p, task="binary")
     assert v["group", "pneumonia", "accuracy"] == pytest.approx(overall["sensitivity"])
     assert v["group", "normal", "accuracy"] == pytest.approx(overall["specificity"])
-    assert v["gap", "pneumonia", "accuracy"] == pytest.approx(overall["sensitivity"] - overall["specificity"])
-    for kind, group, metric in [("group", "normal", "sensitivity"), ("group", "pneumonia", "specificity"),
-                                ("group", "normal", "auc"), ("group", "pneumonia", "auc"),
-                                ("gap", "pneumonia", "auc"), ("gap", "pneumonia", "sensitivity")]:  # fmt: skip
+    assert v["gap", "pneumonia", "accuracy"] == pytest.approx(
+        overall["sensitivity"] - overall["specificity"]
+    )
+    for kind, group, metric in [
+        ("group", "normal", "sensitivity"),
+        ("group", "pneumonia", "specificity"),
+        ("group", "normal", "auc"),
+        ("group", "pneumonia", "auc"),
+        ("gap", "pneumonia", "auc"),
+        ("gap", "pneumonia", "sensitivity"),
+    ]:
         assert math.isnan(v[kind, group, metric])
     undefined = report[report["value"].isna()]
     assert undefined[["ci_low", "ci_high"]].isna().all().all()
@@ -84,7 +93,10 @@ def test_several_models_average_each_metric():
     y, p, g = _constructed()
     q = np.where(p > 0.5, 0.95, 0.05)  # same predictions, different AUC ties
     both = _values(subgroup_report(y, np.c_[p, q], g, n_bootstrap=20))
-    one, two = _values(subgroup_report(y, p, g, n_bootstrap=20)), _values(subgroup_report(y, q, g, n_bootstrap=20))
+    one, two = (
+        _values(subgroup_report(y, p, g, n_bootstrap=20)),
+        _values(subgroup_report(y, q, g, n_bootstrap=20)),
+    )
     for key in [("group", "A", "auc"), ("group", "B", "sensitivity"), ("gap", "B", "auc")]:
         assert both[key] == pytest.approx((one[key] + two[key]) / 2)
 
@@ -110,10 +122,18 @@ def _coverage(method: str, confidence: float, sims: int = 120) -> float:
         p = 1 / (1 + np.exp(-z))
         # Thresholded metric: predictions set so the true sensitivity is exactly 0.8.
         p_thr = np.r_[np.full(60, 0.2), np.where(caught, 0.9, 0.1)]
-        r = subgroup_report(y, np.c_[p], np.zeros(120), n_bootstrap=300, method=method,
-                            confidence=confidence, seed=sim).set_index("metric")  # fmt: skip
-        s = subgroup_report(y, p_thr, np.zeros(120), n_bootstrap=300, method=method,
-                            confidence=confidence, seed=sim).set_index("metric")  # fmt: skip
+        r = subgroup_report(
+            y,
+            np.c_[p],
+            np.zeros(120),
+            n_bootstrap=300,
+            method=method,
+            confidence=confidence,
+            seed=sim,
+        ).set_index("metric")
+        s = subgroup_report(
+            y, p_thr, np.zeros(120), n_bootstrap=300, method=method, confidence=confidence, seed=sim
+        ).set_index("metric")
         hits.append(r.loc["auc", "ci_low"] <= true_auc <= r.loc["auc", "ci_high"])
         hits.append(s.loc["sensitivity", "ci_low"] <= 0.8 <= s.loc["sensitivity", "ci_high"])
     return float(np.mean(hits))
@@ -133,7 +153,9 @@ def test_bca_interval_matches_scipy_for_a_skewed_mean():
     boot = rng.choice(x, size=(20000, 40)).mean(axis=1)
     jack = (x.sum() - x) / 39
     ours = confidence_interval(boot, x.mean(), method="bca", jackknife=jack)
-    ref = stats.bootstrap((x,), np.mean, method="BCa", n_resamples=20000, random_state=1).confidence_interval
+    ref = stats.bootstrap(
+        (x,), np.mean, method="BCa", n_resamples=20000, random_state=1
+    ).confidence_interval
     assert ours == pytest.approx((ref.low, ref.high), abs=0.02)
     pct = confidence_interval(boot, x.mean(), method="percentile")
     assert ours[1] - pct[1] > 0.01  # BCa shifts a right-skewed mean's interval to the right

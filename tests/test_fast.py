@@ -18,13 +18,20 @@ from privkit.train import TrainConfig, train, train_many
 QUICK = dict(epochs=2, batch_size=32, lr=0.5, device="cpu", delta=1e-3)
 
 
-def _stack(models, *, sigma=0.0, clip=math.inf, batch=4.0, max_batch=8, momentum=0.0, compile=False):
+def _stack(
+    models, *, sigma=0.0, clip=math.inf, batch=4.0, max_batch=8, momentum=0.0, compile=False
+):
     return FastStack(
-        models, noise_multipliers=[sigma] * len(models), max_grad_norms=[clip] * len(models),
-        expected_batch_sizes=[batch] * len(models), lr=1.0, momentum=momentum,
+        models,
+        noise_multipliers=[sigma] * len(models),
+        max_grad_norms=[clip] * len(models),
+        expected_batch_sizes=[batch] * len(models),
+        lr=1.0,
+        momentum=momentum,
         generators=[torch.Generator().manual_seed(i) for i in range(len(models))],
-        max_batch=max_batch, compile=compile,
-    )  # fmt: skip
+        max_batch=max_batch,
+        compile=compile,
+    )
 
 
 def _delta(stack: FastStack, before: dict) -> dict:
@@ -33,7 +40,9 @@ def _delta(stack: FastStack, before: dict) -> dict:
 
 def _batch(n: int, labels: int = 1, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 2, (n, labels), generator=g).float()
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(
+        0, 2, (n, labels), generator=g
+    ).float()
 
 
 def test_fast_step_equals_opacus_step_on_the_same_batch() -> None:
@@ -45,13 +54,22 @@ def test_fast_step_equals_opacus_step_on_the_same_batch() -> None:
     stack = _stack([model], clip=0.05, batch=4)
     before = {k: v.clone() for k, v in stack.params.items()}
     stack.step(x[None], y[None], torch.ones(1, 6))
-    opacus = create_backend("opacus", twin, noise_multiplier=0.0, max_grad_norm=0.05,
-                            expected_batch_size=4, lr=1.0, momentum=0.0, generator=torch.Generator())
+    opacus = create_backend(
+        "opacus",
+        twin,
+        noise_multiplier=0.0,
+        max_grad_norm=0.05,
+        expected_batch_size=4,
+        lr=1.0,
+        momentum=0.0,
+        generator=torch.Generator(),
+    )
     reference = {k: p.detach().clone() for k, p in twin.named_parameters()}
     opacus.step(x, y)
     for name, p in twin.named_parameters():
-        torch.testing.assert_close(_delta(stack, before)[name][0], reference[name] - p.detach(),
-                                   atol=1e-6, rtol=1e-3)  # fmt: skip
+        torch.testing.assert_close(
+            _delta(stack, before)[name][0], reference[name] - p.detach(), atol=1e-6, rtol=1e-3
+        )
 
 
 def test_without_noise_and_clipping_a_step_is_plain_sgd() -> None:
@@ -59,7 +77,12 @@ def test_without_noise_and_clipping_a_step_is_plain_sgd() -> None:
     model = create_model("cnn")
     x, y = _batch(8)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
-    grads = dict(zip([k for k, _ in model.named_parameters()], torch.autograd.grad(loss, list(model.parameters()))))
+    grads = dict(
+        zip(
+            [k for k, _ in model.named_parameters()],
+            torch.autograd.grad(loss, list(model.parameters())),
+        )
+    )
     stack = _stack([model], batch=8)
     before = {k: v.clone() for k, v in stack.params.items()}
     stack.step(x[None], y[None], torch.ones(1, 8))
@@ -75,7 +98,11 @@ def test_padding_and_chunking_do_not_change_the_update() -> None:
     padded_x, padded_y = torch.cat([x, junk_x]), torch.cat([y, junk_y])  # 16 = 2 chunks of 8
     weights = torch.cat([torch.ones(5), torch.zeros(11)])
     updates = []
-    for images, labels, w, max_batch in [(x, y, torch.ones(5), 5), (padded_x, padded_y, weights, 8), (padded_x, padded_y, weights, 16)]:
+    for images, labels, w, max_batch in [
+        (x, y, torch.ones(5), 5),
+        (padded_x, padded_y, weights, 8),
+        (padded_x, padded_y, weights, 16),
+    ]:
         stack = _stack([create_model("cnn")], clip=0.1, max_batch=max_batch)
         stack.params = {k: v.detach().clone()[None] for k, v in model.named_parameters()}
         before = {k: v.clone() for k, v in stack.params.items()}
@@ -89,10 +116,17 @@ def test_padding_and_chunking_do_not_change_the_update() -> None:
 def test_noise_has_standard_deviation_sigma_c_over_batch_per_model() -> None:
     torch.manual_seed(0)
     models = [create_model("cnn") for _ in range(2)]
-    stack = FastStack(models, noise_multipliers=[1.3, 0.0], max_grad_norms=[0.7, math.inf],
-                      expected_batch_sizes=[16, 16], lr=1.0, momentum=0.0,
-                      generators=[torch.Generator().manual_seed(i) for i in range(2)],
-                      max_batch=4, compile=False)  # fmt: skip
+    stack = FastStack(
+        models,
+        noise_multipliers=[1.3, 0.0],
+        max_grad_norms=[0.7, math.inf],
+        expected_batch_sizes=[16, 16],
+        lr=1.0,
+        momentum=0.0,
+        generators=[torch.Generator().manual_seed(i) for i in range(2)],
+        max_batch=4,
+        compile=False,
+    )
     before = {k: v.clone() for k, v in stack.params.items()}
     x, y = _batch(4)
     stack.step(x.expand(2, *x.shape), y.expand(2, *y.shape), torch.zeros(2, 4))  # empty batches
@@ -105,9 +139,17 @@ def test_ema_evaluates_the_moving_average_of_the_iterates() -> None:
     torch.manual_seed(0)
     model = create_model("cnn")
     stack = FastStack(
-        [model], noise_multipliers=[1.0], max_grad_norms=[0.5], expected_batch_sizes=[4.0], lr=0.1,
-        momentum=0.9, generators=[torch.Generator().manual_seed(0)], max_batch=8, ema=0.8, compile=False,
-    )  # fmt: skip
+        [model],
+        noise_multipliers=[1.0],
+        max_grad_norms=[0.5],
+        expected_batch_sizes=[4.0],
+        lr=0.1,
+        momentum=0.9,
+        generators=[torch.Generator().manual_seed(0)],
+        max_batch=8,
+        ema=0.8,
+        compile=False,
+    )
     iterates = []
     for seed in range(5):
         x, y = _batch(4, seed=seed)
@@ -124,7 +166,9 @@ def test_ema_evaluates_the_moving_average_of_the_iterates() -> None:
         assert not torch.allclose(p.detach(), last[name])  # not simply the last iterate
 
 
-def test_ema_in_the_opacus_path_averages_its_iterates(synthetic_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ema_in_the_opacus_path_averages_its_iterates(
+    synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import privkit.train
 
     dataset = data.load("pneumoniamnist", root=synthetic_root)
@@ -159,14 +203,19 @@ def test_model_trained_alone_equals_the_same_model_in_a_stack(synthetic_root: Pa
     # One epoch: batched and single kernels round differently (~1e-8), and after enough steps a
     # max-pooling near-tie can route a gradient differently, so longer runs drift apart by ~1e-3.
     one_epoch = {**QUICK, "epochs": 1}
-    configs = [TrainConfig(epsilon=e, seed=s, randomness="seeded", **one_epoch) for e, s in [(1.0, 3), (4.0, 5), (math.inf, 5)]]
+    configs = [
+        TrainConfig(epsilon=e, seed=s, randomness="seeded", **one_epoch)
+        for e, s in [(1.0, 3), (4.0, 5), (math.inf, 5)]
+    ]
     together = train_many(configs, dataset=dataset, progress=False)
     for config, stacked in zip(configs, together):
         alone = train(config, dataset=dataset, progress=False)
         assert alone.mechanism == stacked.mechanism
         for a, b in zip(alone.model.parameters(), stacked.model.parameters()):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-        assert alone.metrics["test"]["auc"] == pytest.approx(stacked.metrics["test"]["auc"], abs=1e-3)
+        assert alone.metrics["test"]["auc"] == pytest.approx(
+            stacked.metrics["test"]["auc"], abs=1e-3
+        )
     assert [r.backend for r in together] == ["fast", "fast", "nonprivate"]
 
 
@@ -176,8 +225,12 @@ def test_members_restrict_each_models_data_and_its_sample_rate(synthetic_root: P
     members = torch.zeros(2, n, dtype=torch.bool)
     members[0, : n // 2] = True  # the two halves, as two shadow models would
     members[1, n // 2 :] = True
-    results = train_many([TrainConfig(epsilon=2.0, seed=s, **QUICK) for s in (0, 1)],
-                         dataset=dataset, members=members, progress=False)  # fmt: skip
+    results = train_many(
+        [TrainConfig(epsilon=2.0, seed=s, **QUICK) for s in (0, 1)],
+        dataset=dataset,
+        members=members,
+        progress=False,
+    )
     for r in results:
         assert r.mechanism.sample_rate == pytest.approx(32 / (n // 2))
         assert r.mechanism.steps == QUICK["epochs"] * round((n // 2) / 32)
@@ -189,8 +242,12 @@ def test_a_stack_refuses_models_that_would_run_different_step_counts(synthetic_r
     members = torch.ones(2, len(dataset.train), dtype=torch.bool)
     members[0, 64:] = False  # 64 examples: 2 steps per epoch instead of 8
     with pytest.raises(ValueError, match=r"same number of steps, got \[4, 16\]"):
-        train_many([TrainConfig(epsilon=2.0, seed=s, **QUICK) for s in (0, 1)],
-                   dataset=dataset, members=members, progress=False)  # fmt: skip
+        train_many(
+            [TrainConfig(epsilon=2.0, seed=s, **QUICK) for s in (0, 1)],
+            dataset=dataset,
+            members=members,
+            progress=False,
+        )
 
 
 def test_padded_poisson_is_exact_poisson_of_members_without_truncation() -> None:
@@ -215,8 +272,15 @@ def test_padded_poisson_is_exact_poisson_of_members_without_truncation() -> None
     # Same generator, same draws: the Poisson sample of model 0 equals poisson_indices'.
     from privkit.engine.sampling import poisson_indices
 
-    idx, w = padded_poisson(members[:1] * torch.tensor(0.05, dtype=torch.float64), [torch.Generator().manual_seed(7)], max_batch)
-    assert sorted(idx[0][w[0] == 1].tolist()) == poisson_indices(n, 0.05, torch.Generator().manual_seed(7)).tolist()
+    idx, w = padded_poisson(
+        members[:1] * torch.tensor(0.05, dtype=torch.float64),
+        [torch.Generator().manual_seed(7)],
+        max_batch,
+    )
+    assert (
+        sorted(idx[0][w[0] == 1].tolist())
+        == poisson_indices(n, 0.05, torch.Generator().manual_seed(7)).tolist()
+    )
 
 
 def test_padded_poisson_samples_each_example_at_its_own_rate() -> None:
@@ -243,8 +307,14 @@ def test_backends_agree_statistically(synthetic_root: Path) -> None:
     dataset = data.load("pneumoniamnist", root=synthetic_root)
     aucs = {}
     for backend in ("fast", "opacus"):
-        runs = [train(TrainConfig(epsilon=0.5, seed=s, backend=backend, **{**QUICK, "epochs": 1}),
-                      dataset=dataset, progress=False) for s in range(4)]  # fmt: skip
+        runs = [
+            train(
+                TrainConfig(epsilon=0.5, seed=s, backend=backend, **{**QUICK, "epochs": 1}),
+                dataset=dataset,
+                progress=False,
+            )
+            for s in range(4)
+        ]
         aucs[backend] = torch.tensor([r.metrics["test"]["auc"] for r in runs])
     assert abs(aucs["fast"].mean() - aucs["opacus"].mean()) < 0.05 + 2 * aucs["opacus"].std()
 

@@ -67,7 +67,9 @@ def test_the_superlink_certificate_passes_tls_for_its_names(
     handshake(certs, trust=certs.ca_certificate, name=name)
 
 
-def test_tls_refuses_another_name_and_another_ca(certs: credentials.Certificates, tmp_path: Path) -> None:
+def test_tls_refuses_another_name_and_another_ca(
+    certs: credentials.Certificates, tmp_path: Path
+) -> None:
     with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
         handshake(certs, trust=certs.ca_certificate, name="intruder.test")
     other = credentials.make_certificates(tmp_path, hosts=["127.0.0.1"])
@@ -75,7 +77,9 @@ def test_tls_refuses_another_name_and_another_ca(certs: credentials.Certificates
         handshake(certs, trust=other.ca_certificate, name="127.0.0.1")
 
 
-def test_private_keys_are_the_owners_alone_and_never_overwritten(certs: credentials.Certificates) -> None:
+def test_private_keys_are_the_owners_alone_and_never_overwritten(
+    certs: credentials.Certificates,
+) -> None:
     for key in (certs.ca_key, certs.superlink_key):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
@@ -89,11 +93,15 @@ def test_a_supernode_key_is_what_flower_loads_and_signs_with(tmp_path: Path) -> 
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     key = load_ssh_private_key(private.read_bytes(), None)  # what flower-supernode does
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
-    assert register.try_load_public_key(public)  # what flwr supernode register does; exits on a bad key
+    assert register.try_load_public_key(
+        public
+    )  # what flwr supernode register does; exits on a bad key
     signature = key.sign(
         b"timestamp", ec.ECDSA(hashes.SHA256())
     )  # the registered key checks the node's signature
-    load_ssh_public_key(public.read_bytes()).verify(signature, b"timestamp", ec.ECDSA(hashes.SHA256()))
+    load_ssh_public_key(public.read_bytes()).verify(
+        signature, b"timestamp", ec.ECDSA(hashes.SHA256())
+    )
     with pytest.raises(FileExistsError):
         credentials.make_supernode_key(tmp_path, name="hospital-a")
     with pytest.raises(ValueError, match="name='a/b'"):
@@ -102,7 +110,10 @@ def test_a_supernode_key_is_what_flower_loads_and_signs_with(tmp_path: Path) -> 
 
 def test_privkit_flower_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (
-        cli.main(["flower", "certs", "--out", str(tmp_path / "c"), "--host", "10.0.0.5", "--days", "2"]) == 0
+        cli.main(
+            ["flower", "certs", "--out", str(tmp_path / "c"), "--host", "10.0.0.5", "--days", "2"]
+        )
+        == 0
     )
     assert "--ssl-certfile" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [

@@ -19,12 +19,12 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 pytest.importorskip("flwr", reason="Flower is the optional extra: pip install 'privkit[flower]'")
@@ -76,7 +76,10 @@ def free_port() -> int:
 def simulated(config: FederatedConfig, root: Path, n_sites: int) -> list[np.ndarray]:
     dataset = data.load("pneumoniamnist", root=root)
     result = train_federated(
-        config, split_sites(dataset.train, n_sites=n_sites, seed=0), evaluation=dataset, progress=False
+        config,
+        split_sites(dataset.train, n_sites=n_sites, seed=0),
+        evaluation=dataset,
+        progress=False,
     )
     return [p.detach().numpy() for p in result.model.parameters()]
 
@@ -218,15 +221,21 @@ def deployment(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     n = len(raw["train_labels"])
     numbered = data.Split(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1), torch.zeros(n, 1))
     indices = [
-        s.train.images.view(-1).long().numpy() for s in split_sites(numbered, n_sites=N_NETWORK, seed=0)
+        s.train.images.view(-1).long().numpy()
+        for s in split_sites(numbered, n_sites=N_NETWORK, seed=0)
     ]
     dataset = data.load("pneumoniamnist", root=synthetic_root)
     sites = split_sites(dataset.train, n_sites=N_NETWORK, seed=0)
     for k, index in enumerate(indices):
         _write_site(folder / f"site{k + 1}" / "pneumoniamnist.npz", raw, index)
     # Credentials: the coordinator's CA and SuperLink certificate; each hospital's key, and an intruder's.
-    certs = credentials.make_certificates(folder / "certs", hosts=["127.0.0.1", "localhost"], days=1)
-    keys = [credentials.make_supernode_key(folder / "keys", name=f"site{k + 1}") for k in range(N_NETWORK)]
+    certs = credentials.make_certificates(
+        folder / "certs", hosts=["127.0.0.1", "localhost"], days=1
+    )
+    keys = [
+        credentials.make_supernode_key(folder / "keys", name=f"site{k + 1}")
+        for k in range(N_NETWORK)
+    ]
     intruder, _ = credentials.make_supernode_key(folder / "keys", name="intruder")
     # The app: privkit's, with the curious coordinator's ServerApp.
     app = folder / "app"
@@ -271,7 +280,12 @@ def deployment(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
         logs[name] = folder / f"{name}.log"
         with open(logs[name], "w") as log:
             p = subprocess.Popen(
-                args, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                cwd=folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         processes.append(p)
         started.update(_family([p.pid]))
@@ -285,7 +299,9 @@ def deployment(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     def tail() -> str:
         return "\n".join(
-            f"--- {name}\n{path.read_text()[-4000:]}" for name, path in logs.items() if path.exists()
+            f"--- {name}\n{path.read_text()[-4000:]}"
+            for name, path in logs.items()
+            if path.exists()
         )
 
     ledgers = [folder / f"site{k + 1}" / "ledger.sqlite" for k in range(N_NETWORK)]
@@ -325,7 +341,9 @@ def deployment(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
             )
             for k, (_, public) in enumerate(keys)
         ]
-        assert [wait(p, "flwr supernode register") for p in registrations] == [0] * N_NETWORK, tail()
+        assert [wait(p, "flwr supernode register") for p in registrations] == [0] * N_NETWORK, (
+            tail()
+        )
         for k, (private, _) in enumerate(keys):
             node = f'data-root="{folder / f"site{k + 1}"}" site="site{k + 1}" require-secure-aggregation=true'
             if LEDGER_READY:
@@ -402,15 +420,21 @@ def deployment(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 # ----------------------------------------------------------------------------------------------
 
 
-def test_the_deployment_trains_the_simulations_model(deployment: Deployment, synthetic_root: Path) -> None:
+def test_the_deployment_trains_the_simulations_model(
+    deployment: Deployment, synthetic_root: Path
+) -> None:
     config = FederatedConfig(**NETWORK)
     expected = simulated(config, synthetic_root, N_NETWORK)
     network = list(deployment.weights.values())
     assert [w.shape for w in network] == [e.shape for e in expected]
     torch.manual_seed(config.seed)
     initial = [p.detach().numpy() for p in create_model(config.model).parameters()]
-    assert max(float(np.abs(w - i).max()) for w, i in zip(network, initial)) > 1e-2  # the model changed
-    for w, e in zip(network, expected):  # SecAgg+ rounds each coordinate to one of 2^24 levels in [-C, C]
+    assert (
+        max(float(np.abs(w - i).max()) for w, i in zip(network, initial)) > 1e-2
+    )  # the model changed
+    for w, e in zip(
+        network, expected
+    ):  # SecAgg+ rounds each coordinate to one of 2^24 levels in [-C, C]
         np.testing.assert_allclose(w, e, atol=1e-6, rtol=0)
 
 
@@ -418,11 +442,13 @@ def test_nothing_the_server_received_reveals_a_hospitals_update(deployment: Depl
     updates = first_updates(
         FederatedConfig(**NETWORK), deployment.sites
     )  # before clipping: the same direction
-    assert len(deployment.received) >= N_NETWORK * CONFIG["rounds"] * len(updates[0])  # masked vectors, kept
+    assert len(deployment.received) >= N_NETWORK * CONFIG["rounds"] * len(
+        updates[0]
+    )  # masked vectors, kept
     for site, update in zip(deployment.sites, updates):
-        assert (
-            best_match(update, deployment.received) < 0.2
-        ), site.name  # 1.0 in the clear (the simulation test)
+        assert best_match(update, deployment.received) < 0.2, (
+            site.name
+        )  # 1.0 in the clear (the simulation test)
 
 
 def test_an_unregistered_supernode_is_refused(deployment: Deployment) -> None:
@@ -433,9 +459,12 @@ def test_an_unregistered_supernode_is_refused(deployment: Deployment) -> None:
 
 
 @pytest.mark.skipif(
-    not LEDGER_READY, reason="Ledger.charge(randomness=, allow_seeded=) arrives with the ledger branch"
+    not LEDGER_READY,
+    reason="Ledger.charge(randomness=, allow_seeded=) arrives with the ledger branch",
 )
-def test_each_hospitals_ledger_and_the_coordinators_are_charged_once(deployment: Deployment) -> None:
+def test_each_hospitals_ledger_and_the_coordinators_are_charged_once(
+    deployment: Deployment,
+) -> None:
     config = FederatedConfig(**NETWORK)
     for k, (path, site) in enumerate(zip(deployment.ledgers, deployment.sites)):
         spends = budget.Ledger(path, read_only=True).history()
@@ -456,7 +485,9 @@ def test_each_hospitals_ledger_and_the_coordinators_are_charged_once(deployment:
         assert spends[0].run_id.startswith("flower-run")
     server = plan_server(config, N_NETWORK)
     spends = budget.Ledger(deployment.folder / "coordinator.sqlite", read_only=True).history()
-    assert [(s.noise_multiplier, s.steps) for s in spends] == [(server.noise_multiplier, server.rounds)]
+    assert [(s.noise_multiplier, s.steps) for s in spends] == [
+        (server.noise_multiplier, server.rounds)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,7 +501,9 @@ def test_flowers_simulation_equals_privkits_and_the_attacker_finds_updates_in_th
     pytest.importorskip("ray", reason="Flower's simulation runtime runs on Ray")
     from flower_recorder import received, recording_app
 
-    config = FederatedConfig(**CONFIG)  # FedAvg weighted by record counts (site-level DP: the network test)
+    config = FederatedConfig(
+        **CONFIG
+    )  # FedAvg weighted by record counts (site-level DP: the network test)
     weights = flower.simulate(
         config,
         data_root=synthetic_root,
@@ -479,7 +512,9 @@ def test_flowers_simulation_equals_privkits_and_the_attacker_finds_updates_in_th
     )
     for w, e in zip(weights.values(), simulated(config, synthetic_root, N_SIMULATED), strict=True):
         np.testing.assert_allclose(w, e, atol=1e-6, rtol=0)
-    sites = split_sites(data.load("pneumoniamnist", root=synthetic_root).train, n_sites=N_SIMULATED, seed=0)
+    sites = split_sites(
+        data.load("pneumoniamnist", root=synthetic_root).train, n_sites=N_SIMULATED, seed=0
+    )
     vectors = received(tmp_path / "received")
     for site, update in zip(
         sites, first_updates(config, sites)
@@ -555,9 +590,13 @@ def test_a_hospital_sends_its_update_and_the_agreed_count_only(
         )
         update = flatten(new) - flatten(start)
         if kind == "site-level":
-            assert float(torch.cat([torch.as_tensor(u).ravel() for u in sent]).norm()) <= 0.05 * (1 + 1e-5)
+            assert float(torch.cat([torch.as_tensor(u).ravel() for u in sent]).norm()) <= 0.05 * (
+                1 + 1e-5
+            )
             update = update * min(1.0, 0.05 / float(update.norm()))
-        np.testing.assert_allclose(np.concatenate([u.ravel() for u in sent]), update.numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            np.concatenate([u.ravel() for u in sent]), update.numpy(), atol=1e-6
+        )
         assert metrics == {}  # no loss, no metric
         assert count == (len(site) if kind == "records" else 1)
     with pytest.raises(RuntimeError, match="charged for 2 rounds"):
@@ -619,8 +658,12 @@ def test_a_hospital_charges_its_ledger_once_before_reading_a_record(
     assert str(mechanism["run_id"]).startswith("flower-run7")
 
 
-def test_a_hospital_without_its_file_fails_and_downloads_nothing(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(data, "_download", lambda *a: pytest.fail("a hospital must never download records"))
+def test_a_hospital_without_its_file_fails_and_downloads_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(
+        data, "_download", lambda *a: pytest.fail("a hospital must never download records")
+    )
     context = _context(tmp_path, FederatedConfig(**CONFIG))
     torch.manual_seed(0)
     start = [p.detach().numpy() for p in create_model("cnn").parameters()]
@@ -676,7 +719,9 @@ def test_the_app_folder_configures_every_field_and_names_privkits_apps() -> None
     for key, value in app["config"].items():
         assert type(value) is type(defaults[key]), key
     config = flower.federated_config(app["config"])
-    assert config.secure_aggregation and math.isfinite(config.epsilon)  # what a deployment should start from
+    assert config.secure_aggregation and math.isfinite(
+        config.epsilon
+    )  # what a deployment should start from
 
 
 def test_the_run_configuration_round_trips_and_names_what_it_refuses() -> None:
@@ -703,14 +748,22 @@ def test_a_hospital_joins_secagg_only_when_every_participant_masks_and_every_sha
 ) -> None:
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
-    setup = {Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 3, Key.SHARE_NUMBER: shares, Key.THRESHOLD: threshold}
+    setup = {
+        Key.STAGE: Stage.SETUP,
+        Key.SAMPLE_NUMBER: 3,
+        Key.SHARE_NUMBER: shares,
+        Key.THRESHOLD: threshold,
+    }
     message = SimpleNamespace(
         metadata=SimpleNamespace(message_type="train"),
         content=RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(setup)}),
     )
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     policy = flower.make_client_app()._mods[0]
-    if (shares, threshold) == (3, 3):  # privkit's server: SecAgg+ proceeds (and wants the rest of its setup)
+    if (shares, threshold) == (
+        3,
+        3,
+    ):  # privkit's server: SecAgg+ proceeds (and wants the rest of its setup)
         with pytest.raises(KeyError, match="clipping_range"):
             policy(message, context, lambda m, c: pytest.fail("no training during setup"))
     else:  # a server thinning the masks or the threshold is refused

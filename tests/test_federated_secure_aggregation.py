@@ -18,13 +18,13 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from scipy import stats
+from synthetic import write_medmnist_npz
 
 from privkit import data
 from privkit.federated import secure_aggregation as sa
 from privkit.federated import shamir
 from privkit.federated.algorithms import FederatedConfig, train_federated
 from privkit.federated.sites import split_sites
-from synthetic import write_medmnist_npz
 
 NAMES = ["h1", "h2", "h3", "h4", "h5"]
 T = 3  # a majority of 5
@@ -42,18 +42,24 @@ def masked_round(values: dict[str, np.ndarray], threshold: int = T) -> tuple[dic
     clients = {n: sa.Client(n) for n in values}
     server = sa.Server(threshold=threshold)
     roster = server.advertise_keys({n: c.advertise_keys() for n, c in clients.items()})
-    inbox = server.share_keys({n: c.share_keys(roster, threshold=threshold) for n, c in clients.items()})
+    inbox = server.share_keys(
+        {n: c.share_keys(roster, threshold=threshold) for n, c in clients.items()}
+    )
     return clients, server, {n: c.masked_input(values[n], inbox[n]) for n, c in clients.items()}
 
 
-def finish(clients: dict, server: sa.Server, masked: dict, dropped: Collection[str] = ()) -> np.ndarray:
+def finish(
+    clients: dict, server: sa.Server, masked: dict, dropped: Collection[str] = ()
+) -> np.ndarray:
     survivors = server.masked_input({n: m for n, m in masked.items() if n not in dropped})
     return server.unmasking({n: clients[n].unmasking(survivors) for n in sorted(survivors)})
 
 
 def pad(own: str, other: str, seed: bytes) -> np.ndarray:
     """The pairwise mask as site ``own`` added it (written out here, independent of the module)."""
-    stream = np.frombuffer(hashlib.shake_256(seed).digest(8 * LENGTH), dtype="<u8").astype(np.uint64)
+    stream = np.frombuffer(hashlib.shake_256(seed).digest(8 * LENGTH), dtype="<u8").astype(
+        np.uint64
+    )
     return stream if own < other else np.uint64(0) - stream
 
 
@@ -76,7 +82,9 @@ def test_the_sum_is_exact_up_to_fixed_point() -> None:
     plain = np.sum(list(values.values()), axis=0)
     assert np.abs(revealed - plain).max() <= len(NAMES) * 0.5 * 2.0**-sa.FRACTION_BITS
     # The masks cancel exactly: the revealed sum is the sum of the encoded values, bit for bit.
-    encoded = sum((sa.encode(v, max_abs=2.0**20) for v in values.values()), np.zeros(LENGTH, np.uint64))
+    encoded = sum(
+        (sa.encode(v, max_abs=2.0**20) for v in values.values()), np.zeros(LENGTH, np.uint64)
+    )
     assert np.array_equal(revealed, sa.decode(encoded))
 
 
@@ -92,14 +100,18 @@ def test_a_survivor_silent_in_the_unmasking_round_changes_nothing() -> None:
     values = updates(2)
     clients, server, masked = masked_round(values)
     survivors = server.masked_input({n: masked[n] for n in NAMES if n != "h4"})
-    answers = {n: clients[n].unmasking(survivors) for n in ["h1", "h3", "h5"]}  # h2 is silent: t answers
+    answers = {
+        n: clients[n].unmasking(survivors) for n in ["h1", "h3", "h5"]
+    }  # h2 is silent: t answers
     plain = sum(sa.encode(values[n], max_abs=2.0**20) for n in survivors)
     assert np.array_equal(server.unmasking(answers), sa.decode(plain))
 
 
 def test_fewer_than_t_sites_left_refuse_the_round_at_every_step() -> None:
     values = updates(3)
-    with pytest.raises(sa.DropoutError, match="Only 2 of 5 sites sent their masked input; at least 3"):
+    with pytest.raises(
+        sa.DropoutError, match="Only 2 of 5 sites sent their masked input; at least 3"
+    ):
         sa.secure_sum(values, dropouts=["h1", "h2", "h3"])
     clients = {n: sa.Client(n) for n in NAMES}
     with pytest.raises(sa.DropoutError, match="Only 2 sites sent keys"):
@@ -123,7 +135,10 @@ def test_the_threshold_is_a_majority() -> None:
     with pytest.raises(ValueError, match=r"dropouts names unknown site\(s\) \['h9'\]"):
         sa.secure_sum(updates(), dropouts=["h9"])
     client = sa.Client("h1")  # a site checks the threshold itself
-    roster = {"h1": client.advertise_keys(), **{n: sa.Client(n).advertise_keys() for n in NAMES[1:]}}
+    roster = {
+        "h1": client.advertise_keys(),
+        **{n: sa.Client(n).advertise_keys() for n in NAMES[1:]},
+    }
     with pytest.raises(ValueError, match=r"threshold=1 to be an integer in \[3, 5\]"):
         client.share_keys(roster, threshold=1)
 
@@ -141,9 +156,11 @@ def test_key_agreement_matches_rfc_7748_and_rfc_5869() -> None:
     """Both ends derive the same seed, that of X25519 (RFC 7748, section 6.1) and HKDF-SHA256
     (RFC 5869: no salt means a zero salt) written out with hmac."""
     alice = X25519PrivateKey.from_private_bytes(
-        bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"))
+        bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    )
     bob = X25519PrivateKey.from_private_bytes(
-        bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"))
+        bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    )
     alice_public = bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
     bob_public = bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
     shared = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
@@ -165,9 +182,13 @@ def test_a_tampered_redirected_or_reflected_share_is_rejected() -> None:
     redirected = {**inbox["h3"], "h1": sent["h1"]["h2"]}  # h1's shares for h2, sent to h3
     reflected = {**inbox["h1"], "h2": sent["h1"]["h2"]}  # h1's own message back, as if from h2
     for name, box in (("h2", tampered), ("h3", redirected), ("h1", reflected)):
-        with pytest.raises(sa.ProtocolError, match=f"{name}: the shares from h. fail authentication"):
+        with pytest.raises(
+            sa.ProtocolError, match=f"{name}: the shares from h. fail authentication"
+        ):
             clients[name].masked_input(np.zeros(LENGTH), box)
-    assert len(clients["h4"].masked_input(np.zeros(LENGTH), inbox["h4"])) == LENGTH  # untouched: accepted
+    assert (
+        len(clients["h4"].masked_input(np.zeros(LENGTH), inbox["h4"])) == LENGTH
+    )  # untouched: accepted
 
 
 def test_answers_that_break_the_protocol_are_refused() -> None:
@@ -176,7 +197,9 @@ def test_answers_that_break_the_protocol_are_refused() -> None:
     survivors = server.masked_input({n: masked[n] for n in NAMES if n != "h5"})
     answers = {n: clients[n].unmasking(survivors) for n in ["h1", "h2", "h3"]}
     first = answers["h1"]
-    both = sa.Unmasking(first.self_mask, {**first.mask_key, "h2": first.self_mask["h2"]})  # both kinds for h2
+    both = sa.Unmasking(
+        first.self_mask, {**first.mask_key, "h2": first.self_mask["h2"]}
+    )  # both kinds for h2
     with pytest.raises(sa.ProtocolError, match="h1's answer does not match the survivors"):
         server.unmasking({**answers, "h1": both})
     # Shift h1's share of h5's mask key by 1 / L_1(0): the shares then rebuild s_sk + 1 (Lagrange).
@@ -185,11 +208,15 @@ def test_answers_that_break_the_protocol_are_refused() -> None:
     for x in xs[1:]:
         basis = basis * x * pow(x - xs[0], -1, shamir.PRIME) % shamir.PRIME
     x, y = first.mask_key["h5"]
-    shifted = sa.Unmasking(first.self_mask, {"h5": (x, (y + pow(basis, -1, shamir.PRIME)) % shamir.PRIME)})
+    shifted = sa.Unmasking(
+        first.self_mask, {"h5": (x, (y + pow(basis, -1, shamir.PRIME)) % shamir.PRIME)}
+    )
     with pytest.raises(sa.ProtocolError, match="h5's mask key rebuild a key it did not advertise"):
         server.unmasking({**answers, "h1": shifted})
     plain = sum(sa.encode(values[n], max_abs=2.0**20) for n in survivors)
-    assert np.array_equal(server.unmasking(answers), sa.decode(plain))  # the true answers still work
+    assert np.array_equal(
+        server.unmasking(answers), sa.decode(plain)
+    )  # the true answers still work
 
 
 def test_the_rounds_run_once_each_in_order() -> None:
@@ -215,7 +242,9 @@ def test_a_masked_input_is_uniform_and_fresh_in_every_run_whatever_the_seeds() -
     assert_uniform_and_unrelated(runs[0][1], update)
     assert runs[0][0] != runs[1][0]  # fresh keys
     replayed_mask = runs[1][1] - sa.encode(update, max_abs=2.0)
-    assert_uniform_and_unrelated(runs[0][1] - replayed_mask, update)  # one run's mask opens no other
+    assert_uniform_and_unrelated(
+        runs[0][1] - replayed_mask, update
+    )  # one run's mask opens no other
     # Without masks the same update is far from uniform: the test could fail.
     plain = (sa.encode(update, max_abs=2.0) >> np.uint64(60)).astype(np.int64)
     assert stats.chisquare(np.bincount(plain, minlength=16)).pvalue < 1e-10
@@ -226,8 +255,13 @@ def test_the_server_cannot_unmask_a_single_input_with_what_it_sees() -> None:
     clients, server, masked = masked_round(values)
     finish(clients, server, masked)
     # The server legitimately rebuilds every survivor's self-mask seed b_i ...
-    b = {n: shamir.combine([a.self_mask[n] for a in server.answers.values()], length=32) for n in NAMES}
-    assert all(not a.mask_key for a in server.answers.values())  # ... and holds no share of any s_sk_i
+    b = {
+        n: shamir.combine([a.self_mask[n] for a in server.answers.values()], length=32)
+        for n in NAMES
+    }
+    assert all(
+        not a.mask_key for a in server.answers.values()
+    )  # ... and holds no share of any s_sk_i
     residual = server.masked["h1"] - sa.prg(b["h1"], LENGTH)  # still x + pairwise masks
     assert_uniform_and_unrelated(residual, values["h1"])
     # Given the pairwise seeds that only the sites hold, the same attack would succeed.
@@ -247,7 +281,9 @@ def test_a_late_input_of_a_dropped_site_stays_masked() -> None:
     key = shamir.combine([a.mask_key["h2"] for a in server.answers.values()], length=32)
     mask_key = X25519PrivateKey.from_private_bytes(key)
     for other in set(NAMES) - {"h2"}:
-        late = late - pad("h2", other, sa.agree(mask_key, server.roster[other].mask, purpose=sa.MASK))
+        late = late - pad(
+            "h2", other, sa.agree(mask_key, server.roster[other].mask, purpose=sa.MASK)
+        )
     assert_uniform_and_unrelated(late, values["h2"])  # ... but the self-mask hides the update
     unmasked = late - sa.prg(clients["h2"]._self_seed, LENGTH)  # with b_2, which it never gets
     np.testing.assert_allclose(sa.decode(unmasked), values["h2"], atol=2.0**-32)
@@ -258,7 +294,9 @@ def test_a_second_survivor_set_is_refused() -> None:
     clients, server, masked = masked_round(values)
     finish(clients, server, masked)  # every site survived: the server holds shares of every b_i
     for name in NAMES[1:]:  # now it claims h1 dropped, to get the shares of h1's mask key too
-        with pytest.raises(sa.ProtocolError, match=f"{name} already answered .* nothing for a second set"):
+        with pytest.raises(
+            sa.ProtocolError, match=f"{name} already answered .* nothing for a second set"
+        ):
             clients[name].unmasking(set(NAMES) - {"h1"})
 
 
@@ -270,7 +308,10 @@ def test_a_server_that_tells_two_stories_gets_too_few_shares() -> None:
     server.masked_input(masked)
     alive = {n: clients[n].unmasking(NAMES) for n in ["h1", "h2", "h3"]}
     gone = {n: clients[n].unmasking(["h3", "h4", "h5"]) for n in ["h4", "h5"]}
-    assert shamir.combine([a.self_mask["h1"] for a in alive.values()], length=32) == clients["h1"]._self_seed
+    assert (
+        shamir.combine([a.self_mask["h1"] for a in alive.values()], length=32)
+        == clients["h1"]._self_seed
+    )
     with pytest.raises(ValueError, match="2 shares do not reconstruct"):
         shamir.combine([a.mask_key["h1"] for a in gone.values()], length=32)
     with pytest.raises(sa.ProtocolError, match="h3 already answered"):

@@ -17,14 +17,18 @@ def test_the_field_is_prime_and_holds_a_65_byte_secret() -> None:
     assert sympy.isprime(shamir.PRIME)  # an independent primality test
     assert 256**shamir.MAX_SECRET_BYTES <= shamir.PRIME < 256**shamir.SHARE_BYTES
     secret = b"\xff" * shamir.MAX_SECRET_BYTES
-    assert shamir.combine(shamir.split(secret, threshold=2, n_shares=2), length=len(secret)) == secret
+    assert (
+        shamir.combine(shamir.split(secret, threshold=2, n_shares=2), length=len(secret)) == secret
+    )
 
 
 def test_lagrange_interpolation_against_a_hand_computed_polynomial() -> None:
     # f(x) = 7 + 3x + 5x^2 over GF(11): f(1) = 15 = 4, f(2) = 33 = 0, f(3) = 61 = 6 (mod 11).
     assert [shamir.evaluate([7, 3, 5], x, prime=11) for x in (1, 2, 3)] == [4, 0, 6]
     assert shamir.interpolate_at_zero([(1, 4), (2, 0), (3, 6)], prime=11) == 7
-    assert shamir.interpolate_at_zero([(3, 6), (1, 4), (2, 0)], prime=11) == 7  # order does not matter
+    assert (
+        shamir.interpolate_at_zero([(3, 6), (1, 4), (2, 0)], prime=11) == 7
+    )  # order does not matter
 
 
 @pytest.mark.parametrize("threshold", [1, 3, 5])
@@ -46,7 +50,9 @@ def test_t_minus_1_shares_are_uniform_whatever_the_1_byte_secret() -> None:
     The shares of any 2 holders then take every pair of values exactly once (no information),
     while 3 shares tell secrets apart (the same enumeration, so the check could fail)."""
     p = 257
-    a1, a2 = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")  # (257, 257): every coefficient pair
+    a1, a2 = np.meshgrid(
+        np.arange(p), np.arange(p), indexing="ij"
+    )  # (257, 257): every coefficient pair
     triples = {}
     for secret in range(256):
         y = {x: shamir.evaluate([secret, a1, a2], x, prime=p).ravel() for x in (1, 2, 3)}

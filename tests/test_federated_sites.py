@@ -48,8 +48,10 @@ def test_iid_sites_have_equal_sizes_and_the_global_label_mix() -> None:
 
 def test_label_skew_follows_alpha() -> None:
     def spread(alpha: float) -> float:  # sd over sites of the share of positives
-        fractions = [float(s.train.labels.mean()) for s in split_sites(toy_split(), n_sites=5,
-                     scheme="label_skew", alpha=alpha, seed=0)]  # fmt: skip
+        fractions = [
+            float(s.train.labels.mean())
+            for s in split_sites(toy_split(), n_sites=5, scheme="label_skew", alpha=alpha, seed=0)
+        ]
         return float(np.std(fractions))
 
     assert spread(1000.0) < 0.03  # close to IID
@@ -57,7 +59,10 @@ def test_label_skew_follows_alpha() -> None:
 
 
 def test_size_skew_follows_alpha_and_keeps_min_size() -> None:
-    skewed = [len(s) for s in split_sites(toy_split(), n_sites=5, scheme="size_skew", alpha=0.3, min_size=20)]
+    skewed = [
+        len(s)
+        for s in split_sites(toy_split(), n_sites=5, scheme="size_skew", alpha=0.3, min_size=20)
+    ]
     even = [len(s) for s in split_sites(toy_split(), n_sites=5, scheme="size_skew", alpha=1e4)]
     assert sum(skewed) == 1000 and min(skewed) >= 20 and max(skewed) > 3 * min(skewed)
     assert max(even) - min(even) < 30
@@ -71,8 +76,14 @@ def test_size_skew_follows_alpha_and_keeps_min_size() -> None:
         (dict(n_sites=0), r"Expected n_sites=0 to be an integer >= 1"),
         (dict(n_sites=3, scheme="label_skew", alpha=0.0), r"Expected alpha=0.0 in \(0, inf\)"),
         (dict(n_sites=3, scheme="size_skew", alpha=-1.0), r"Expected alpha=-1.0 in \(0, inf\)"),
-        (dict(n_sites=3, scheme="dirichlet"), r"Unknown scheme='dirichlet'; expected one of: iid, label_skew"),
-        (dict(n_sites=50, scheme="label_skew", alpha=0.01, min_size=15), r"alpha=0.01 left a site with"),
+        (
+            dict(n_sites=3, scheme="dirichlet"),
+            r"Unknown scheme='dirichlet'; expected one of: iid, label_skew",
+        ),
+        (
+            dict(n_sites=50, scheme="label_skew", alpha=0.01, min_size=15),
+            r"alpha=0.01 left a site with",
+        ),
     ],
 )
 def test_bad_partitions_are_refused(kwargs: dict, message: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from scipy.stats import norm
+from synthetic import write_medmnist_npz
 
 from privkit import budget, data, randomness
 from privkit.engine import per_sample_loss
@@ -21,9 +22,10 @@ from privkit.federated.algorithms import FederatedConfig, plan_server, train_fed
 from privkit.federated.local import SitePlan, local_training, plan_site
 from privkit.federated.sites import split_sites
 from privkit.models import create_model
-from synthetic import write_medmnist_npz
 
-QUICK = dict(rounds=2, batch_size=16, delta=1e-3, site_level_delta=1e-2, accountant="rdp")  # rdp: fast
+QUICK = dict(
+    rounds=2, batch_size=16, delta=1e-3, site_level_delta=1e-2, accountant="rdp"
+)  # rdp: fast
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +55,16 @@ def test_local_dp_sgd_step_equals_hand_clipped_per_example_gradients(dataset: da
     model = create_model("cnn")
     start = params_of(model)
     p = plan(len(site), noise=1e-9, rate=0.5, clip=0.01)  # private: clipped; noise negligible
-    new, _, _ = local_training(model, start, site, p, lr=0.5, momentum=0.0, generator=torch.Generator().manual_seed(3))
+    new, _, _ = local_training(
+        model, start, site, p, lr=0.5, momentum=0.0, generator=torch.Generator().manual_seed(3)
+    )
     idx = poisson_indices(len(site), 0.5, torch.Generator().manual_seed(3))
     total = {k: torch.zeros_like(v) for k, v in start.items()}
     for i in idx:  # one example at a time, clipped by hand
         model.zero_grad()
-        per_sample_loss(model(site.train.images[i : i + 1]), site.train.labels[i : i + 1]).sum().backward()
+        per_sample_loss(
+            model(site.train.images[i : i + 1]), site.train.labels[i : i + 1]
+        ).sum().backward()
         g = {k: v.grad for k, v in model.named_parameters()}
         scale = min(1.0, 0.01 / float(torch.cat([x.flatten() for x in g.values()]).norm()))
         total = {k: total[k] + scale * g[k] for k in total}
@@ -72,8 +78,15 @@ def test_non_private_local_training_equals_plain_sgd(dataset: data.Dataset) -> N
     torch.manual_seed(0)
     model = create_model("cnn")
     p = plan(len(site), noise=0.0, rate=0.25, steps=3)
-    new, _, _ = local_training(model, params_of(model), site, p, lr=0.1, momentum=0.9,
-                               generator=torch.Generator().manual_seed(5))  # fmt: skip
+    new, _, _ = local_training(
+        model,
+        params_of(model),
+        site,
+        p,
+        lr=0.1,
+        momentum=0.9,
+        generator=torch.Generator().manual_seed(5),
+    )
     reference = NonPrivateBackend(model, expected_batch_size=0.25 * len(site), lr=0.1, momentum=0.9)
     g = torch.Generator().manual_seed(5)
     for _ in range(3):
@@ -88,7 +101,9 @@ def test_local_noise_has_the_calibrated_scale(dataset: data.Dataset) -> None:
     model = create_model("cnn")
     start = params_of(model)
     p = plan(len(site), noise=1000.0, rate=0.25, clip=1.0)  # the gradient is negligible beside it
-    new, _, _ = local_training(model, start, site, p, lr=1.0, momentum=0.0, generator=torch.Generator().manual_seed(0))
+    new, _, _ = local_training(
+        model, start, site, p, lr=1.0, momentum=0.0, generator=torch.Generator().manual_seed(0)
+    )
     change = torch.cat([(new[k] - start[k]).flatten() for k in start])
     assert float(change.std()) == pytest.approx(1000.0 / (0.25 * len(site)), rel=0.03)
 
@@ -96,21 +111,53 @@ def test_local_noise_has_the_calibrated_scale(dataset: data.Dataset) -> None:
 def test_site_plan_reaches_its_epsilon_by_the_closed_form() -> None:
     # batch >= n: every record in every step (q = 1), so T steps are one Gaussian mechanism
     # with sigma / sqrt(T): its delta at the spent epsilon must be the target delta.
-    p = plan_site("h1", 100, epsilon=2.0, delta=1e-5, batch_size=128, local_epochs=2, rounds=5, max_grad_norm=1.0)
+    p = plan_site(
+        "h1",
+        100,
+        epsilon=2.0,
+        delta=1e-5,
+        batch_size=128,
+        local_epochs=2,
+        rounds=5,
+        max_grad_norm=1.0,
+    )
     assert (p.sample_rate, p.steps_per_round, p.steps) == (1.0, 2, 10)
     assert 1.98 <= p.epsilon <= 2.0
     mu = math.sqrt(p.steps) / p.noise_multiplier
     assert gaussian_delta(p.epsilon, mu) == pytest.approx(1e-5, rel=0.1)
-    assert math.isinf(plan_site("h1", 100, epsilon=math.inf, delta=1e-5, batch_size=10, local_epochs=1, rounds=3,
-                                max_grad_norm=1.0).epsilon)  # fmt: skip
+    assert math.isinf(
+        plan_site(
+            "h1",
+            100,
+            epsilon=math.inf,
+            delta=1e-5,
+            batch_size=10,
+            local_epochs=1,
+            rounds=3,
+            max_grad_norm=1.0,
+        ).epsilon
+    )
     with pytest.raises(ValueError, match=r"Expected delta=0.01 < 1/n = 0.01 for site 'h1'"):
-        plan_site("h1", 100, epsilon=1.0, delta=0.01, batch_size=10, local_epochs=1, rounds=1, max_grad_norm=1.0)
+        plan_site(
+            "h1",
+            100,
+            epsilon=1.0,
+            delta=0.01,
+            batch_size=10,
+            local_epochs=1,
+            rounds=1,
+            max_grad_norm=1.0,
+        )
 
 
 def test_server_plan_by_the_closed_form() -> None:
-    server = plan_server(FederatedConfig(site_level_epsilon=4.0, site_level_delta=1e-3, rounds=8), 5)
+    server = plan_server(
+        FederatedConfig(site_level_epsilon=4.0, site_level_delta=1e-3, rounds=8), 5
+    )
     assert 3.96 <= server.epsilon <= 4.0 and server.sample_rate == 1.0
-    assert gaussian_delta(server.epsilon, math.sqrt(8) / server.noise_multiplier) == pytest.approx(1e-3, rel=0.1)
+    assert gaussian_delta(server.epsilon, math.sqrt(8) / server.noise_multiplier) == pytest.approx(
+        1e-3, rel=0.1
+    )
     with pytest.raises(ValueError, match=r"Expected site_level_delta=0.5 < 1/5"):
         plan_server(FederatedConfig(site_level_epsilon=4.0, site_level_delta=0.5), 5)
 
@@ -140,15 +187,23 @@ def test_fedavg_round_is_the_weighted_average_of_local_models(
         torch.testing.assert_close(value.detach(), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_secure_aggregation_changes_nothing_but_rounding(dataset: data.Dataset, monkeypatch) -> None:
+def test_secure_aggregation_changes_nothing_but_rounding(
+    dataset: data.Dataset, monkeypatch
+) -> None:
     sites = split_sites(dataset.train, n_sites=3, seed=0)
     # The same local noise in both runs (their seeded streams would differ: other configs).
     same = lambda config, site: torch.Generator().manual_seed(sum(site.encode()))  # noqa: E731
     monkeypatch.setattr(algorithms, "site_generator", same)
-    plain = train_federated(FederatedConfig(**QUICK, epsilon=4.0), sites, evaluation=dataset, progress=False)
-    masked = train_federated(FederatedConfig(**QUICK, epsilon=4.0, secure_aggregation=True), sites,
-                             evaluation=dataset, progress=False)  # fmt: skip
-    for (k, a), (_, b) in zip(plain.model.named_parameters(), masked.model.named_parameters()):
+    plain = train_federated(
+        FederatedConfig(**QUICK, epsilon=4.0), sites, evaluation=dataset, progress=False
+    )
+    masked = train_federated(
+        FederatedConfig(**QUICK, epsilon=4.0, secure_aggregation=True),
+        sites,
+        evaluation=dataset,
+        progress=False,
+    )
+    for (_, a), (_, b) in zip(plain.model.named_parameters(), masked.model.named_parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
@@ -166,8 +221,16 @@ def test_federated_training_learns(dataset: data.Dataset) -> None:
 
 def test_site_level_dp_clips_and_adds_noise_of_the_calibrated_scale(dataset: data.Dataset) -> None:
     sites = split_sites(dataset.train, n_sites=4, seed=0)
-    config = FederatedConfig(rounds=1, batch_size=32, lr=1e-9, site_level_epsilon=1.0, site_level_delta=1e-2,
-                             update_clip=0.1, site_sample_rate=0.5, accountant="rdp")  # fmt: skip
+    config = FederatedConfig(
+        rounds=1,
+        batch_size=32,
+        lr=1e-9,
+        site_level_epsilon=1.0,
+        site_level_delta=1e-2,
+        update_clip=0.1,
+        site_sample_rate=0.5,
+        accountant="rdp",
+    )
     result = train_federated(config, sites, evaluation=dataset, progress=False)
     torch.manual_seed(config.seed)
     start = torch.cat([p.detach().flatten() for p in create_model("cnn").parameters()])
@@ -175,10 +238,14 @@ def test_site_level_dp_clips_and_adds_noise_of_the_calibrated_scale(dataset: dat
     expected = result.server.noise_multiplier * 0.1 / (0.5 * 4)  # sigma * S / (q * N)
     assert float((end - start).std()) == pytest.approx(expected, rel=0.03)
     assert math.isinf(result.epsilon) and result.server.epsilon <= 1.0
-    assert algorithms.clip_update(torch.full((100,), 1.0), 0.1).norm() == pytest.approx(0.1, rel=1e-5)
+    assert algorithms.clip_update(torch.full((100,), 1.0), 0.1).norm() == pytest.approx(
+        0.1, rel=1e-5
+    )
 
 
-def test_every_site_is_charged_before_any_record_is_read(dataset: data.Dataset, tmp_path: Path, monkeypatch) -> None:
+def test_every_site_is_charged_before_any_record_is_read(
+    dataset: data.Dataset, tmp_path: Path, monkeypatch
+) -> None:
     ledger = budget.Ledger(tmp_path / "ledger.sqlite")
     sites = split_sites(dataset.train, n_sites=2, seed=0)
     charged = []
@@ -195,33 +262,66 @@ def test_every_site_is_charged_before_any_record_is_read(dataset: data.Dataset, 
     for site, plan in zip(sites, result.sites):
         [spend] = ledger.history(f"dataset:pneumoniamnist/institution:{site.name}")
         assert spend.scopes == (f"dataset:pneumoniamnist/institution:{site.name}",)
-        assert (spend.noise_multiplier, spend.sample_rate, spend.steps) == (plan.noise_multiplier, plan.sample_rate, plan.steps)
-        assert ledger.spent(spend.scopes[0], accountant="rdp").epsilon == pytest.approx(plan.epsilon, rel=0.02)
-    assert result.sites[0].epsilon == pytest.approx(2.0, rel=0.02) and result.sites[1].epsilon <= 1.0
+        assert (spend.noise_multiplier, spend.sample_rate, spend.steps) == (
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.steps,
+        )
+        assert ledger.spent(spend.scopes[0], accountant="rdp").epsilon == pytest.approx(
+            plan.epsilon, rel=0.02
+        )
+    assert (
+        result.sites[0].epsilon == pytest.approx(2.0, rel=0.02) and result.sites[1].epsilon <= 1.0
+    )
 
 
-def test_site_level_dp_alone_is_one_spend_on_every_site(dataset: data.Dataset, tmp_path: Path) -> None:
+def test_site_level_dp_alone_is_one_spend_on_every_site(
+    dataset: data.Dataset, tmp_path: Path
+) -> None:
     ledger = budget.Ledger(tmp_path / "ledger.sqlite")
     sites = split_sites(dataset.train, n_sites=3, seed=0)
-    result = train_federated(FederatedConfig(**QUICK, site_level_epsilon=3.0), sites, evaluation=dataset,
-                             ledger=ledger, progress=False)  # fmt: skip
+    result = train_federated(
+        FederatedConfig(**QUICK, site_level_epsilon=3.0),
+        sites,
+        evaluation=dataset,
+        ledger=ledger,
+        progress=False,
+    )
     [spend] = ledger.history()
-    assert len(spend.scopes) == 3 and spend.steps == 2 and spend.noise_multiplier == result.server.noise_multiplier
+    assert (
+        len(spend.scopes) == 3
+        and spend.steps == 2
+        and spend.noise_multiplier == result.server.noise_multiplier
+    )
 
 
-def test_a_site_over_its_budget_is_refused_or_skipped_unread(dataset: data.Dataset, tmp_path: Path, monkeypatch) -> None:
+def test_a_site_over_its_budget_is_refused_or_skipped_unread(
+    dataset: data.Dataset, tmp_path: Path, monkeypatch
+) -> None:
     ledger = budget.Ledger(tmp_path / "ledger.sqlite")
     ledger.set_budget("dataset:pneumoniamnist/institution:site2", epsilon=1.0, delta=1e-3)
     sites = split_sites(dataset.train, n_sites=3, seed=0)
     read = []
     real = local.local_training
-    monkeypatch.setattr(algorithms, "local_training", lambda m, p, site, *a, **k: read.append(site.name) or real(m, p, site, *a, **k))
+    monkeypatch.setattr(
+        algorithms,
+        "local_training",
+        lambda m, p, site, *a, **k: read.append(site.name) or real(m, p, site, *a, **k),
+    )
     config = FederatedConfig(**QUICK, epsilon=2.0)
-    with pytest.raises(budget.BudgetExceededError, match="institution:site2 exceeded: budget epsilon=1"):
+    with pytest.raises(
+        budget.BudgetExceededError, match="institution:site2 exceeded: budget epsilon=1"
+    ):
         train_federated(config, sites, evaluation=dataset, ledger=ledger, progress=False)
     assert read == []
-    result = train_federated(config, sites, evaluation=dataset, ledger=ledger, on_over_budget="skip", progress=False)
-    assert result.skipped == ["site2"] and "site2" not in read and [p.site for p in result.sites] == ["site1", "site3"]
+    result = train_federated(
+        config, sites, evaluation=dataset, ledger=ledger, on_over_budget="skip", progress=False
+    )
+    assert (
+        result.skipped == ["site2"]
+        and "site2" not in read
+        and [p.site for p in result.sites] == ["site1", "site3"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -244,13 +344,17 @@ def test_bad_configs_are_refused(kwargs: dict, message: str) -> None:
 def test_bad_site_lists_are_refused(dataset: data.Dataset) -> None:
     sites = split_sites(dataset.train, n_sites=2, seed=0)
     with pytest.raises(ValueError, match=r"site_epsilons names unknown site\(s\) \['h9'\]"):
-        train_federated(FederatedConfig(site_epsilons={"h9": 1.0}), sites, evaluation=dataset, progress=False)
+        train_federated(
+            FederatedConfig(site_epsilons={"h9": 1.0}), sites, evaluation=dataset, progress=False
+        )
     with pytest.raises(ValueError, match="Expected distinct site names"):
         train_federated(FederatedConfig(), [sites[0], sites[0]], evaluation=dataset, progress=False)
     with pytest.raises(ValueError, match="non-empty list of Site"):
         train_federated(FederatedConfig(), [], evaluation=dataset, progress=False)
     with pytest.raises(ValueError, match="needs at least 2 sites"):
-        train_federated(FederatedConfig(secure_aggregation=True), sites[:1], evaluation=dataset, progress=False)
+        train_federated(
+            FederatedConfig(secure_aggregation=True), sites[:1], evaluation=dataset, progress=False
+        )
 
 
 def test_the_coordinator_cannot_replay_a_sites_training(dataset: data.Dataset) -> None:
@@ -258,13 +362,23 @@ def test_the_coordinator_cannot_replay_a_sites_training(dataset: data.Dataset) -
     # a replay does not reproduce the released model; the seeded research mode does, on purpose.
     sites = split_sites(dataset.train, n_sites=2, seed=0)
     runs = {
-        mode: [train_federated(FederatedConfig(**QUICK, epsilon=4.0, randomness=mode), sites,
-                               evaluation=dataset, progress=False) for _ in range(2)]
+        mode: [
+            train_federated(
+                FederatedConfig(**QUICK, epsilon=4.0, randomness=mode),
+                sites,
+                evaluation=dataset,
+                progress=False,
+            )
+            for _ in range(2)
+        ]
         for mode in ("secure", "seeded")
-    }  # fmt: skip
+    }
     vector = lambda r: torch.nn.utils.parameters_to_vector(r.model.parameters()).detach()  # noqa: E731
     assert (vector(runs["secure"][0]) - vector(runs["secure"][1])).abs().max() > 1e-3
     assert torch.equal(vector(runs["seeded"][0]), vector(runs["seeded"][1]))
     config = FederatedConfig(randomness="seeded")
-    streams = {randomness.stream_id(algorithms.stream_identity(config, p)) for p in ("site:h1", "site:h2", "server")}
+    streams = {
+        randomness.stream_id(algorithms.stream_identity(config, p))
+        for p in ("site:h1", "site:h2", "server")
+    }
     assert len(streams) == 3  # no two parties share a stream

@@ -58,13 +58,16 @@ def test_lira_scores_match_gaussian_fits():
     offline = membership.lira_scores(target, shadow, inside, online=False)
     for j in range(5):
         a, b = shadow[inside[:, j], j], shadow[~inside[:, j], j]
-        expected = (norm.logpdf(target[j], a.mean(), a.std(ddof=1))
-                    - norm.logpdf(target[j], b.mean(), b.std(ddof=1)))
+        expected = norm.logpdf(target[j], a.mean(), a.std(ddof=1)) - norm.logpdf(
+            target[j], b.mean(), b.std(ddof=1)
+        )
         assert online[j] == pytest.approx(expected)
         assert offline[j] == pytest.approx((target[j] - b.mean()) / b.std(ddof=1))
     fixed = membership.lira_scores(target, shadow, inside, fixed_variance=True)
-    dev = np.concatenate([shadow[inside[:, j], j] - shadow[inside[:, j], j].mean() for j in range(5)]
-                         + [shadow[~inside[:, j], j] - shadow[~inside[:, j], j].mean() for j in range(5)])
+    dev = np.concatenate(
+        [shadow[inside[:, j], j] - shadow[inside[:, j], j].mean() for j in range(5)]
+        + [shadow[~inside[:, j], j] - shadow[~inside[:, j], j].mean() for j in range(5)]
+    )
     sd = math.sqrt((dev**2).sum() / (dev.size - 10))
     a = np.array([shadow[inside[:, j], j].mean() for j in range(5)])
     b = np.array([shadow[~inside[:, j], j].mean() for j in range(5)])
@@ -90,7 +93,9 @@ def test_lira_is_powerless_without_signal_even_with_few_shadows(online, fixed_va
 def test_lira_calibrates_per_record_where_a_global_threshold_fails():
     phi, members = _world(16, 1000, shift=1.0)
     lira = scores.attack_metrics(membership.lira_leave_one_out(phi, members), members)
-    offline = scores.attack_metrics(membership.lira_leave_one_out(phi, members, online=False), members)
+    offline = scores.attack_metrics(
+        membership.lira_leave_one_out(phi, members, online=False), members
+    )
     threshold = scores.attack_metrics(phi, members)
     exact = norm.cdf(1.0 / (0.5 * math.sqrt(2)))  # AUC of the true likelihood ratio
     assert lira["auc"] == pytest.approx(exact, abs=0.03) and offline["auc"] > 0.8
@@ -141,12 +146,16 @@ def test_train_shadows_trains_each_model_on_its_half(synthetic_root):
     config = TrainConfig(
         epsilon=4.0, epochs=1, batch_size=16, accountant="rdp", data_root=str(synthetic_root)
     )
-    shadows = membership.train_shadows(config, n_models=4, pool_size=64, dataset=ds, seed=3, progress=False)
+    shadows = membership.train_shadows(
+        config, n_models=4, pool_size=64, dataset=ds, seed=3, progress=False
+    )
     assert shadows.members.shape == (4, 64) and shadows.logits.shape == (4, 64, 1)
     assert len(set(shadows.pool)) == 64 and (shadows.members.sum(axis=0) == 2).all()
     assert [r.config.seed for r in shadows.results] == [0, 1, 2, 3]
     mechs = [r.mechanism for r in shadows.results]
-    assert {m.sample_rate for m in mechs} == {16 / 32} and len({m.noise_multiplier for m in mechs}) == 1
+    assert {m.sample_rate for m in mechs} == {16 / 32} and len(
+        {m.noise_multiplier for m in mechs}
+    ) == 1
     assert all(m.epsilon <= 4.0 for m in mechs)
     pool_images = ds.train.images[torch.as_tensor(shadows.pool)]
     again = logits(shadows.results[2].model, pool_images).numpy()
@@ -163,16 +172,28 @@ def test_lira_on_dp_models_stays_within_their_dp_bound(synthetic_root):
     beyond their statistical error. Before the fix, targets 1 to 3 scored an AUC of 1.0, 0.0
     and 0.0 here: their partners' DP noise, not their own models, sorted their records."""
     ds = data.load("pneumoniamnist", root=synthetic_root)
-    config = TrainConfig(epsilon=4.0, epochs=2, batch_size=16, delta=1e-3, randomness="seeded", seed=500,
-                         data_root=str(synthetic_root))
-    shadows = membership.train_shadows(config, n_models=6, pool_size=128, dataset=ds, seed=5, progress=False)
+    config = TrainConfig(
+        epsilon=4.0,
+        epochs=2,
+        batch_size=16,
+        delta=1e-3,
+        randomness="seeded",
+        seed=500,
+        data_root=str(synthetic_root),
+    )
+    shadows = membership.train_shadows(
+        config, n_models=6, pool_size=128, dataset=ds, seed=5, progress=False
+    )
     m = shadows.results[0].mechanism
     mech = dict(noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate, steps=m.steps)
     lira = membership.lira_leave_one_out(shadows.phi, shadows.members, fixed_variance=True)
     for t in range(6):
         for attack in (lira[t], -lira[t]):
-            r = risk.tpr_against_bound(attack, shadows.members[t], fpr=0.05, **mech,
-                                       neighbours="substitution")
+            r = risk.tpr_against_bound(
+                attack, shadows.members[t], fpr=0.05, **mech, neighbours="substitution"
+            )
             assert not r["above_bound"], (t, r)
-    pooled = risk.tpr_against_bound(lira, shadows.members, fpr=0.01, **mech, neighbours="substitution")
+    pooled = risk.tpr_against_bound(
+        lira, shadows.members, fpr=0.01, **mech, neighbours="substitution"
+    )
     assert not pooled["above_bound"] and pooled["tpr"] < pooled["bound"]

@@ -17,7 +17,13 @@ def test_binary_auc_counts_concordant_pairs():
     # At 0.5: predictions 0, 0, 0, 1 -> TP=1, FN=1, TN=2, FP=0.
     r = evaluate(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]), task="binary")
     assert r == pytest.approx(
-        {"auc": 0.75, "accuracy": 0.75, "balanced_accuracy": 0.75, "sensitivity": 0.5, "specificity": 1.0}
+        {
+            "auc": 0.75,
+            "accuracy": 0.75,
+            "balanced_accuracy": 0.75,
+            "sensitivity": 0.5,
+            "specificity": 1.0,
+        }
     )
 
 
@@ -88,18 +94,43 @@ def test_multi_label_with_no_label_having_both_classes_gives_nan():
 @pytest.mark.parametrize(
     "labels, scores, kwargs, match",
     [
-        ([0, 1, 1], [0.1, 0.9], {"task": "binary"}, r"same shape.*labels.shape=\(3,\).*scores.shape=\(2,\)"),
-        ([0, 1], [0.1, 0.9], {"task": "regression"}, r"Unknown task='regression'; expected one of: binary, multi-label"),
+        (
+            [0, 1, 1],
+            [0.1, 0.9],
+            {"task": "binary"},
+            r"same shape.*labels.shape=\(3,\).*scores.shape=\(2,\)",
+        ),
+        (
+            [0, 1],
+            [0.1, 0.9],
+            {"task": "regression"},
+            r"Unknown task='regression'; expected one of: binary, multi-label",
+        ),
         ([0, 1], [0.1, 1.2], {"task": "binary"}, r"scores .*\[0, 1\].*max=1.2"),
         ([0, 1], [-0.5, 0.9], {"task": "binary"}, r"scores .*\[0, 1\].*min=-0.5"),
         ([0, 1], [float("nan"), 0.9], {"task": "binary"}, r"scores .*\[0, 1\].*NaN"),
         ([0, 2], [0.1, 0.9], {"task": "binary"}, r"labels to hold only 0 and 1; found 2"),
         ([0, 0.5], [0.1, 0.9], {"task": "binary"}, r"labels to hold only 0 and 1; found 0.5"),
-        ([[0, 1], [1, 0]], [[0.1, 0.9], [0.8, 0.2]], {"task": "binary"}, r"labels.shape=\(2, 2\).*\(n,\) or \(n, 1\)"),
+        (
+            [[0, 1], [1, 0]],
+            [[0.1, 0.9], [0.8, 0.2]],
+            {"task": "binary"},
+            r"labels.shape=\(2, 2\).*\(n,\) or \(n, 1\)",
+        ),
         ([0, 1], [0.1, 0.9], {"task": "multi-label"}, r"labels.shape=\(2,\).*\(n, n_labels\)"),
         ([0, 1], [0.1, 0.9], {"task": "binary", "threshold": 1.5}, r"threshold=1.5 in \[0, 1\]"),
-        ([[0, 1], [1, 0]], [[0.1, 0.9], [0.8, 0.2]], {"task": "multi-label", "label_names": ["a"]}, r"2 label_names.*got 1"),
-        ([[0, 1], [1, 0]], [[0.1, 0.9], [0.8, 0.2]], {"task": "multi-label", "label_names": ["a", "a"]}, r"distinct label_names"),
+        (
+            [[0, 1], [1, 0]],
+            [[0.1, 0.9], [0.8, 0.2]],
+            {"task": "multi-label", "label_names": ["a"]},
+            r"2 label_names.*got 1",
+        ),
+        (
+            [[0, 1], [1, 0]],
+            [[0.1, 0.9], [0.8, 0.2]],
+            {"task": "multi-label", "label_names": ["a", "a"]},
+            r"distinct label_names",
+        ),
         ([], [], {"task": "binary"}, r"at least one example"),
     ],
 )

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from synthetic import write_medmnist_npz
 
 from privkit import data
 from privkit.engine import DP_BACKENDS
 from privkit.models import MODELS, create_model
 from privkit.train import TrainConfig, train
-from synthetic import write_medmnist_npz
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> data.Dataset:
 def test_every_model_trains_with_every_backend(
     tiny: data.Dataset, name: str, backend: str, epsilon: float
 ) -> None:
-    config = TrainConfig(model=name, backend=backend, epsilon=epsilon, epochs=1, batch_size=8,
-                         lr=0.1, delta=1e-2, device="cpu")  # fmt: skip
+    config = TrainConfig(
+        model=name,
+        backend=backend,
+        epsilon=epsilon,
+        epochs=1,
+        batch_size=8,
+        lr=0.1,
+        delta=1e-2,
+        device="cpu",
+    )
     torch.manual_seed(config.seed)
     initial = create_model(name, n_outputs=14)
     result = train(config, dataset=tiny, progress=False)

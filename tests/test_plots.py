@@ -23,14 +23,27 @@ def tidy_table(*, epsilons=(*EPSILONS, math.inf), delta: float | None = 1e-5) ->
     for eps in epsilons:
         for seed, offset in enumerate(SEED_OFFSET):
             common = {
-                "run_id": f"eps{eps}-s{seed}", "seed": seed, "epsilon_target": eps,
-                "epsilon_spent": eps, "dataset": "pneumoniamnist", "model": "cnn",
-            }  # fmt: skip
+                "run_id": f"eps{eps}-s{seed}",
+                "seed": seed,
+                "epsilon_target": eps,
+                "epsilon_spent": eps,
+                "dataset": "pneumoniamnist",
+                "model": "cnn",
+            }
             if delta is not None:
                 common["delta"] = delta
             for split, shift in (("test", 0.0), ("val", 0.02)):
-                rows.append({**common, "split": split, "metric": "auc", "value": AUC[eps] + offset + shift})
-                rows.append({**common, "split": split, "metric": "accuracy", "value": AUC[eps] - 0.1 + offset})
+                rows.append(
+                    {**common, "split": split, "metric": "auc", "value": AUC[eps] + offset + shift}
+                )
+                rows.append(
+                    {
+                        **common,
+                        "split": split,
+                        "metric": "accuracy",
+                        "value": AUC[eps] - 0.1 + offset,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -131,7 +144,9 @@ def test_legend_names_the_non_private_seed_count_when_it_differs():
     fig = privacy_utility(table, metrics=["auc"])
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert labels == ["mean ± sd over 3 seeds (1 non-private)"]
-    ((low, high),) = [seg[:, 1] for seg in nonprivate_points(fig.axes[0])[0].lines[2][0].get_segments()]
+    ((low, high),) = [
+        seg[:, 1] for seg in nonprivate_points(fig.axes[0])[0].lines[2][0].get_segments()
+    ]
     assert low == high == pytest.approx(0.95)  # one seed: no spread to show
 
 
@@ -156,11 +171,15 @@ def test_leaves_global_matplotlib_state_alone():
 def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
     fig = privacy_utility(tidy_table())
     paths = save_figure(fig, tmp_path / "figures" / "privacy_utility")
-    assert paths == [tmp_path / "figures" / "privacy_utility.png", tmp_path / "figures" / "privacy_utility.pdf"]
+    assert paths == [
+        tmp_path / "figures" / "privacy_utility.png",
+        tmp_path / "figures" / "privacy_utility.pdf",
+    ]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths[1].read_bytes()[:5] == b"%PDF-"
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
-        "privacy_utility.pdf", "privacy_utility.png"
+        "privacy_utility.pdf",
+        "privacy_utility.png",
     ]  # no temporary files left behind
     # A dot in the stem is kept; a .png suffix is not doubled.
     assert save_figure(fig, tmp_path / "eps0.5")[0].name == "eps0.5.png"
@@ -174,7 +193,11 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
         (lambda t: t, {"metrics": ["auc", "f1"]}, r"Unknown metric\(s\) 'f1'.*has: accuracy, auc"),
         (lambda t: t, {"split": "train"}, r"Unknown split='train'; the table has: test, val"),
         (lambda t: t.iloc[0:0], {}, r"Expected rows in table; it is empty"),
-        (lambda t: t.assign(epsilon_target=np.nan, epsilon_spent=1.0), {}, r"epsilon_target > 0.*18 run\(s\).*eps0.5-s0.* and 13 more"),
+        (
+            lambda t: t.assign(epsilon_target=np.nan, epsilon_spent=1.0),
+            {},
+            r"epsilon_target > 0.*18 run\(s\).*eps0.5-s0.* and 13 more",
+        ),
         (lambda t: t, {"metrics": []}, r"at least one metric"),
     ],
 )

@@ -13,10 +13,15 @@ from privkit.plots.epsilon_axis import NONPRIVATE_TICK
 
 
 def test_tpr_against_epsilon_draws_points_bound_and_baselines():
-    table = pd.DataFrame({
-        "epsilon": [1.0, 8.0, math.inf], "tpr": [0.0, 0.002, 0.02], "tpr_low": [0.0, 0.001, 0.015],
-        "tpr_high": [0.002, 0.004, 0.027], "bound": [0.0024, 0.06, 1.0],
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "epsilon": [1.0, 8.0, math.inf],
+            "tpr": [0.0, 0.002, 0.02],
+            "tpr_low": [0.0, 0.001, 0.015],
+            "tpr_high": [0.002, 0.004, 0.027],
+            "bound": [0.0024, 0.06, 1.0],
+        }
+    )
     ax = plots.tpr_against_epsilon(table, fpr=0.001).axes[0]
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "8", NONPRIVATE_TICK]
@@ -24,7 +29,9 @@ def test_tpr_against_epsilon_draws_points_bound_and_baselines():
     assert list(bound.get_ydata()) == [0.0024, 0.06]  # the private settings only
     # TPR 0 is drawn at FPR / 10 on the log axis; the non-private model at its own tick, 8 * 4.
     assert list(private.get_xydata().tolist()) == [[1.0, 0.0001], [8.0, 0.002]]
-    assert nonprivate.get_xydata().tolist() == [[32.0, 0.02]] and nonprivate.get_linestyle() == "None"
+    assert (
+        nonprivate.get_xydata().tolist() == [[32.0, 0.02]] and nonprivate.get_linestyle() == "None"
+    )
     ((low, high),) = [seg[:, 1] for seg in ax.containers[2].lines[2][0].get_segments()]
     assert (low, high) == (pytest.approx(0.015), pytest.approx(0.027))  # its 95% interval
     spanning = [line for line in ax.get_lines() if list(line.get_xdata()) == [0, 1]]  # axhline

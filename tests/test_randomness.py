@@ -54,14 +54,20 @@ def _per_model(log: list[dict[str, torch.Tensor]], k: int) -> torch.Tensor:
     return flat / flat.std()
 
 
-def test_a_replay_of_the_recorded_configuration_does_not_match_the_release(pneumonia: data.Dataset) -> None:
+def test_a_replay_of_the_recorded_configuration_does_not_match_the_release(
+    pneumonia: data.Dataset,
+) -> None:
     # The released run uses the default randomness; the attacker knows everything recorded
     # (the whole config, seed included) and the data, and replays it.
     config = TrainConfig(epsilon=1.0, seed=0, **QUICK)
     released = _weights(train(config, dataset=pneumonia, progress=False))
     replays = [
         _weights(train(config, dataset=pneumonia, progress=False)),  # the recorded configuration
-        _weights(train(dataclasses.replace(config, randomness="seeded"), dataset=pneumonia, progress=False)),
+        _weights(
+            train(
+                dataclasses.replace(config, randomness="seeded"), dataset=pneumonia, progress=False
+            )
+        ),
     ]
     for replay in replays:
         assert (replay - released).abs().max() > 1e-2  # nowhere near a match (a match is 0.0)
@@ -72,7 +78,9 @@ def test_two_runs_of_one_sweep_have_uncorrelated_noise(pneumonia, noise_log) -> 
     for mode in randomness.MODES:
         noise_log.clear()
         base = TrainConfig(noise_multiplier=1.0, epsilon=None, randomness=mode, **QUICK)
-        configs = [dataclasses.replace(c, noise_multiplier=s) for c, s in zip([base, base], (1.0, 2.0))]
+        configs = [
+            dataclasses.replace(c, noise_multiplier=s) for c, s in zip([base, base], (1.0, 2.0))
+        ]
         train_many(configs, dataset=pneumonia, progress=False)
         a, b = _per_model(noise_log, 0), _per_model(noise_log, 1)
         assert abs(float((a * b).mean())) < 5 / math.sqrt(len(a)), mode  # 5 standard errors
@@ -101,7 +109,9 @@ def test_secure_seeds_come_from_the_os_and_seeded_streams_from_the_identity() ->
     other = stream_identity(TrainConfig(randomness="seeded", epsilon=4.0))
     assert randomness.stream_id(identity) != randomness.stream_id(other)
     where = stream_identity(TrainConfig(randomness="seeded", device="cpu", data_root="/elsewhere"))
-    assert randomness.stream_id(identity) == randomness.stream_id(where)  # where it runs is not who it is
+    assert randomness.stream_id(identity) == randomness.stream_id(
+        where
+    )  # where it runs is not who it is
     a = randomness.numpy_generator(randomness="secure", identity={}).random(4)
     b = randomness.numpy_generator(randomness="secure", identity={}).random(4)
     assert not np.array_equal(a, b)

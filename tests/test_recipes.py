@@ -36,8 +36,13 @@ def test_learning_rate_between_and_outside_the_tuned_budgets() -> None:
 def test_sweep_is_every_budget_and_seed_plus_the_baseline_and_overrides_win() -> None:
     configs = get_recipe("cnn").sweep([1.0, 8.0], [0, 1], epochs=2, device="cpu")
     assert [(c.epsilon, c.seed) for c in configs] == [
-        (1.0, 0), (1.0, 1), (8.0, 0), (8.0, 1), (math.inf, 0), (math.inf, 1)
-    ]  # fmt: skip
+        (1.0, 0),
+        (1.0, 1),
+        (8.0, 0),
+        (8.0, 1),
+        (math.inf, 0),
+        (math.inf, 1),
+    ]
     assert {(c.epochs, c.device) for c in configs} == {(2, "cpu")}
 
 

@@ -48,8 +48,9 @@ def test_inverting_gradients_recovers_a_single_image() -> None:
     model, x, y = tiny_model(), smooth_images(1), torch.ones(1, 1)
     update = rec.share_update(model, x, y)
     config = rec.AttackConfig(iterations=300, tv_weight=0.0)
-    found = rec.reconstruct(model, update, image_shape=(1, 12, 12), labels=y, config=config,
-                            progress=False)  # fmt: skip
+    found = rec.reconstruct(
+        model, update, image_shape=(1, 12, 12), labels=y, config=config, progress=False
+    )
     start = torch.randn((1, 1, 12, 12), generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     assert sim.psnr(start, x)[0] < 12  # where the attack starts
     assert sim.psnr(found.images, x)[0] > 35
@@ -71,9 +72,12 @@ def test_noise_kills_the_attack_that_works_without_it() -> None:
     psnrs = []
     for sigma in (0.0, 1.0):
         g = torch.Generator().manual_seed(0)
-        update = rec.share_update(model, x, y, max_grad_norm=0.1, noise_multiplier=sigma, generator=g)
-        found = rec.reconstruct(model, update, image_shape=(1, 12, 12), labels=y, config=config,
-                                progress=False)  # fmt: skip
+        update = rec.share_update(
+            model, x, y, max_grad_norm=0.1, noise_multiplier=sigma, generator=g
+        )
+        found = rec.reconstruct(
+            model, update, image_shape=(1, 12, 12), labels=y, config=config, progress=False
+        )
         psnrs.append(sim.psnr(found.images, x)[0])
     assert psnrs[0] > 30 > 15 > psnrs[1]
 
@@ -103,16 +107,30 @@ def test_dp_noise_is_gaussian_with_std_sigma_times_c() -> None:
     x, y = torch.randn(2, 1, 28, 28), torch.ones(2, 1)
     sigma, c = 0.7, 2.0
     noiseless = rec.share_update(model, x, y, max_grad_norm=c)
-    noisy = rec.share_update(model, x, y, max_grad_norm=c, noise_multiplier=sigma,
-                             generator=torch.Generator().manual_seed(3))  # fmt: skip
-    noise = torch.cat([(noisy.gradient[k] - noiseless.gradient[k]).flatten() for k in noisy.gradient])
+    noisy = rec.share_update(
+        model,
+        x,
+        y,
+        max_grad_norm=c,
+        noise_multiplier=sigma,
+        generator=torch.Generator().manual_seed(3),
+    )
+    noise = torch.cat(
+        [(noisy.gradient[k] - noiseless.gradient[k]).flatten() for k in noisy.gradient]
+    )
     d = noise.numel()
     std = noise.double().std().item()
     assert abs(std / (sigma * c) - 1) < 4 / math.sqrt(2 * d)  # sd of a sample sd: sd / sqrt(2d)
     assert abs(noise.double().mean().item()) < 4 * sigma * c / math.sqrt(d)
     assert stats.kstest((noise / (sigma * c)).double().numpy(), "norm").pvalue > 1e-3
-    again = rec.share_update(model, x, y, max_grad_norm=c, noise_multiplier=sigma,
-                             generator=torch.Generator().manual_seed(3))  # fmt: skip
+    again = rec.share_update(
+        model,
+        x,
+        y,
+        max_grad_norm=c,
+        noise_multiplier=sigma,
+        generator=torch.Generator().manual_seed(3),
+    )
     torch.testing.assert_close(again.gradient, noisy.gradient, rtol=0, atol=0)
 
 
@@ -148,9 +166,13 @@ def test_ssim_matches_scikit_image() -> None:
     ours = sim.ssim(y, x, data_range=2.0)
     for i in range(3):
         ref = skimage_metrics.structural_similarity(
-            x[i, 0].double().numpy(), y[i, 0].double().numpy(), data_range=2.0,
-            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-        )  # fmt: skip
+            x[i, 0].double().numpy(),
+            y[i, 0].double().numpy(),
+            data_range=2.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
         assert ours[i] == pytest.approx(ref, abs=1e-6)
         assert 0.1 < ours[i] < 0.9  # a case where the formula matters
         psnr_ref = skimage_metrics.peak_signal_noise_ratio(
@@ -179,7 +201,10 @@ def test_match_finds_the_best_assignment() -> None:
         truth = torch.rand((4, 1, 4, 4), generator=g)
         recs = truth[torch.randperm(4, generator=g)] + 0.6 * torch.rand((4, 1, 4, 4), generator=g)
         order = sim.match(recs, truth)
-        cost = lambda p: sum(((recs[j] - truth[i]) ** 2).sum().item() for i, j in enumerate(p))  # noqa: E731
+
+        def cost(p, recs=recs, truth=truth) -> float:
+            return sum(((recs[j] - truth[i]) ** 2).sum().item() for i, j in enumerate(p))
+
         best = min(itertools.permutations(range(4)), key=cost)
         assert cost(order) == pytest.approx(cost(best))
         assert sorted(order.tolist()) == [0, 1, 2, 3]
@@ -205,8 +230,9 @@ def test_attack_is_seeded_and_shows_progress(capsys: pytest.CaptureFixture[str])
     update = rec.share_update(model, x, y)
     config = rec.AttackConfig(iterations=20, restarts=2)
     runs = [
-        rec.reconstruct(model, update, image_shape=(1, 12, 12), labels=y, config=config, seed=s,
-                        progress=p)  # fmt: skip
+        rec.reconstruct(
+            model, update, image_shape=(1, 12, 12), labels=y, config=config, seed=s, progress=p
+        )
         for s, p in [(1, True), (1, False), (2, False)]
     ]
     assert "inverting B=2" in capsys.readouterr().err
@@ -218,19 +244,28 @@ def test_attack_is_seeded_and_shows_progress(capsys: pytest.CaptureFixture[str])
 
 def test_attack_defenses_table_and_figure() -> None:
     model, x, y = tiny_model(), smooth_images(1), torch.tensor([[1.0]])
-    settings = [rec.Defense("none"), rec.Defense("DP", max_grad_norm=0.1, noise_multiplier=1.0, epsilon=3.0)]
+    settings = [
+        rec.Defense("none"),
+        rec.Defense("DP", max_grad_norm=0.1, noise_multiplier=1.0, epsilon=3.0),
+    ]
     config = rec.AttackConfig(iterations=150, tv_weight=0.0)
     pool = torch.cat([smooth_images(20, seed=5), x])  # x is candidate 20
-    result = rec.attack_defenses(model, x, y, settings, config=config, candidates=pool,
-                                 truth=[20], progress=False)  # fmt: skip
+    result = rec.attack_defenses(
+        model, x, y, settings, config=config, candidates=pool, truth=[20], progress=False
+    )
     table = rec.summary(result.table).set_index("defense")
     assert table.loc["none", "rank"] == 1
     assert table.loc["none", "psnr"] > 20 > table.loc["DP", "psnr"]
     assert table.loc["none", "update_cosine"] == pytest.approx(1.0)
     assert table.loc["DP", "update_cosine"] < 0.5
     assert set(result.table.metric) == {
-        "psnr", "ssim", "label_correct", "rank", "update_cosine", "matching_loss"
-    }  # fmt: skip
+        "psnr",
+        "ssim",
+        "label_correct",
+        "rank",
+        "update_cosine",
+        "matching_loss",
+    }
     fig = reconstruction_grid([result, result], bounds=(-1.0, 1.0))
     assert len([ax for ax in fig.axes if ax.images]) == 2 * 3  # 2 blocks of 3 rows
     assert "dB" in fig.axes[1].get_ylabel()
@@ -266,7 +301,13 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="window_size=11"):
         sim.ssim(x[..., :10, :], x[..., :10, :])
     with pytest.raises(ValueError, match="noise_multipliers=0"):
-        rec.defenses(max_grad_norm=1.0, epsilons=[], noise_multipliers=[0.0], delta=1e-5,
-                     sample_rate=0.01, steps=10)  # fmt: skip
+        rec.defenses(
+            max_grad_norm=1.0,
+            epsilons=[],
+            noise_multipliers=[0.0],
+            delta=1e-5,
+            sample_rate=0.01,
+            steps=10,
+        )
     with pytest.raises(ValueError, match="distinct names"):
         rec.attack_defenses(model, x, y, [rec.Defense("a"), rec.Defense("a")], progress=False)

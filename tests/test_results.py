@@ -21,13 +21,19 @@ def _configs(root: Path) -> list[TrainConfig]:
 
 
 def test_sweep_writes_tidy_rows_and_provenance(synthetic_root: Path, tmp_path: Path) -> None:
-    table = experiments.sweep(_configs(synthetic_root), experiment="t", out_dir=tmp_path, progress=False)
+    table = experiments.sweep(
+        _configs(synthetic_root), experiment="t", out_dir=tmp_path, progress=False
+    )
     assert list(table.columns) == results.COLUMNS
     assert table["run_id"].nunique() == 4  # (2.0, inf) x seeds (0, 1)
     assert set(table["split"]) == {"val", "test"}
-    assert {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"} <= set(table["metric"])
+    assert {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"} <= set(
+        table["metric"]
+    )
     nonprivate = table[table["epsilon_target"] == math.inf]
-    assert (nonprivate["backend"] == "nonprivate").all() and (nonprivate["noise_multiplier"] == 0).all()
+    assert (nonprivate["backend"] == "nonprivate").all() and (
+        nonprivate["noise_multiplier"] == 0
+    ).all()
     private = table[table["epsilon_target"] == 2.0]
     assert (private["epsilon_spent"] <= 2.0).all() and (private["backend"] == "opacus").all()
     sha = data.load("pneumoniamnist", root=synthetic_root).sha256
@@ -73,14 +79,20 @@ def test_fast_sweep_trains_compatible_runs_together(
     configs = experiments.epsilon_sweep(base, epsilons=[1.0, 4.0], seeds=[0, 1])
     groups = []
     real_train_many = experiments.train_many
-    monkeypatch.setattr(experiments, "train_many", lambda g, **k: groups.append(g) or real_train_many(g, **k))
-    table = experiments.sweep(configs, experiment="t", out_dir=tmp_path, max_stack=4, progress=False)
+    monkeypatch.setattr(
+        experiments, "train_many", lambda g, **k: groups.append(g) or real_train_many(g, **k)
+    )
+    table = experiments.sweep(
+        configs, experiment="t", out_dir=tmp_path, max_stack=4, progress=False
+    )
     assert groups == [configs[:4], configs[4:]]  # six models, stacks of at most four
     assert table["run_id"].nunique() == 6
     assert set(table.loc[table["epsilon_target"] < 10, "backend"]) == {"fast"}
 
 
-def test_a_failed_write_keeps_the_old_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_keeps_the_old_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "metrics.csv"
     row = dict.fromkeys(results.COLUMNS, 1)
     results.append_rows(path, [row])
@@ -105,10 +117,16 @@ def test_run_id_depends_on_what_is_trained_and_the_data() -> None:
 
 
 def test_summary_gives_mean_and_sd_per_epsilon() -> None:
-    table = pd.DataFrame({
-        "epsilon_target": [1.0, 1.0, math.inf], "epsilon_spent": [0.9, 0.95, math.inf],
-        "seed": [0, 1, 0], "split": "test", "metric": "auc", "value": [0.7, 0.9, 0.95],
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "epsilon_target": [1.0, 1.0, math.inf],
+            "epsilon_spent": [0.9, 0.95, math.inf],
+            "seed": [0, 1, 0],
+            "split": "test",
+            "metric": "auc",
+            "value": [0.7, 0.9, 0.95],
+        }
+    )
     s = results.summary(table)
     assert s.loc[1.0, ("auc", "mean")] == pytest.approx(0.8)
     assert s.loc[1.0, ("auc", "std")] == pytest.approx(0.1414, abs=1e-4)

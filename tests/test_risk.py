@@ -67,14 +67,17 @@ def test_tpr_bound_caps_gaussian_optimal_test(sigma: float, delta: float) -> Non
 def test_full_batch_mechanism_is_exact_gaussian(sigma: float, steps: int) -> None:
     kw = dict(noise_multiplier=sigma, sample_rate=1.0, steps=steps)
     sigma_one = sigma / math.sqrt(steps)  # T full-batch steps = one step at sigma / sqrt(T)
-    np.testing.assert_allclose(risk.tpr_bound_mechanism(FPR, **kw), np_gaussian_tpr(FPR, sigma_one),
-                               rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(
+        risk.tpr_bound_mechanism(FPR, **kw), np_gaussian_tpr(FPR, sigma_one), rtol=1e-9, atol=1e-15
+    )
     eps = np.array([0.0, 0.5, 1.0, 3.0])
     expected = [balle_wang_delta(e, sigma_one) for e in eps]
     np.testing.assert_allclose(risk.delta_bound(eps, **kw), expected, rtol=1e-9, atol=1e-15)
     eps_exact = balle_wang_epsilon(sigma_one, 1e-5)
-    assert np.all(risk.tpr_bound(FPR, epsilon=eps_exact, delta=1e-5)
-                  >= risk.tpr_bound_mechanism(FPR, **kw) - 1e-12)
+    assert np.all(
+        risk.tpr_bound(FPR, epsilon=eps_exact, delta=1e-5)
+        >= risk.tpr_bound_mechanism(FPR, **kw) - 1e-12
+    )
 
 
 # 3. Subsampled: one step has a closed-form optimal test; the bound must cap it, closely.
@@ -90,8 +93,9 @@ def exact_subsampled_delta(eps: np.ndarray, sigma: float, q: float) -> np.ndarra
     """delta(eps) = P1(L > eps) - e^eps P0(L > eps) of the same single step, where the
     privacy loss L = log(1 - q + q exp((2x - 1) / (2 s^2))) exceeds eps iff x > x_eps."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(np.exp(eps) > 1 - q,
-                     sigma**2 * np.log((np.exp(eps) - (1 - q)) / q) + 0.5, -np.inf)
+        x = np.where(
+            np.exp(eps) > 1 - q, sigma**2 * np.log((np.exp(eps) - (1 - q)) / q) + 0.5, -np.inf
+        )
     p0 = norm.sf(x / sigma)
     return (1 - q) * p0 + q * norm.sf((x - 1) / sigma) - np.exp(eps) * p0
 
@@ -147,17 +151,24 @@ def test_profile_against_dp_accounting(sigma: float, q: float, steps: int) -> No
 def test_full_batch_substitution_is_a_gaussian_twice_as_far(sigma: float, steps: int) -> None:
     kw = dict(noise_multiplier=sigma, sample_rate=1.0, steps=steps, neighbours="substitution")
     sigma_one = sigma / math.sqrt(steps)  # the sum moves by 2C: N(0, s^2) vs N(2, s^2)
-    np.testing.assert_allclose(risk.tpr_bound_mechanism(FPR, **kw), np_gaussian_tpr(FPR, sigma_one / 2),
-                               rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(
+        risk.tpr_bound_mechanism(FPR, **kw),
+        np_gaussian_tpr(FPR, sigma_one / 2),
+        rtol=1e-9,
+        atol=1e-15,
+    )
 
 
 def np_subsampled_reverse_tpr(fpr: np.ndarray, sigma: float, q: float) -> np.ndarray:
     """Optimal test of (1 - q) N(0, s^2) + q N(1, s^2) (H0: with the patient) vs N(0, s^2): the
     likelihood ratio falls with x, so reject below c, where the mixture puts mass fpr."""
+
     def level(c: float) -> float:
         return (1 - q) * norm.cdf(c / sigma) + q * norm.cdf((c - 1) / sigma)
+
     def threshold(a: float) -> float:
         return -np.inf if a == 0 else np.inf if a == 1 else brentq(lambda x: level(x) - a, -60, 60)
+
     c = np.array([threshold(a) for a in np.ravel(fpr)])
     return norm.cdf(c / sigma).reshape(np.shape(fpr))
 
@@ -172,25 +183,37 @@ def test_one_step_substitution_chains_the_exact_curves(sigma: float, q: float) -
     exact = np.minimum(add(remove(FPR)), remove(add(FPR)))
     band = 1 - math.exp(-0.005)
     banded = np.minimum(add(np.minimum(remove(FPR) + band, 1)), remove(add(FPR)) + band)
-    bound = risk.tpr_bound_mechanism(FPR, noise_multiplier=sigma, sample_rate=q, steps=1,
-                                     neighbours="substitution")
+    bound = risk.tpr_bound_mechanism(
+        FPR, noise_multiplier=sigma, sample_rate=q, steps=1, neighbours="substitution"
+    )
     assert np.all(bound >= exact - 1e-12)
     assert np.all(bound <= banded * math.exp(0.01) + 1e-7)
-    assert np.all(bound >= risk.tpr_bound_mechanism(FPR, noise_multiplier=sigma, sample_rate=q, steps=1))
+    assert np.all(
+        bound >= risk.tpr_bound_mechanism(FPR, noise_multiplier=sigma, sample_rate=q, steps=1)
+    )
 
 
 def dp_accounting_replace_one(sigma: float, q: float, steps: int):
     """dp_accounting's optimistic PLD of replacing one record under Poisson sampling: the pair
     (1 - q) N(0) + q N(1) vs (1 - q) N(0) + q N(-1) composed, which a run attains."""
     pld = pytest.importorskip("dp_accounting").pld.privacy_loss_distribution
-    relation = pytest.importorskip("dp_accounting.privacy_accountant").NeighboringRelation.REPLACE_ONE
-    return pld.from_gaussian_mechanism(sigma, value_discretization_interval=1e-3, sampling_prob=q,
-                                       pessimistic_estimate=False, use_connect_dots=False,
-                                       neighboring_relation=relation).self_compose(steps)
+    relation = pytest.importorskip(
+        "dp_accounting.privacy_accountant"
+    ).NeighboringRelation.REPLACE_ONE
+    return pld.from_gaussian_mechanism(
+        sigma,
+        value_discretization_interval=1e-3,
+        sampling_prob=q,
+        pessimistic_estimate=False,
+        use_connect_dots=False,
+        neighboring_relation=relation,
+    ).self_compose(steps)
 
 
 @pytest.mark.parametrize("sigma, q, steps", [(0.92, 0.25, 8), (2.0, 0.1, 50)])
-def test_substitution_caps_the_worst_replacement_composed(sigma: float, q: float, steps: int) -> None:
+def test_substitution_caps_the_worst_replacement_composed(
+    sigma: float, q: float, steps: int
+) -> None:
     """Two records whose clipped gradients point opposite ways at every step: the bound must
     cap the optimal test of that run (lines at the optimistic PLD's losses, as above)."""
     grid = np.arange(-3000, 15001) * 1e-3
@@ -218,7 +241,9 @@ def test_tpr_against_bound_reads_both_errors() -> None:
     guessing = risk.tpr_against_bound(rng.normal(size=2000), members, fpr=0.01, **kw)
     assert not guessing["above_bound"]
     replaced = risk.tpr_against_bound(leaky, members, fpr=0.01, **kw, neighbours="substitution")
-    assert replaced["bound"] == risk.tpr_bound_mechanism(r["fpr_high"], **kw, neighbours="substitution")
+    assert replaced["bound"] == risk.tpr_bound_mechanism(
+        r["fpr_high"], **kw, neighbours="substitution"
+    )
 
 
 # 4. Monotone, and the reconstruction bound between the prior and 1.
@@ -226,8 +251,10 @@ def test_monotone_in_fpr_and_epsilon() -> None:
     by_eps = np.stack([risk.tpr_bound(FPR, epsilon=e, delta=1e-5) for e in (0, 0.5, 1, 2, 4, 8)])
     assert np.all(np.diff(by_eps, axis=1) >= 0) and np.all(np.diff(by_eps, axis=0) >= 0)
     assert np.all(np.diff(risk.tpr_bound_mechanism(FPR, **PNEUMONIA)) >= 0)
-    by_sigma = [risk.tpr_bound_mechanism(1e-3, **{**PNEUMONIA, "noise_multiplier": s})
-                for s in (0.7, 1.0, 3.0)]
+    by_sigma = [
+        risk.tpr_bound_mechanism(1e-3, **{**PNEUMONIA, "noise_multiplier": s})
+        for s in (0.7, 1.0, 3.0)
+    ]
     assert by_sigma == sorted(by_sigma, reverse=True)
 
 
@@ -237,8 +264,9 @@ def test_reconstruction_between_prior_and_one(prior: float) -> None:
     dp = risk.reconstruction_bound(prior=prior, epsilon=2.0, delta=1e-5)
     assert prior <= mech <= 1 and prior <= dp <= 1
     assert mech == risk.tpr_bound_mechanism(prior, **PNEUMONIA)  # 1 - f(kappa)
-    quiet = risk.reconstruction_bound(prior=prior, noise_multiplier=1e4, sample_rate=0.05,
-                                      steps=100)
+    quiet = risk.reconstruction_bound(
+        prior=prior, noise_multiplier=1e4, sample_rate=0.05, steps=100
+    )
     assert prior <= quiet <= prior * 1.01  # huge noise: no better than guessing
     assert risk.reconstruction_bound(prior=prior, epsilon=0.0, delta=0.0) == pytest.approx(prior)
 
@@ -280,22 +308,35 @@ def test_summary_states_the_bounds() -> None:
         (lambda: risk.tpr_bound(0.1, epsilon=-1.0, delta=1e-5), "epsilon=-1.0"),
         (lambda: risk.tpr_bound(0.1, epsilon=1.0, delta=1.0), "delta=1.0"),
         (lambda: risk.gaussian_tpr(0.1, mu=-1.0), "mu=-1.0"),
-        (lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "noise_multiplier": 0.0}),
-         "noise_multiplier=0.0"),
-        (lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "sample_rate": 0.0}),
-         "sample_rate=0.0"),
-        (lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "sample_rate": 1.5}),
-         "sample_rate=1.5"),
+        (
+            lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "noise_multiplier": 0.0}),
+            "noise_multiplier=0.0",
+        ),
+        (
+            lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "sample_rate": 0.0}),
+            "sample_rate=0.0",
+        ),
+        (
+            lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "sample_rate": 1.5}),
+            "sample_rate=1.5",
+        ),
         (lambda: risk.tpr_bound_mechanism(0.1, **{**PNEUMONIA, "steps": 0}), "steps=0"),
-        (lambda: risk.tpr_bound_mechanism(0.1, **PNEUMONIA, neighbours="replace"), "neighbours='replace'"),
+        (
+            lambda: risk.tpr_bound_mechanism(0.1, **PNEUMONIA, neighbours="replace"),
+            "neighbours='replace'",
+        ),
         (lambda: risk.delta_bound(1.0, **{**PNEUMONIA, "steps": 2.5}), "steps=2.5"),
         (lambda: risk.reconstruction_bound(prior=0.0, epsilon=1.0, delta=1e-5), "prior=0.0"),
         (lambda: risk.reconstruction_bound(prior=1.0, epsilon=1.0, delta=1e-5), "prior=1.0"),
         (lambda: risk.reconstruction_bound(prior=0.1, epsilon=1.0), "got epsilon"),
-        (lambda: risk.reconstruction_bound(prior=0.1, epsilon=1.0, delta=1e-5, **PNEUMONIA),
-         "epsilon and delta"),
-        (lambda: risk.summary(epsilon=1.0, delta=1e-5, noise_multiplier=1.0),
-         "missing sample_rate"),
+        (
+            lambda: risk.reconstruction_bound(prior=0.1, epsilon=1.0, delta=1e-5, **PNEUMONIA),
+            "epsilon and delta",
+        ),
+        (
+            lambda: risk.summary(epsilon=1.0, delta=1e-5, noise_multiplier=1.0),
+            "missing sample_rate",
+        ),
         (lambda: risk.summary(epsilon=1.0, delta=1e-5, n_patients=0), "n_patients=0"),
         (lambda: risk.summary(epsilon=-1.0, delta=1e-5), "epsilon=-1.0"),
     ],

@@ -13,7 +13,9 @@ from privkit.models import ScatterNet, create_model
 from privkit.scattering import Scattering, n_coefficients
 
 
-@pytest.mark.parametrize(("size", "J", "L", "channels"), [(28, 2, 8, 1), (28, 2, 8, 3), (32, 1, 4, 1), (32, 3, 6, 2)])
+@pytest.mark.parametrize(
+    ("size", "J", "L", "channels"), [(28, 2, 8, 1), (28, 2, 8, 3), (32, 1, 4, 1), (32, 3, 6, 2)]
+)
 def test_scattering_equals_kymatio(size: int, J: int, L: int, channels: int) -> None:
     x = torch.rand(4, channels, size, size, generator=torch.Generator().manual_seed(J)) * 2 - 1
     reference = ScatteringTorch2D(J=J, shape=(size, size), L=L)((x + 1) / 2)  # (B, C, K, H', W')
@@ -43,7 +45,8 @@ def test_per_sample_gradients_through_scatternet_equal_batch_of_one_gradients() 
     batched = per_sample_gradients(model, x, y)  # vmap through the scattering transform
     params = dict(model.named_parameters())
     for i in range(len(x)):
-        def loss(p: dict) -> torch.Tensor:
+
+        def loss(p: dict, i: int = i) -> torch.Tensor:
             return per_sample_loss(functional_call(model, p, (x[i : i + 1],)), y[i : i + 1]).sum()
 
         alone = grad(loss)({k: v.detach() for k, v in params.items()})

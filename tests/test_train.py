@@ -26,7 +26,9 @@ def pneumonia(synthetic_root: Path) -> data.Dataset:
 def test_private_training_spends_at_most_its_budget_and_learns(
     pneumonia: data.Dataset, backend: str
 ) -> None:
-    result = train(TrainConfig(epsilon=4.0, backend=backend, **QUICK), dataset=pneumonia, progress=False)
+    result = train(
+        TrainConfig(epsilon=4.0, backend=backend, **QUICK), dataset=pneumonia, progress=False
+    )
     mech = result.mechanism
     n = len(pneumonia.train)
     assert mech.sample_rate == pytest.approx(32 / n)
@@ -48,14 +50,21 @@ def test_fixed_noise_reports_the_accountants_epsilon(pneumonia: data.Dataset) ->
     mech = train(config, dataset=pneumonia, progress=False).mechanism
     assert mech.noise_multiplier == 1.5
     assert mech.epsilon == pytest.approx(
-        accounting.epsilon(noise_multiplier=1.5, sample_rate=mech.sample_rate,
-                           steps=mech.steps, delta=1e-3, accountant="rdp")
-    )  # fmt: skip
+        accounting.epsilon(
+            noise_multiplier=1.5,
+            sample_rate=mech.sample_rate,
+            steps=mech.steps,
+            delta=1e-3,
+            accountant="rdp",
+        )
+    )
 
 
 @pytest.mark.parametrize("backend", DP_BACKENDS)
 def test_infinite_epsilon_trains_without_privacy(pneumonia: data.Dataset, backend: str) -> None:
-    config = TrainConfig(epsilon=math.inf, backend=backend, **{**QUICK, "lr": 0.1})  # unclipped: smaller steps
+    config = TrainConfig(
+        epsilon=math.inf, backend=backend, **{**QUICK, "lr": 0.1}
+    )  # unclipped: smaller steps
     result = train(config, dataset=pneumonia, progress=False)
     assert result.backend == "nonprivate"
     assert result.mechanism.noise_multiplier == 0
@@ -67,7 +76,12 @@ def test_infinite_epsilon_trains_without_privacy(pneumonia: data.Dataset, backen
 def test_seeded_runs_repeat_and_secure_runs_do_not(pneumonia: data.Dataset, backend: str) -> None:
     def weights(**kwargs) -> torch.Tensor:
         config = TrainConfig(epsilon=2.0, backend=backend, **QUICK, **kwargs)
-        return torch.cat([p.flatten() for p in train(config, dataset=pneumonia, progress=False).model.parameters()])
+        return torch.cat(
+            [
+                p.flatten()
+                for p in train(config, dataset=pneumonia, progress=False).model.parameters()
+            ]
+        )
 
     seeded = [weights(seed=s, randomness="seeded") for s in (7, 7, 8)]
     assert torch.equal(seeded[0], seeded[1])  # research mode: bit for bit
@@ -88,8 +102,11 @@ def test_multi_label_chestmnist(synthetic_root: Path) -> None:
 
 
 def test_device_auto_uses_cuda_only_when_present(pneumonia: data.Dataset) -> None:
-    result = train(TrainConfig(epsilon=8.0, **{**QUICK, "epochs": 1, "device": "auto"}),
-                   dataset=pneumonia, progress=False)  # fmt: skip
+    result = train(
+        TrainConfig(epsilon=8.0, **{**QUICK, "epochs": 1, "device": "auto"}),
+        dataset=pneumonia,
+        progress=False,
+    )
     assert result.device == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -147,7 +164,9 @@ def test_predict_keeps_confident_scores_apart() -> None:
     """Logits of 17 to 30 all round to probability 1 in float32; the AUC must not see ties."""
     logits = torch.tensor([[17.0], [20.0], [25.0], [30.0], [-3.0]])
     labels = torch.tensor([[0.0], [1.0], [0.0], [1.0], [0.0]])
-    model = torch.nn.Sequential(torch.nn.Flatten(0), torch.nn.Unflatten(0, (-1, 1)))  # images are the logits
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(0), torch.nn.Unflatten(0, (-1, 1))
+    )  # images are the logits
     p = predict(model, logits)
     assert torch.sigmoid(logits[:4]).unique().numel() == 1  # the float32 trap
     assert p[:4].unique().numel() == 4

@@ -45,10 +45,43 @@ def test_cli_train_refused_by_the_ledger_exits_non_zero(
     synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     path = str(tmp_path / "ledger.sqlite")
-    assert main(["budget", "set", "--ledger", path, "--scope", "dataset:pneumoniamnist",
-                 "--epsilon", "1", "--delta", "1e-3"]) == 0  # fmt: skip
-    code = main(["train", "--ledger", path, "--epsilon", "4", "--data-root", str(synthetic_root),
-                 "--epochs", "1", "--batch-size", "32", "--delta", "1e-3", "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert (
+        main(
+            [
+                "budget",
+                "set",
+                "--ledger",
+                path,
+                "--scope",
+                "dataset:pneumoniamnist",
+                "--epsilon",
+                "1",
+                "--delta",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
+    code = main(
+        [
+            "train",
+            "--ledger",
+            path,
+            "--epsilon",
+            "4",
+            "--data-root",
+            str(synthetic_root),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--delta",
+            "1e-3",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "exceeded" in capsys.readouterr().err
     assert budget.Ledger(path).history() == []
@@ -62,16 +95,22 @@ def test_a_run_charges_the_data_it_reads_and_extra_scopes_only_inside_it(
     ledger.set_budget("dataset:pneumoniamnist", epsilon=1.0, delta=1e-3)
     config = TrainConfig(epsilon=4.0, data_root=str(synthetic_root), **QUICK)
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data were read"))
-    with pytest.raises(ValueError, match=r"scopes=\['dataset:chestmnist'\] lie outside dataset:pneumoniamnist"):
+    with pytest.raises(
+        ValueError, match=r"scopes=\['dataset:chestmnist'\] lie outside dataset:pneumoniamnist"
+    ):
         train(config, ledger=ledger, scopes=["dataset:chestmnist"])
     with pytest.raises(ValueError, match=r"Did you mean 'dataset:pneumoniamnist/institution:h1'"):
         train(config, ledger=ledger, scopes=["dataset:PneumoniaMNIST/institution:h1"])
-    with pytest.raises(budget.BudgetExceededError):  # a narrower scope does not dodge the dataset's budget
+    with pytest.raises(
+        budget.BudgetExceededError
+    ):  # a narrower scope does not dodge the dataset's budget
         train(config, ledger=ledger, scopes=["dataset:pneumoniamnist/institution:h1"])
     assert ledger.history() == []
 
 
-def test_a_seeded_run_is_refused_unless_allowed_and_the_head_is_recorded(synthetic_root: Path, tmp_path: Path) -> None:
+def test_a_seeded_run_is_refused_unless_allowed_and_the_head_is_recorded(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     from privkit import experiments
 
     ledger = budget.Ledger(tmp_path / "ledger.sqlite")
@@ -85,7 +124,9 @@ def test_a_seeded_run_is_refused_unless_allowed_and_the_head_is_recorded(synthet
     with pytest.raises(budget.SeededRunError):  # the same stream twice is not two independent runs
         train(seeded, ledger=ledger, allow_seeded=True, progress=False)
     secure = TrainConfig(epsilon=2.0, seed=1, data_root=str(synthetic_root), **QUICK)
-    experiments.sweep([secure], experiment="t", out_dir=tmp_path / "out", ledger=ledger, progress=False)
+    experiments.sweep(
+        [secure], experiment="t", out_dir=tmp_path / "out", ledger=ledger, progress=False
+    )
     last = ledger.history()[-1]
     assert last.randomness == "secure"
     [record] = [p for p in (tmp_path / "out" / "runs").glob("*.json")]

@@ -61,15 +61,23 @@ def test_subgroup_table_averages_the_seeds_per_epsilon(swept):
     _, _, scores = swept
     table = trust.subgroup_table(scores, n_bootstrap=50)
     private = table["epsilon_target"].isna()
-    assert set(table.loc[private, "n_models"]) == {2} and set(table.loc[~private, "n_models"]) == {1}
+    assert set(table.loc[private, "n_models"]) == {2} and set(table.loc[~private, "n_models"]) == {
+        1
+    }
     test = scores[(scores["split"] == "test") & scores["epsilon_target"].isna()]
     per_seed = [
-        fairness.subgroup_report(part["label"], expit(part["logit"]), fairness.class_groups(part["label"]),
-                                 n_bootstrap=10).set_index(["kind", "group", "metric"])["value"]
+        fairness.subgroup_report(
+            part["label"],
+            expit(part["logit"]),
+            fairness.class_groups(part["label"]),
+            n_bootstrap=10,
+        ).set_index(["kind", "group", "metric"])["value"]
         for _, part in test.sort_values("index").groupby("run_id")
-    ]  # fmt: skip
+    ]
     row = table[private & (table["kind"] == "gap") & (table["metric"] == "accuracy")]
-    assert row["value"].item() == pytest.approx(np.mean([v["gap", "pneumonia", "accuracy"] for v in per_seed]))
+    assert row["value"].item() == pytest.approx(
+        np.mean([v["gap", "pneumonia", "accuracy"] for v in per_seed])
+    )
 
 
 def test_calibration_table_has_every_run_calibration_and_metric(swept):
@@ -78,7 +86,9 @@ def test_calibration_table_has_every_run_calibration_and_metric(swept):
     assert len(table) == 3 * 3 * 4  # runs x calibrations x metrics
     uncal = table[table["calibration"] == "uncalibrated"]
     assert (uncal["temperature"] == 1.0).all()
-    assert set(table.loc[table["calibration"] == "temperature_dp", "temperature_epsilon"].round(2)) <= {0.99, 1.0}
+    assert set(
+        table.loc[table["calibration"] == "temperature_dp", "temperature_epsilon"].round(2)
+    ) <= {0.99, 1.0}
     calibrated = trust.calibrated_test_scores(scores, table)
     assert len(calibrated) == 3 * 128 * 3
     assert calibrated["probability"].between(0, 1).all()
@@ -86,5 +96,9 @@ def test_calibration_table_has_every_run_calibration_and_metric(swept):
 
 def test_multi_label_datasets_are_refused(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="binary dataset"):
-        trust.scored_sweep([TrainConfig(dataset="chestmnist", data_root=str(synthetic_root))],
-                           experiment="t", out_dir=tmp_path, progress=False)  # fmt: skip
+        trust.scored_sweep(
+            [TrainConfig(dataset="chestmnist", data_root=str(synthetic_root))],
+            experiment="t",
+            out_dir=tmp_path,
+            progress=False,
+        )

@@ -18,12 +18,16 @@ from privkit.train import TrainConfig
 
 def _reference(sigma: float, q: float, steps: int, mu: float, orders: list[float]) -> float:
     accountant = dp_accounting.rdp.RdpAccountant(orders)
-    run = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+    run = dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps
+    )
     accountant.compose(dp_event.RepeatAndSelectDpEvent(run, mu, math.inf))  # shape inf: Poisson
     return accountant.get_epsilon(1e-5)
 
 
-@pytest.mark.parametrize(("sigma", "q", "steps"), [(1.0, 256 / 4708, 370), (10.0, 1024 / 4708, 300), (3.0, 0.01, 1000)])
+@pytest.mark.parametrize(
+    ("sigma", "q", "steps"), [(1.0, 256 / 4708, 370), (10.0, 1024 / 4708, 300), (3.0, 0.01, 1000)]
+)
 @pytest.mark.parametrize("mu", [1, 3, 10, 100])
 def test_tuning_epsilon_equals_dp_accounting_at_integer_orders(
     monkeypatch: pytest.MonkeyPatch, sigma: float, q: float, steps: int, mu: float
@@ -34,11 +38,15 @@ def test_tuning_epsilon_equals_dp_accounting_at_integer_orders(
     assert ours == pytest.approx(_reference(sigma, q, steps, mu, orders), rel=1e-9)
 
 
-def test_fractional_orders_are_tighter_than_dp_accountings_bound_but_cost_more_than_one_run() -> None:
+def test_fractional_orders_are_tighter_than_dp_accountings_bound_but_cost_more_than_one_run() -> (
+    None
+):
     """Between orders 1 and 2 Opacus computes the sampled Gaussian's RDP exactly, where
     dp_accounting uses an upper bound; a search still costs more than a single run."""
     run = (1.0, 256 / 4708, 370)
-    single = accounting.epsilon(noise_multiplier=1.0, sample_rate=run[1], steps=run[2], delta=1e-5, accountant="rdp")
+    single = accounting.epsilon(
+        noise_multiplier=1.0, sample_rate=run[1], steps=run[2], delta=1e-5, accountant="rdp"
+    )
     searches = [tuning.tuning_epsilon([run], delta=1e-5, mean_trials=mu) for mu in (1, 2, 10, 100)]
     assert single < searches[0] and searches == sorted(searches)
     for mu, ours in zip((1, 2, 10, 100), searches):
@@ -57,7 +65,10 @@ def test_a_search_is_charged_its_worst_candidate() -> None:
     [
         ({"mechanisms": [], "mean_trials": 5}, "at least one mechanism"),
         ({"mechanisms": [(1.0, 0.1, 10)], "mean_trials": 0.5}, "mean_trials=0.5"),
-        ({"mechanisms": [(0.0, 0.1, 10)], "mean_trials": 5}, r"mechanisms\[0\].noise_multiplier=0.0"),
+        (
+            {"mechanisms": [(0.0, 0.1, 10)], "mean_trials": 5},
+            r"mechanisms\[0\].noise_multiplier=0.0",
+        ),
         ({"mechanisms": [(1.0, 1.5, 10)], "mean_trials": 5}, r"mechanisms\[0\].sample_rate=1.5"),
         ({"mechanisms": [(1.0, 0.1, 2.5)], "mean_trials": 5}, r"mechanisms\[0\].steps=2.5"),
     ],
@@ -70,7 +81,9 @@ def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
 def test_random_search_keeps_the_best_trial_by_validation_auc(synthetic_root: Path) -> None:
     dataset = data.load("pneumoniamnist", root=synthetic_root)
     candidates = [
-        TrainConfig(model="cnn", epsilon=4.0, epochs=1, batch_size=64, lr=lr, delta=1e-3, device="cpu")
+        TrainConfig(
+            model="cnn", epsilon=4.0, epochs=1, batch_size=64, lr=lr, delta=1e-3, device="cpu"
+        )
         for lr in (0.01, 0.1, 1.0)
     ]
     search = tuning.random_search(candidates, mean_trials=3, dataset=dataset, progress=False)
@@ -98,7 +111,9 @@ def test_the_number_of_trials_is_poisson_and_comes_from_no_seed() -> None:
 
 def test_trials_of_one_candidate_are_independent(synthetic_root: Path) -> None:
     dataset = data.load("pneumoniamnist", root=synthetic_root)
-    config = TrainConfig(model="cnn", epsilon=4.0, epochs=1, batch_size=64, delta=1e-3, device="cpu")
+    config = TrainConfig(
+        model="cnn", epsilon=4.0, epochs=1, batch_size=64, delta=1e-3, device="cpu"
+    )
     a, b = (tuning.train(config, dataset=dataset, progress=False) for _ in range(2))
     weights = [torch.nn.utils.parameters_to_vector(r.model.parameters()) for r in (a, b)]
     assert not torch.equal(*weights)  # same config and seed, fresh noise and draws

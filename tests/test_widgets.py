@@ -20,8 +20,9 @@ def test_the_noise_is_calibrated_to_the_budget_as_training_plans_it() -> None:
     view = what_epsilon_buys(epsilon=2.0, recipe="cnn", **TINY)
     m = view.mechanism
     assert (m.sample_rate, m.steps) == (32 / 256, 8)
-    spent = accounting.epsilon(noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate, steps=m.steps,
-                               delta=1e-3)
+    spent = accounting.epsilon(
+        noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate, steps=m.steps, delta=1e-3
+    )
     assert 0.99 * 2.0 <= spent <= 2.0 and spent == m.epsilon
     assert not view.recipe_settings  # batch 32 and 1 epoch are not the cnn recipe's 256 and 30
 
@@ -29,7 +30,9 @@ def test_the_noise_is_calibrated_to_the_budget_as_training_plans_it() -> None:
 def test_bounds_are_exact_where_the_mechanism_is_exactly_gaussian_dp() -> None:
     # Every record in every batch (sample rate 1): the mechanism is mu-GDP, mu = sqrt(steps) / sigma,
     # whose trade-off curve is TPR = Phi(Phi^-1(FPR) + mu) (Dong, Roth & Su 2019), here from scipy.
-    view = what_epsilon_buys(epsilon=1.0, n_train=256, batch_size=256, epochs=4, delta=1e-3, prior=0.05)
+    view = what_epsilon_buys(
+        epsilon=1.0, n_train=256, batch_size=256, epochs=4, delta=1e-3, prior=0.05
+    )
     m = view.mechanism
     mu = math.sqrt(m.steps) / m.noise_multiplier
     for fpr, bound in [*view.tpr_bounds.items(), (0.05, view.reconstruction_bound)]:
@@ -62,7 +65,10 @@ def test_the_measured_auc_is_the_readme_table(name: str, label: str) -> None:
     table = RECIPES[name].measured_auc
     assert [table[e] for e in (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)] == row
     for e, (mean, sd) in table.items():
-        assert RECIPES[name].auc(e).measured == ((e, mean, sd),) and not RECIPES[name].auc(e).interpolated
+        assert (
+            RECIPES[name].auc(e).measured == ((e, mean, sd),)
+            and not RECIPES[name].auc(e).interpolated
+        )
 
 
 def test_the_auc_is_interpolated_in_log_epsilon_and_never_extrapolated() -> None:
@@ -79,7 +85,10 @@ def test_the_summary_shows_each_number_and_rounds_bounds_up() -> None:
     view = what_epsilon_buys(epsilon=3.0, **TINY)
     text = html_summary(view)
     assert f"<b>{view.mechanism.noise_multiplier:.3g}</b>" in text
-    assert f"<b>{view.auc.auc:.3f}</b>" in text and "interpolated between 0.961 ± 0.005 at ε = 2" in text
+    assert (
+        f"<b>{view.auc.auc:.3f}</b>" in text
+        and "interpolated between 0.961 ± 0.005 at ε = 2" in text
+    )
     shown = [float(x) / 100 for x in re.findall(r"<b>([\d.]+)%</b>", text)]
     bounds = [*view.tpr_bounds.values(), view.reconstruction_bound]
     assert len(shown) == 3 and all(s >= b for s, b in zip(shown, bounds))
@@ -98,7 +107,9 @@ def test_bad_input_is_named() -> None:
 def test_moving_a_slider_replans_and_redraws() -> None:
     box = explorer(epsilon=1.0, recipe="cnn", **TINY)
     sliders = {s.description: s for s in box.children[0].children}
-    assert set(sliders) == {"ε", "δ", "batch size", "epochs"} and max(sliders["δ"].options) < 1 / 256
+    assert (
+        set(sliders) == {"ε", "δ", "batch size", "epochs"} and max(sliders["δ"].options) < 1 / 256
+    )
     before, html_before = box.view, box.children[1].value
     sliders["ε"].value = 4.0
     assert box.view.mechanism.noise_multiplier < before.mechanism.noise_multiplier

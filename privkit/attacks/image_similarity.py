@@ -42,7 +42,9 @@ def psnr(images: Tensor, reference: Tensor, *, data_range: float = 2.0) -> np.nd
     array([20.])
     """
     x, y = _pair(images, reference)
-    _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, data_range=data_range)
+    _validate.in_range(
+        0, math.inf, low_inclusive=False, high_inclusive=False, data_range=data_range
+    )
     mse = (x - y).pow(2).flatten(1).mean(1)
     with np.errstate(divide="ignore"):
         return 10 * np.log10(data_range**2 / mse.numpy())
@@ -78,7 +80,9 @@ def ssim(
     array([1., 1.])
     """
     x, y = _pair(images, reference)
-    _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, data_range=data_range)
+    _validate.in_range(
+        0, math.inf, low_inclusive=False, high_inclusive=False, data_range=data_range
+    )
     _validate.positive_int(window_size=window_size)
     if min(x.shape[-2:]) < window_size:
         raise ValueError(
@@ -118,7 +122,9 @@ def match(images: Tensor, reference: Tensor) -> np.ndarray:
     return cols[np.argsort(rows)]
 
 
-def identification_rank(images: Tensor, candidates: Tensor, truth: Sequence[int] | Tensor) -> np.ndarray:
+def identification_rank(
+    images: Tensor, candidates: Tensor, truth: Sequence[int] | Tensor
+) -> np.ndarray:
     """Rank of each image's true source among ``candidates`` by mean squared error: (N,).
 
     1 means the reconstruction is closer to its own X-ray than to any other candidate (the

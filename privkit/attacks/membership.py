@@ -196,7 +196,9 @@ def lira_scores(
         squares = sum(((shadows - fits[name][0]) ** 2 * mask).sum() for name, mask in groups)
         count = sum(mask.sum() - mask.shape[1] for _, mask in groups)  # one mean per record fitted
         if count == 0:
-            raise ValueError("Expected some record with >= 2 shadows in one group to fit a variance.")
+            raise ValueError(
+                "Expected some record with >= 2 shadows in one group to fit a variance."
+            )
         sd = max(math.sqrt(squares / count), _MIN_SD)
         fits = {name: (mean, np.full_like(mean, sd)) for name, (mean, _) in fits.items()}
     mu_out, sd_out = fits["out"]
@@ -269,8 +271,13 @@ def lira_leave_one_out(
         )
     pair = np.arange(len(phi)) // 2  # (M,) the pair of each model
     per_target = [
-        lira_scores(phi[t], phi[pair != pair[t]], members[pair != pair[t]], online=online,
-                    fixed_variance=fixed_variance)
+        lira_scores(
+            phi[t],
+            phi[pair != pair[t]],
+            members[pair != pair[t]],
+            online=online,
+            fixed_variance=fixed_variance,
+        )
         for t in range(len(phi))
     ]
     return np.stack(per_target)
@@ -377,7 +384,12 @@ def train_shadows(
             name=f"shadow models {start}-{min(start + stack, n_models) - 1} of {n_models} ({config.model})",
             fn=shadow_stack,
             data=dataset,
-            args=(configs[start : start + stack], members[start : start + stack], pool, inner_progress),
+            args=(
+                configs[start : start + stack],
+                members[start : start + stack],
+                pool,
+                inner_progress,
+            ),
             models=len(configs[start : start + stack]),
             gpu=gpu,
         )
@@ -393,7 +405,11 @@ def train_shadows(
     )
     logits = np.concatenate([parts[u.name][0] for u in units])  # (M, n, L)
     results = [r for u in units for r in parts[u.name][1]]
-    labels = dataset.train.labels[torch.as_tensor(pool, device=dataset.train.labels.device)].cpu().numpy()
+    labels = (
+        dataset.train.labels[torch.as_tensor(pool, device=dataset.train.labels.device)]
+        .cpu()
+        .numpy()
+    )
     return ShadowModels(pool=pool, members=design, logits=logits, labels=labels, results=results)
 
 

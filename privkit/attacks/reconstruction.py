@@ -105,7 +105,9 @@ class AttackConfig:
         _validate.one_of(LABEL_SOURCES, labels=self.labels)
         low, high = self.bounds
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError(f"Expected bounds={self.bounds!r} to be finite (low, high), low < high.")
+            raise ValueError(
+                f"Expected bounds={self.bounds!r} to be finite (low, high), low < high."
+            )
 
 
 @dataclass(frozen=True)
@@ -277,19 +279,25 @@ def reconstruct(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     low, high = config.bounds
     best: Reconstruction | None = None
-    bar = tqdm(total=config.restarts * config.iterations, desc=f"{config.method} B={batch}",
-               disable=not progress, leave=False)  # fmt: skip
+    bar = tqdm(
+        total=config.restarts * config.iterations,
+        desc=f"{config.method} B={batch}",
+        disable=not progress,
+        leave=False,
+    )
     for _ in range(config.restarts):
         x = torch.randn((batch, *image_shape), generator=generator).clamp(low, high).to(device)
         x.requires_grad_(True)
         label_logits = torch.randn((batch, n_labels), generator=generator).to(device)
         label_logits.requires_grad_(fixed_labels is None)
 
-        def current_labels() -> Tensor:
+        def current_labels(label_logits: Tensor = label_logits) -> Tensor:
             return fixed_labels if fixed_labels is not None else torch.sigmoid(label_logits)
 
-        def objective() -> tuple[Tensor, Tensor]:
-            grads = _aggregate(per_sample_gradients(model, x, current_labels()), update.max_grad_norm)
+        def objective(x: Tensor = x) -> tuple[Tensor, Tensor]:
+            grads = _aggregate(
+                per_sample_gradients(model, x, current_labels()), update.max_grad_norm
+            )
             match = _matching_loss(config.method, _flat(grads), target)
             prior = config.tv_weight * total_variation(x) if config.method == "inverting" else 0
             return match + prior, match
@@ -336,9 +344,15 @@ def _lbfgs(objective, variables: list[Tensor], config: AttackConfig, bar: tqdm) 
     """Zhu et al.'s loop: L-BFGS on the images (and labels); a strong-Wolfe line search keeps
     it from diverging, which plain DLG is prone to."""
     optimizer = torch.optim.LBFGS(
-        variables, lr=config.lr, max_iter=config.iterations, max_eval=config.iterations,
-        history_size=100, line_search_fn="strong_wolfe", tolerance_grad=0, tolerance_change=0,
-    )  # fmt: skip
+        variables,
+        lr=config.lr,
+        max_iter=config.iterations,
+        max_eval=config.iterations,
+        history_size=100,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=0,
+        tolerance_change=0,
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -377,9 +391,12 @@ def defenses(
     settings = [Defense("none"), Defense(f"clip C={max_grad_norm:g}", max_grad_norm=max_grad_norm)]
     for eps in epsilons:
         sigma = accounting.calibrate_noise(
-            target_epsilon=eps, target_delta=delta, sample_rate=sample_rate, steps=steps,
+            target_epsilon=eps,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
             accountant=accountant,
-        )  # fmt: skip
+        )
         settings.append(Defense(f"DP ε={eps:g}", max_grad_norm, sigma, float(eps)))
     for sigma in noise_multipliers:
         _validate.in_range(
@@ -443,28 +460,42 @@ def attack_defenses(
     for setting in tqdm(settings, desc="defences", disable=not progress):
         noiseless = share_update(model, images, labels, max_grad_norm=setting.max_grad_norm)
         update = share_update(
-            model, images, labels, max_grad_norm=setting.max_grad_norm,
+            model,
+            images,
+            labels,
+            max_grad_norm=setting.max_grad_norm,
             noise_multiplier=setting.noise_multiplier,
             generator=torch.Generator(device=images.device).manual_seed(seed),
-        )  # fmt: skip
+        )
         result = reconstruct(
-            model, update, image_shape=tuple(images.shape[1:]), labels=labels, config=config,
-            seed=seed, progress=progress,
-        )  # fmt: skip
+            model,
+            update,
+            image_shape=tuple(images.shape[1:]),
+            labels=labels,
+            config=config,
+            seed=seed,
+            progress=progress,
+        )
         order = match(result.images, images)
         matched = result.images[torch.as_tensor(order)]
         reconstructions[setting.name] = matched
         common = {
-            "batch_size": update.batch_size, "defense": setting.name,
-            "max_grad_norm": setting.max_grad_norm, "noise_multiplier": setting.noise_multiplier,
-            "epsilon": setting.epsilon, "method": config.method, "labels": config.labels,
+            "batch_size": update.batch_size,
+            "defense": setting.name,
+            "max_grad_norm": setting.max_grad_norm,
+            "noise_multiplier": setting.noise_multiplier,
+            "epsilon": setting.epsilon,
+            "method": config.method,
+            "labels": config.labels,
             "seed": seed,
-        }  # fmt: skip
+        }
         per_image = {
             "psnr": psnr(matched, images, data_range=data_range),
             "ssim": ssim(matched, images, data_range=data_range),
             "label_correct": (result.labels[torch.as_tensor(order)].cpu() == labels.cpu())
-            .all(dim=1).double().numpy(),
+            .all(dim=1)
+            .double()
+            .numpy(),
         }
         if candidates is not None:
             per_image["rank"] = identification_rank(matched, candidates, truth)
@@ -477,13 +508,18 @@ def attack_defenses(
             _flat(update.gradient), _flat(noiseless.gradient), dim=0
         )
         rows.append({**common, "image": -1, "metric": "update_cosine", "value": float(cosine)})
-        rows.append({**common, "image": -1, "metric": "matching_loss", "value": result.matching_loss})
-    return AttackResult(images=images.detach().cpu(), reconstructions=reconstructions,
-                        table=pd.DataFrame(rows))  # fmt: skip
+        rows.append(
+            {**common, "image": -1, "metric": "matching_loss", "value": result.matching_loss}
+        )
+    return AttackResult(
+        images=images.detach().cpu(), reconstructions=reconstructions, table=pd.DataFrame(rows)
+    )
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean of each metric per (batch size, defence), one column per metric, in table order."""
     keys = ["batch_size", "defense", "epsilon", "noise_multiplier"]
-    wide = table.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean", sort=False)
+    wide = table.pivot_table(
+        index=keys, columns="metric", values="value", aggfunc="mean", sort=False
+    )
     return wide.reset_index().rename_axis(columns=None)

@@ -39,7 +39,9 @@ def _check(scores: Any, membership: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("Expected membership of 0/1 or bool values.")
     m = m.astype(bool)
     if m.all() or not m.any():
-        raise ValueError(f"Expected both members and non-members, got {int(m.sum())} of {m.size} members.")
+        raise ValueError(
+            f"Expected both members and non-members, got {int(m.sum())} of {m.size} members."
+        )
     if np.isnan(s).any():
         raise ValueError(f"Expected scores without NaN, got {int(np.isnan(s).sum())} NaN.")
     return s, m
@@ -109,7 +111,9 @@ def attack_metrics(
     return out
 
 
-def clopper_pearson(successes: int, trials: int, *, confidence: float = 0.95) -> tuple[float, float]:
+def clopper_pearson(
+    successes: int, trials: int, *, confidence: float = 0.95
+) -> tuple[float, float]:
     """Exact two-sided confidence interval for a binomial proportion (Clopper & Pearson 1934).
 
     Each side holds with probability at least ``1 - (1 - confidence) / 2``; the interval is
@@ -133,7 +137,11 @@ def clopper_pearson(successes: int, trials: int, *, confidence: float = 0.95) ->
         raise ValueError(f"Expected successes={successes!r} to be an integer in [0, {trials}].")
     alpha = 1 - confidence
     low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
-    high = 1.0 if successes == trials else float(beta.isf(alpha / 2, successes + 1, trials - successes))
+    high = (
+        1.0
+        if successes == trials
+        else float(beta.isf(alpha / 2, successes + 1, trials - successes))
+    )
     return low, high
 
 
@@ -163,10 +171,15 @@ def tpr_at_fpr_interval(
     tpr_low, tpr_high = clopper_pearson(tp, n_pos, confidence=confidence)
     fpr_low, fpr_high = clopper_pearson(fp, n_neg, confidence=confidence)
     return {
-        "tpr": tp / n_pos, "tpr_low": tpr_low, "tpr_high": tpr_high,
-        "fpr": fp / n_neg, "fpr_low": fpr_low, "fpr_high": fpr_high,
-        "members": n_pos, "non_members": n_neg,
-    }  # fmt: skip
+        "tpr": tp / n_pos,
+        "tpr_low": tpr_low,
+        "tpr_high": tpr_high,
+        "fpr": fp / n_neg,
+        "fpr_low": fpr_low,
+        "fpr_high": fpr_high,
+        "members": n_pos,
+        "non_members": n_neg,
+    }
 
 
 def attack_report(

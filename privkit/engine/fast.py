@@ -76,7 +76,9 @@ class FastStack:
         self.params, self.buffers = stack_module_state(self.models)  # name -> (K, ...)
         self.params = {k: v.detach() for k, v in self.params.items()}
         self.momentum_buffers: Params | None = None
-        self.average = ParameterAverage(ema) if ema else None  # evaluated instead of the last iterate
+        self.average = (
+            ParameterAverage(ema) if ema else None
+        )  # evaluated instead of the last iterate
         self.lr, self.momentum = lr, momentum
         self.generators = list(generators)
         as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=self.device)  # noqa: E731
@@ -117,7 +119,12 @@ class FastStack:
         for start in range(0, images.shape[1], chunk):
             part = slice(start, start + chunk)
             sums, losses = self._summed(
-                self.params, self.buffers, images[:, part], labels[:, part], weights[:, part], self.clips
+                self.params,
+                self.buffers,
+                images[:, part],
+                labels[:, part],
+                weights[:, part],
+                self.clips,
             )
             total = {k: total[k] + sums[k] for k in total}
             loss = loss + losses
@@ -140,9 +147,12 @@ class FastStack:
     def _noise(self) -> Params:
         """Gaussian noise of std sigma_k * C_k per model, each from its own generator."""
         sizes = [v[0].numel() for v in self.params.values()]
-        flat = torch.stack([
-            torch.randn(sum(sizes), generator=g, device=self.device) for g in self.generators
-        ]) * self.noise_std[:, None]  # (K, total parameters)
+        flat = (
+            torch.stack(
+                [torch.randn(sum(sizes), generator=g, device=self.device) for g in self.generators]
+            )
+            * self.noise_std[:, None]
+        )  # (K, total parameters)
         parts = torch.split(flat, sizes, dim=1)
         return {k: part.view_as(v) for (k, v), part in zip(self.params.items(), parts)}
 
@@ -175,9 +185,12 @@ def padded_poisson(
         ``max_batch``.
     """
     n = sample_rates.shape[1]
-    draws = torch.stack([  # float64: see privkit.engine.sampling
-        torch.rand(n, generator=g, device=sample_rates.device, dtype=torch.float64) for g in generators
-    ])
+    draws = torch.stack(
+        [  # float64: see privkit.engine.sampling
+            torch.rand(n, generator=g, device=sample_rates.device, dtype=torch.float64)
+            for g in generators
+        ]
+    )
     chosen = draws < sample_rates.to(torch.float64)  # (K, n); a rate of 0 is never chosen
     largest = int(chosen.sum(dim=1).max())  # the one host sync per step
     chunk = max_batch or max(1, largest)

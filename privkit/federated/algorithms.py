@@ -122,9 +122,15 @@ class FederatedConfig:
             _validate.positive(**{f"site_epsilons[{site!r}]": eps})
         _validate.positive(site_level_epsilon=self.site_level_epsilon)
         for name in ("delta", "site_level_delta"):
-            _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, **{name: getattr(self, name)})
-        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=self.max_grad_norm)
-        _validate.in_range(0, math.inf, low_inclusive=False, high_inclusive=False, update_clip=self.update_clip)
+            _validate.in_range(
+                0, 1, low_inclusive=False, high_inclusive=False, **{name: getattr(self, name)}
+            )
+        _validate.in_range(
+            0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=self.max_grad_norm
+        )
+        _validate.in_range(
+            0, math.inf, low_inclusive=False, high_inclusive=False, update_clip=self.update_clip
+        )
         _validate.in_range(0, 1, low_inclusive=False, site_sample_rate=self.site_sample_rate)
         _validate.one_of(accounting.UPPER_BOUNDS, accountant=self.accountant)
         _validate.one_of(randomness.MODES, randomness=self.randomness)
@@ -136,7 +142,9 @@ class FederatedConfig:
                 f"{self.secure_aggregation} need algorithm='fedavg'."
             )
         if self.algorithm == "cyclic" and self.site_sample_rate != 1:
-            raise ValueError(f"Expected site_sample_rate=1 for algorithm='cyclic', got {self.site_sample_rate}.")
+            raise ValueError(
+                f"Expected site_sample_rate=1 for algorithm='cyclic', got {self.site_sample_rate}."
+            )
 
     @property
     def site_level(self) -> bool:
@@ -197,12 +205,24 @@ def plan_server(config: FederatedConfig, n_sites: int) -> ServerPlan | None:
     if not config.site_level:
         return None
     if config.site_level_delta >= 1 / n_sites:
-        raise ValueError(f"Expected site_level_delta={config.site_level_delta} < 1/{n_sites} (one per site).")
+        raise ValueError(
+            f"Expected site_level_delta={config.site_level_delta} < 1/{n_sites} (one per site)."
+        )
     q, steps = config.site_sample_rate, config.rounds
-    sigma = accounting.calibrate_noise(target_epsilon=config.site_level_epsilon, target_delta=config.site_level_delta,
-                                       sample_rate=q, steps=steps, accountant=config.accountant)  # fmt: skip
-    eps = accounting.epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=config.site_level_delta,
-                             accountant=config.accountant)  # fmt: skip
+    sigma = accounting.calibrate_noise(
+        target_epsilon=config.site_level_epsilon,
+        target_delta=config.site_level_delta,
+        sample_rate=q,
+        steps=steps,
+        accountant=config.accountant,
+    )
+    eps = accounting.epsilon(
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        delta=config.site_level_delta,
+        accountant=config.accountant,
+    )
     return ServerPlan(sigma, q, steps, config.update_clip, config.site_level_delta, eps)
 
 
@@ -252,20 +272,35 @@ def train_federated(
     if unknown:
         raise ValueError(f"site_epsilons names unknown site(s) {unknown}; the sites are {names}.")
     plans, server = plan_run(config, sites)
-    skipped = charge(ledger, config, plans, server, dataset_name=dataset_name or evaluation.info.name,
-                     on_over_budget=on_over_budget, allow_seeded=allow_seeded)
+    skipped = charge(
+        ledger,
+        config,
+        plans,
+        server,
+        dataset_name=dataset_name or evaluation.info.name,
+        on_over_budget=on_over_budget,
+        allow_seeded=allow_seeded,
+    )
     gens = [site_generator(config, s.name) for s in sites]
     active = [(s, p, g) for s, p, g in zip(sites, plans, gens) if s.name not in skipped]
     if not active:
-        raise ValueError(f"Every site was over its budget and skipped: {skipped}; nothing to train.")
+        raise ValueError(
+            f"Every site was over its budget and skipped: {skipped}; nothing to train."
+        )
     if config.secure_aggregation and len(active) < 2:
-        raise ValueError(f"secure_aggregation=True needs at least 2 sites to hide an update in a sum; "
-                         f"got {[s.name for s, _, _ in active]}.")  # fmt: skip
+        raise ValueError(
+            f"secure_aggregation=True needs at least 2 sites to hide an update in a sum; "
+            f"got {[s.name for s, _, _ in active]}."
+        )
 
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    model = create_model(config.model, in_channels=evaluation.info.n_channels, n_outputs=evaluation.info.n_labels,
-                         image_size=evaluation.val.images.shape[-1]).to(device)  # fmt: skip
+    model = create_model(
+        config.model,
+        in_channels=evaluation.info.n_channels,
+        n_outputs=evaluation.info.n_labels,
+        image_size=evaluation.val.images.shape[-1],
+    ).to(device)
     params = {k: v.detach() for k, v in model.named_parameters()}
     run = _fedavg if config.algorithm == "fedavg" else _cyclic
     params, losses = run(config, model, params, active, server, len(sites), progress)
@@ -273,14 +308,29 @@ def train_federated(
     info = evaluation.info
     label_names = info.label_names if info.task == "multi-label" else None
     metrics = {
-        split: evaluate(part.labels, predict(model, part.images.to(device)), task=info.task, label_names=label_names)
+        split: evaluate(
+            part.labels,
+            predict(model, part.images.to(device)),
+            task=info.task,
+            label_names=label_names,
+        )
         for split, part in (("val", evaluation.val), ("test", evaluation.test))
     }
-    return FederatedResult(config, [p for _, p, _ in active], skipped, server, metrics, losses, model,
-                           time.perf_counter() - start)  # fmt: skip
+    return FederatedResult(
+        config,
+        [p for _, p, _ in active],
+        skipped,
+        server,
+        metrics,
+        losses,
+        model,
+        time.perf_counter() - start,
+    )
 
 
-def plan_run(config: FederatedConfig, sites: Sequence[Site]) -> tuple[list[SitePlan], ServerPlan | None]:
+def plan_run(
+    config: FederatedConfig, sites: Sequence[Site]
+) -> tuple[list[SitePlan], ServerPlan | None]:
     """Every site's mechanism (sample-level DP) and the server's (site-level DP, if any)."""
     plans = [site_plan(config, s.name, len(s)) for s in sites]
     return plans, plan_server(config, len(sites))
@@ -347,19 +397,34 @@ def charge(
     run = run or f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
     actor = budget.default_actor()
     if server is not None and not any(p.private for p in plans):  # site-level DP only
-        ledger.charge([scope(p.site) for p in plans], noise_multiplier=server.noise_multiplier,
-                      sample_rate=server.sample_rate, steps=server.rounds, delta=server.delta,
-                      run_id=f"{run}-server", actor=actor, accountant=config.accountant,
-                      randomness=tag("server"), allow_seeded=allow_seeded)  # fmt: skip
+        ledger.charge(
+            [scope(p.site) for p in plans],
+            noise_multiplier=server.noise_multiplier,
+            sample_rate=server.sample_rate,
+            steps=server.rounds,
+            delta=server.delta,
+            run_id=f"{run}-server",
+            actor=actor,
+            accountant=config.accountant,
+            randomness=tag("server"),
+            allow_seeded=allow_seeded,
+        )
         return []
     skipped = []
     for plan in plans:
         try:
-            ledger.charge([scope(plan.site)], noise_multiplier=plan.noise_multiplier,
-                          sample_rate=plan.sample_rate, steps=plan.steps, delta=plan.delta,
-                          run_id=f"{run}-{plan.site}", actor=actor,
-                          accountant=config.accountant, randomness=tag(f"site:{plan.site}"),
-                          allow_seeded=allow_seeded)  # fmt: skip
+            ledger.charge(
+                [scope(plan.site)],
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=plan.sample_rate,
+                steps=plan.steps,
+                delta=plan.delta,
+                run_id=f"{run}-{plan.site}",
+                actor=actor,
+                accountant=config.accountant,
+                randomness=tag(f"site:{plan.site}"),
+                allow_seeded=allow_seeded,
+            )
         except budget.BudgetExceededError:
             if on_over_budget == "raise":
                 raise
@@ -379,14 +444,18 @@ def site_generator(config: FederatedConfig, site: str) -> torch.Generator:
     """A site's generator (its Poisson draws and noise): from the OS, or seeded by the config
     with ``randomness="seeded"``; never one that the coordinator could rebuild in a deployment."""
     return randomness.torch_generator(
-        randomness=config.randomness, identity=stream_identity(config, f"site:{site}"), device=config.device
+        randomness=config.randomness,
+        identity=stream_identity(config, f"site:{site}"),
+        device=config.device,
     )
 
 
 def server_generator(config: FederatedConfig) -> torch.Generator:
     """The server's generator: which sites join a round, and site-level noise."""
     return randomness.torch_generator(
-        randomness=config.randomness, identity=stream_identity(config, "server"), device=config.device
+        randomness=config.randomness,
+        identity=stream_identity(config, "server"),
+        device=config.device,
     )
 
 
@@ -436,7 +505,9 @@ def server_step(
     """
     if server is not None:
         noise = torch.randn(aggregate.numel(), generator=generator, device=generator.device)
-        aggregate = aggregate + noise * server.noise_multiplier * server.update_clip / (server.sample_rate * n_sites)
+        aggregate = aggregate + noise * server.noise_multiplier * server.update_clip / (
+            server.sample_rate * n_sites
+        )
     velocity = aggregate if velocity is None else config.server_momentum * velocity + aggregate
     return unflatten(flatten(params) + config.server_lr * velocity, params), velocity
 
@@ -444,14 +515,23 @@ def server_step(
 def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
     server_gen = server_generator(config)
     velocity, losses = None, []
-    for r in tqdm(range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False):
+    for _ in tqdm(
+        range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False
+    ):
         chosen = sample_sites(config, len(active), server_gen)
         total_records = max(1, sum(len(active[i][0]) for i in chosen))
         contributions, round_loss = {}, 0.0
         for i in chosen:  # at each site: train, and send only the (weighted, clipped) update
             site, plan, generator = active[i]
-            new, _, loss = local_training(model, params, site, plan, lr=config.lr, momentum=config.momentum,
-                                          generator=generator)  # fmt: skip
+            new, _, loss = local_training(
+                model,
+                params,
+                site,
+                plan,
+                lr=config.lr,
+                momentum=config.momentum,
+                generator=generator,
+            )
             update = flatten(new) - flatten(params)
             if server is not None:  # DP-FedAvg: clip, fixed denominator q * N
                 weight = 1.0 / (server.sample_rate * n_sites)
@@ -465,13 +545,17 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
         length = sum(v.numel() for v in params.values())
         if not config.secure_aggregation:
             summed = sum(contributions.values(), np.zeros(length))
-        elif len(contributions) >= 2:  # the participants run the protocol afresh: new keys, new masks
+        elif (
+            len(contributions) >= 2
+        ):  # the participants run the protocol afresh: new keys, new masks
             summed = secagg.secure_sum(contributions)
         else:  # one update alone cannot be hidden in a sum: this round releases nothing
             losses.append(round_loss)
             continue
         average = torch.as_tensor(summed, dtype=torch.float32, device=flatten(params).device)
-        params, velocity = server_step(config, params, average, velocity, server, n_sites, server_gen)
+        params, velocity = server_step(
+            config, params, average, velocity, server, n_sites, server_gen
+        )
         losses.append(round_loss)
     return params, losses
 
@@ -479,13 +563,21 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
 def _cyclic(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
     momentum, losses = None, []
     total_records = sum(len(s) for s, _, _ in active)
-    for _ in tqdm(range(config.rounds), desc=f"cyclic, {len(active)} sites", disable=not progress, leave=False):
+    for _ in tqdm(
+        range(config.rounds), desc=f"cyclic, {len(active)} sites", disable=not progress, leave=False
+    ):
         round_loss = 0.0
         for site, plan, gen in active:  # the model visits each site in turn
-            params, momentum, loss = local_training(model, params, site, plan, lr=config.lr,
-                                                    momentum=config.momentum, generator=gen,
-                                                    momentum_buffer=momentum)  # fmt: skip
+            params, momentum, loss = local_training(
+                model,
+                params,
+                site,
+                plan,
+                lr=config.lr,
+                momentum=config.momentum,
+                generator=gen,
+                momentum_buffer=momentum,
+            )
             round_loss += loss * len(site) / total_records
         losses.append(round_loss)
     return params, losses
-

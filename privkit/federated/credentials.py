@@ -74,7 +74,9 @@ def make_certificates(out: str | Path, *, hosts: Sequence[str], days: int = 365)
         FileExistsError: a key file already exists (nothing is overwritten).
     """
     if isinstance(hosts, str) or not hosts:
-        raise ValueError(f"Expected hosts={hosts!r} to be a non-empty list of names or IP addresses.")
+        raise ValueError(
+            f"Expected hosts={hosts!r} to be a non-empty list of names or IP addresses."
+        )
     _validate.positive_int(days=days)
     out = Path(out)
     for name in ("ca.key", "superlink.key"):
@@ -107,7 +109,9 @@ def make_certificates(out: str | Path, *, hosts: Sequence[str], days: int = 365)
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA384())
     )
     leaf = (
@@ -126,11 +130,14 @@ def make_certificates(out: str | Path, *, hosts: Sequence[str], days: int = 365)
         )
         .sign(ca_key, hashes.SHA384())
     )
-    pem = lambda k: k.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,  # noqa: E731
-        serialization.NoEncryption(),
-    )
+
+    def pem(private_key) -> bytes:
+        return private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (out / "superlink.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
@@ -157,12 +164,16 @@ def make_supernode_key(out: str | Path, *, name: str) -> tuple[Path, Path]:
     private = _write_private(
         out / name,
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
         ),
     )
     public = out / f"{name}.pub"
     public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         + f" {name}\n".encode()
     )
     return private, public

@@ -58,7 +58,14 @@ from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.client_manager import ClientManager
@@ -112,7 +119,9 @@ def run_config(config: FederatedConfig, **app: Any) -> dict[str, Any]:
             "hospital runs the run's epsilon (its ledger's budget refuses more)."
         )
     values = {
-        _key(f.name): getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in _NOT_CONFIG
+        _key(f.name): getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in _NOT_CONFIG
     }
     unknown = sorted(set(map(_key, app)) - set(APP_KEYS))
     if unknown:
@@ -142,7 +151,9 @@ def federated_config(run: Mapping[str, Any], *, device: str = "cpu") -> Federate
 
 def _app_value(run: Mapping[str, Any], key: str) -> Any:
     if key not in run:
-        raise ValueError(f"The run configuration lacks {key!r}; apps/hospitals/pyproject.toml declares it.")
+        raise ValueError(
+            f"The run configuration lacks {key!r}; apps/hospitals/pyproject.toml declares it."
+        )
     return run[key]
 
 
@@ -172,7 +183,9 @@ def _secure_aggregation_policy(
         return secaggplus_mod(msg, context, call_next)
     run = {**run, **context.run_config}
     node = {**node, **context.node_config}
-    if bool(run.get("secure-aggregation", False)) or bool(node.get("require-secure-aggregation", False)):
+    if bool(run.get("secure-aggregation", False)) or bool(
+        node.get("require-secure-aggregation", False)
+    ):
         raise PermissionError(
             "This hospital sends its update only under secure aggregation; the server asked for "
             "it in the clear."
@@ -190,7 +203,9 @@ class HospitalClient(NumPyClient):
         node: the node configuration (the context's wins where both have a key).
     """
 
-    def __init__(self, context: Context, *, run: Mapping[str, Any], node: Mapping[str, Any]) -> None:
+    def __init__(
+        self, context: Context, *, run: Mapping[str, Any], node: Mapping[str, Any]
+    ) -> None:
         self.context = context
         self.run = {**run, **context.run_config}
         self.node = {**node, **context.node_config}
@@ -210,7 +225,9 @@ class HospitalClient(NumPyClient):
         site, plan = self._site(cfg, state)
         generator = site_generator(cfg, site.name)
         if "generator" in state:  # continue the stream of the earlier rounds
-            generator.set_state(torch.from_numpy(np.frombuffer(state["generator"], dtype=np.uint8).copy()))
+            generator.set_state(
+                torch.from_numpy(np.frombuffer(state["generator"], dtype=np.uint8).copy())
+            )
         size = int(_app_value(self.run, "image-size"))
         model = create_model(
             cfg.model,
@@ -219,7 +236,9 @@ class HospitalClient(NumPyClient):
             image_size=size,
         ).to(cfg.device)
         names = [k for k, _ in model.named_parameters()]
-        received = {k: torch.as_tensor(v, device=cfg.device) for k, v in zip(names, parameters, strict=True)}
+        received = {
+            k: torch.as_tensor(v, device=cfg.device) for k, v in zip(names, parameters, strict=True)
+        }
         new, _, _ = local_training(
             model, received, site, plan, lr=cfg.lr, momentum=cfg.momentum, generator=generator
         )
@@ -228,7 +247,9 @@ class HospitalClient(NumPyClient):
             update = clip_update(update, cfg.update_clip)
         count = 1 if cfg.site_level or cfg.weighting == "equal" else len(site)
         if cfg.secure_aggregation and count > int(_app_value(self.run, "max-records")):
-            raise ValueError(f"This hospital's {count} records exceed max-records; SecAgg+ would overflow.")
+            raise ValueError(
+                f"This hospital's {count} records exceed max-records; SecAgg+ would overflow."
+            )
         state.update(
             rounds=rounds + 1,
             generator=generator.get_state().numpy().tobytes(),
@@ -242,11 +263,15 @@ class HospitalClient(NumPyClient):
         """The hospital's records and plan; on the run's first round its ledger is charged first
         (``state`` holds the plan charged, for the later rounds)."""
         from privkit import budget, data
-        from privkit.federated.algorithms import charge as charge_ledger, plan_server, site_plan
+        from privkit.federated.algorithms import charge as charge_ledger
+        from privkit.federated.algorithms import plan_server, site_plan
         from privkit.federated.local import SitePlan
         from privkit.federated.sites import Site, split_sites
 
-        dataset, size = str(_app_value(self.run, "dataset")), int(_app_value(self.run, "image-size"))
+        dataset, size = (
+            str(_app_value(self.run, "dataset")),
+            int(_app_value(self.run, "image-size")),
+        )
         if "data-root" not in self.node:
             raise ValueError(
                 "The SuperNode's node configuration lacks 'data-root' (the folder with the "
@@ -255,7 +280,9 @@ class HospitalClient(NumPyClient):
         root = Path(str(self.node["data-root"]))
         path = data.dataset_path(dataset, root, size)
         if not path.is_file():  # a hospital trains on its own records, never on a download
-            raise FileNotFoundError(f"This hospital's records are missing: no {path.name} in its data-root.")
+            raise FileNotFoundError(
+                f"This hospital's records are missing: no {path.name} in its data-root."
+            )
         partition = self.node.get("partition-id")
         if partition is not None:  # research: a public file split as split_sites does (read first)
             sites = split_sites(
@@ -357,7 +384,9 @@ class PrivkitFedAvg(FedAvg):
             )
         nodes = sorted(client_manager.all().values(), key=lambda proxy: int(proxy.cid))
         if len(nodes) != self.n_sites:
-            raise RuntimeError(f"Expected n-sites={self.n_sites} hospitals, {len(nodes)} are connected.")
+            raise RuntimeError(
+                f"Expected n-sites={self.n_sites} hospitals, {len(nodes)} are connected."
+            )
         chosen = sample_sites(self.config, len(nodes), self.generator)
         if len(chosen) < (2 if self.config.secure_aggregation else 1):  # nothing can be released
             self.skipped += 1
@@ -383,20 +412,29 @@ class PrivkitFedAvg(FedAvg):
             )
         counts = [r.num_examples for _, r in results]
         updates = [
-            np.concatenate([a.ravel() for a in parameters_to_ndarrays(r.parameters)]) for _, r in results
+            np.concatenate([a.ravel() for a in parameters_to_ndarrays(r.parameters)])
+            for _, r in results
         ]
         average = sum(c / sum(counts) * u.astype(np.float64) for c, u in zip(counts, updates))
         if self.server is not None:  # the clipped sum over the expected number of participants
             average = average * len(results) / (self.server.sample_rate * self.n_sites)
         aggregate = torch.as_tensor(average, dtype=torch.float32, device=self.config.device)
         self.params, self.velocity = server_step(
-            self.config, self.params, aggregate, self.velocity, self.server, self.n_sites, self.generator
+            self.config,
+            self.params,
+            aggregate,
+            self.velocity,
+            self.server,
+            self.n_sites,
+            self.generator,
         )
         self.applied += 1
         return ndarrays_to_parameters([v.cpu().numpy() for v in self.params.values()]), {}
 
 
-def serve(grid: Grid, context: Context, *, run: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+def serve(
+    grid: Grid, context: Context, *, run: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
     """The ServerApp's work: ``config.rounds`` rounds of FedAvg over the hospitals; writes the
     final model to ``out`` (npz, one array per parameter name) and returns it.
 
@@ -423,7 +461,9 @@ def serve(grid: Grid, context: Context, *, run: Mapping[str, Any] | None = None)
         raise ValueError(f"Secure aggregation needs n-sites={n_sites} in [2, {MAX_SITES}].")
     server = plan_server(config, n_sites)
     dataset = str(_app_value(run, "dataset"))
-    if server is not None and _app_value(run, "server-ledger"):  # before any hospital sends an update
+    if server is not None and _app_value(
+        run, "server-ledger"
+    ):  # before any hospital sends an update
         budget.Ledger(str(run["server-ledger"])).charge(
             [str(budget.Scope(dataset))],
             noise_multiplier=server.noise_multiplier,
@@ -463,7 +503,9 @@ def serve(grid: Grid, context: Context, *, run: Mapping[str, Any] | None = None)
             reconstruction_threshold=1.0,
             max_weight=float(_app_value(run, "max-records")) if records else 1.0,
             clipping_range=(
-                server.update_clip if server is not None else float(_app_value(run, "secagg-clipping-range"))
+                server.update_clip
+                if server is not None
+                else float(_app_value(run, "secagg-clipping-range"))
             ),
             quantization_range=QUANTIZATION_RANGE,
             modulus_range=MODULUS_RANGE,
@@ -476,7 +518,9 @@ def serve(grid: Grid, context: Context, *, run: Mapping[str, Any] | None = None)
     )
     DefaultWorkflow(fit_workflow=fit)(grid, legacy)
     if strategy.applied + strategy.skipped != config.rounds:
-        raise RuntimeError(f"Only {strategy.applied} of {config.rounds} rounds were applied; see the log.")
+        raise RuntimeError(
+            f"Only {strategy.applied} of {config.rounds} rounds were applied; see the log."
+        )
     weights = {k: v.cpu().numpy() for k, v in strategy.params.items()}
     atomic_write(str(_app_value(run, "out")), lambda tmp: np.savez(tmp.open("wb"), **weights))
     return weights
@@ -541,5 +585,7 @@ def simulate(
             backend_config=dict(backend_config or {"client_resources": {"num_cpus": 1}}),
         )
         if not out.is_file():
-            raise RuntimeError("The simulated ServerApp ended without a model; see Flower's log above.")
+            raise RuntimeError(
+                "The simulated ServerApp ended without a model; see Flower's log above."
+            )
         return load_weights(out)

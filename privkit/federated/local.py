@@ -97,14 +97,31 @@ def plan_site(
             )
         steps = steps_per_round * rounds
         noise = accounting.calibrate_noise(
-            target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
             accountant=accountant,
-        )  # fmt: skip
-        spent = accounting.epsilon(
-            noise_multiplier=noise, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
         )
-    return SitePlan(name, n_records, noise, sample_rate, steps_per_round, rounds, max_grad_norm,
-                    delta, accountant, spent)  # fmt: skip
+        spent = accounting.epsilon(
+            noise_multiplier=noise,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=delta,
+            accountant=accountant,
+        )
+    return SitePlan(
+        name,
+        n_records,
+        noise,
+        sample_rate,
+        steps_per_round,
+        rounds,
+        max_grad_norm,
+        delta,
+        accountant,
+        spent,
+    )
 
 
 def local_training(
@@ -133,7 +150,9 @@ def local_training(
         The trained parameters, the momentum buffer, and the mean loss per expected example.
     """
     if plan.n_records != len(site):
-        raise ValueError(f"Plan for n_records={plan.n_records} given site {site!r} of {len(site)} records.")
+        raise ValueError(
+            f"Plan for n_records={plan.n_records} given site {site!r} of {len(site)} records."
+        )
     params = {k: v.detach().clone() for k, v in params.items()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     expected = plan.sample_rate * plan.n_records  # the expected batch size divides the sum
@@ -145,7 +164,11 @@ def local_training(
         x, y = site.train.images[idx], site.train.labels[idx]
         if plan.private:
             grads, losses = per_sample(params, buffers, x, y) if len(idx) else _empty(params)
-            summed = clipped_sum(grads, clip, torch.ones(len(idx), device=x.device)) if len(idx) else grads
+            summed = (
+                clipped_sum(grads, clip, torch.ones(len(idx), device=x.device))
+                if len(idx)
+                else grads
+            )
             noise = _gaussian(params, plan.noise_multiplier * plan.max_grad_norm, generator)
             summed = {k: summed[k] + noise[k] for k in summed}
             loss = float(losses.sum()) if len(idx) else 0.0

@@ -111,9 +111,15 @@ def check_threshold(threshold: int, n_sites: int) -> int:
     ValueError: Expected threshold=2 to be an integer in [3, 4] (more than half of the 4 sites).
     """
     if n_sites < 2:
-        raise ValueError(f"Expected at least 2 sites, got {n_sites}: one update alone cannot hide in a sum.")
+        raise ValueError(
+            f"Expected at least 2 sites, got {n_sites}: one update alone cannot hide in a sum."
+        )
     low = n_sites // 2 + 1
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or not low <= threshold <= n_sites:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int)
+        or not low <= threshold <= n_sites
+    ):
         raise ValueError(
             f"Expected threshold={threshold!r} to be an integer in [{low}, {n_sites}] "
             f"(more than half of the {n_sites} sites)."
@@ -182,7 +188,9 @@ class Client:
         self._round = 0
         self._roster: dict[str, PublicKeys] = {}
         self._threshold = 0
-        self._held: dict[str, tuple[shamir.Share, shamir.Share]] = {}  # site -> (share of s_sk, of b)
+        self._held: dict[
+            str, tuple[shamir.Share, shamir.Share]
+        ] = {}  # site -> (share of s_sk, of b)
         self._peers: frozenset[str] = frozenset()  # U2 as this site saw it
         self._answered: tuple[frozenset[str], Unmasking] | None = None
 
@@ -200,8 +208,10 @@ class Client:
         return self._own_keys()
 
     def _own_keys(self) -> PublicKeys:
-        return PublicKeys(self._channel_key.public_key().public_bytes_raw(),
-                          self._mask_key.public_key().public_bytes_raw())
+        return PublicKeys(
+            self._channel_key.public_key().public_bytes_raw(),
+            self._mask_key.public_key().public_bytes_raw(),
+        )
 
     def share_keys(self, roster: Mapping[str, PublicKeys], *, threshold: int) -> dict[str, bytes]:
         """Round 1: shares of s_sk and b for every site of ``roster``, each encrypted to it.
@@ -216,7 +226,9 @@ class Client:
         """
         self._next(1, "share_keys")
         if roster.get(self.name) != self._own_keys():
-            raise ProtocolError(f"{self.name}: the roster does not hold the keys this site advertised.")
+            raise ProtocolError(
+                f"{self.name}: the roster does not hold the keys this site advertised."
+            )
         self._threshold = check_threshold(threshold, len(roster))
         self._roster = dict(roster)
         names = sorted(roster)
@@ -229,9 +241,13 @@ class Client:
             if name == self.name:
                 self._held[name] = (key_share, self_share)
                 continue
-            plaintext = b"".join(y.to_bytes(shamir.SHARE_BYTES, "big") for y in (key_share[1], self_share[1]))
+            plaintext = b"".join(
+                y.to_bytes(shamir.SHARE_BYTES, "big") for y in (key_share[1], self_share[1])
+            )
             nonce = secrets.token_bytes(_NONCE_BYTES)
-            cipher = ChaCha20Poly1305(agree(self._channel_key, roster[name].channel, purpose=CHANNEL))
+            cipher = ChaCha20Poly1305(
+                agree(self._channel_key, roster[name].channel, purpose=CHANNEL)
+            )
             out[name] = nonce + cipher.encrypt(nonce, plaintext, _route(self.name, name))
         return out
 
@@ -252,24 +268,35 @@ class Client:
         self._next(2, "masked_input")
         update = np.asarray(update)
         if update.ndim != 1 or len(update) == 0:
-            raise ValueError(f"Expected update to be a non-empty flat vector, got shape {update.shape}.")
+            raise ValueError(
+                f"Expected update to be a non-empty flat vector, got shape {update.shape}."
+            )
         strangers = sorted(set(inbox) - set(self._roster) | ({self.name} & set(inbox)))
         if strangers:
-            raise ProtocolError(f"{self.name}: shares from {strangers}, not other sites of the roster.")
+            raise ProtocolError(
+                f"{self.name}: shares from {strangers}, not other sites of the roster."
+            )
         if len(inbox) + 1 < self._threshold:
             raise DropoutError(
                 f"{self.name}: only {len(inbox) + 1} sites shared keys; the threshold is {self._threshold}."
             )
         x = sorted(self._roster).index(self.name) + 1
         for sender, message in inbox.items():
-            cipher = ChaCha20Poly1305(agree(self._channel_key, self._roster[sender].channel, purpose=CHANNEL))
+            cipher = ChaCha20Poly1305(
+                agree(self._channel_key, self._roster[sender].channel, purpose=CHANNEL)
+            )
             nonce, ciphertext = message[:_NONCE_BYTES], message[_NONCE_BYTES:]
             try:
                 plaintext = cipher.decrypt(nonce, ciphertext, _route(sender, self.name))
             except InvalidTag:
-                raise ProtocolError(f"{self.name}: the shares from {sender} fail authentication.") from None
+                raise ProtocolError(
+                    f"{self.name}: the shares from {sender} fail authentication."
+                ) from None
             key_y, self_y = plaintext[: shamir.SHARE_BYTES], plaintext[shamir.SHARE_BYTES :]
-            self._held[sender] = ((x, int.from_bytes(key_y, "big")), (x, int.from_bytes(self_y, "big")))
+            self._held[sender] = (
+                (x, int.from_bytes(key_y, "big")),
+                (x, int.from_bytes(self_y, "big")),
+            )
         self._peers = frozenset(inbox) | {self.name}
         length = len(update)
         out = encode(update, max_abs=max_abs) + prg(self._self_seed, length)
@@ -356,7 +383,9 @@ class Server:
         self.roster = dict(keys)
         return dict(self.roster)
 
-    def share_keys(self, ciphertexts: Mapping[str, Mapping[str, bytes]]) -> dict[str, dict[str, bytes]]:
+    def share_keys(
+        self, ciphertexts: Mapping[str, Mapping[str, bytes]]
+    ) -> dict[str, dict[str, bytes]]:
         """Round 1: each sender's ciphertexts (to every other roster site) forwarded to their
         recipients in U2, the senders: recipient -> sender -> ciphertext."""
         for sender, sent in ciphertexts.items():
@@ -366,7 +395,10 @@ class Server:
                 )
         self._enough(ciphertexts, "their shares")
         self.ciphertexts = {s: dict(sent) for s, sent in ciphertexts.items()}
-        return {r: {s: sent[r] for s, sent in self.ciphertexts.items() if s != r} for r in self.ciphertexts}
+        return {
+            r: {s: sent[r] for s, sent in self.ciphertexts.items() if s != r}
+            for r in self.ciphertexts
+        }
 
     def masked_input(self, masked: Mapping[str, np.ndarray]) -> frozenset[str]:
         """Round 2: the masked inputs that arrived; returns the survivors U3 to announce."""
@@ -377,7 +409,11 @@ class Server:
             )
         self._enough(masked, "their masked input")
         shapes = {v.shape for v in masked.values()}
-        if len(shapes) != 1 or len(min(shapes)) != 1 or any(v.dtype != np.uint64 for v in masked.values()):
+        if (
+            len(shapes) != 1
+            or len(min(shapes)) != 1
+            or any(v.dtype != np.uint64 for v in masked.values())
+        ):
             raise ValueError(
                 f"Expected masked inputs as uint64 vectors of one length, got shapes {sorted(shapes)}."
             )
@@ -403,7 +439,9 @@ class Server:
         for name, answer in answers.items():
             kinds = (set(answer.self_mask), set(answer.mask_key))
             if name not in self.survivors or kinds != (self.survivors, dropped):
-                raise ProtocolError(f"{name}'s answer does not match the survivors {sorted(self.survivors)}.")
+                raise ProtocolError(
+                    f"{name}'s answer does not match the survivors {sorted(self.survivors)}."
+                )
         self._enough(answers, "their unmasking answer")
         self.answers = dict(answers)
         length = len(next(iter(self.masked.values())))
@@ -411,12 +449,16 @@ class Server:
         for name in sorted(self.survivors):
             seed = shamir.combine([a.self_mask[name] for a in answers.values()], length=KEY_BYTES)
             total = total - prg(seed, length)
-        for gone in sorted(dropped):  # each survivor's pairwise mask with a dropped site is left in the total
+        for gone in sorted(
+            dropped
+        ):  # each survivor's pairwise mask with a dropped site is left in the total
             key = X25519PrivateKey.from_private_bytes(
                 shamir.combine([a.mask_key[gone] for a in answers.values()], length=KEY_BYTES)
             )
             if key.public_key().public_bytes_raw() != self.roster[gone].mask:
-                raise ProtocolError(f"The shares of {gone}'s mask key rebuild a key it did not advertise.")
+                raise ProtocolError(
+                    f"The shares of {gone}'s mask key rebuild a key it did not advertise."
+                )
             for name in sorted(self.survivors):
                 seed = agree(key, self.roster[name].mask, purpose=MASK)  # s_(name, gone)
                 total = total - _signed_pad(seed, length, name, gone)
@@ -446,14 +488,25 @@ def secure_sum(
     """
     unknown = sorted(set(dropouts) - set(updates))
     if unknown:
-        raise ValueError(f"dropouts names unknown site(s) {unknown}; the sites are {sorted(updates)}.")
-    threshold = check_threshold(len(updates) // 2 + 1 if threshold is None else threshold, len(updates))
+        raise ValueError(
+            f"dropouts names unknown site(s) {unknown}; the sites are {sorted(updates)}."
+        )
+    threshold = check_threshold(
+        len(updates) // 2 + 1 if threshold is None else threshold, len(updates)
+    )
     clients = {name: Client(name) for name in updates}
     server = Server(threshold=threshold, max_abs=max_abs)
     roster = server.advertise_keys({name: c.advertise_keys() for name, c in clients.items()})
-    inbox = server.share_keys({n: c.share_keys(roster, threshold=threshold) for n, c in clients.items()})
-    survivors = server.masked_input(
-        {name: c.masked_input(updates[name], inbox[name], max_abs=max_abs) for name, c in clients.items()
-         if name not in dropouts}
+    inbox = server.share_keys(
+        {n: c.share_keys(roster, threshold=threshold) for n, c in clients.items()}
     )
-    return server.unmasking({name: clients[name].unmasking(survivors) for name in sorted(survivors)})
+    survivors = server.masked_input(
+        {
+            name: c.masked_input(updates[name], inbox[name], max_abs=max_abs)
+            for name, c in clients.items()
+            if name not in dropouts
+        }
+    )
+    return server.unmasking(
+        {name: clients[name].unmasking(survivors) for name in sorted(survivors)}
+    )

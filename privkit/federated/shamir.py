@@ -53,12 +53,16 @@ def split(secret: bytes, *, threshold: int, n_shares: int) -> list[Share]:
         ``[(1, f(1)), ..., (n, f(n))]``; share x goes to holder x.
     """
     if len(secret) > MAX_SECRET_BYTES:
-        raise ValueError(f"Expected a secret of at most {MAX_SECRET_BYTES} bytes, got {len(secret)}.")
+        raise ValueError(
+            f"Expected a secret of at most {MAX_SECRET_BYTES} bytes, got {len(secret)}."
+        )
     _validate.positive_int(n_shares=n_shares)
     _validate.positive_int(threshold=threshold)
     if threshold > n_shares:
         raise ValueError(f"Expected threshold={threshold} <= n_shares={n_shares}.")
-    coefficients = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    coefficients = [int.from_bytes(secret, "big")] + [
+        secrets.randbelow(PRIME) for _ in range(threshold - 1)
+    ]
     return [(x, evaluate(coefficients, x)) for x in range(1, n_shares + 1)]
 
 

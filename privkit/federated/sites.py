@@ -113,7 +113,7 @@ def split_sites(
     if n_sites * min_size > n:
         raise ValueError(
             f"Expected n_sites={n_sites} <= {n // min_size}, the number of training examples"
-            f"{f' / min_size' if min_size > 1 else ''} (each site needs at least min_size={min_size})."
+            f"{' / min_size' if min_size > 1 else ''} (each site needs at least min_size={min_size})."
         )
     rng = np.random.default_rng(seed)
     if scheme == "iid":
@@ -123,9 +123,7 @@ def split_sites(
         parts = np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
     else:
         parts = _label_skew(class_key(split.labels), n_sites, alpha, min_size, rng)
-    return [
-        Site(f"{prefix}{k + 1}", _subset(split, np.sort(part))) for k, part in enumerate(parts)
-    ]
+    return [Site(f"{prefix}{k + 1}", _subset(split, np.sort(part))) for k, part in enumerate(parts)]
 
 
 def _subset(split: Split, index: np.ndarray) -> Split:
@@ -133,7 +131,9 @@ def _subset(split: Split, index: np.ndarray) -> Split:
     return Split(images=split.images[idx], labels=split.labels[idx])
 
 
-def _skewed_sizes(n: int, n_sites: int, alpha: float, min_size: int, rng: np.random.Generator) -> np.ndarray:
+def _skewed_sizes(
+    n: int, n_sites: int, alpha: float, min_size: int, rng: np.random.Generator
+) -> np.ndarray:
     """``min_size`` each, the rest shared in proportion to a Dirichlet(alpha) draw."""
     rest = n - n_sites * min_size
     shares = rng.dirichlet(np.full(n_sites, alpha)) * rest

@@ -36,16 +36,45 @@ from privkit.federated.sites import SCHEMES, Site, split_sites
 from privkit.train import TrainConfig, train
 
 METHODS = ("centralised", *ALGORITHMS)
-COLUMNS = ["run_id", "method", "partition", "n_sites", "seed", "epsilon_target", "epsilon_spent", "delta",
-           "rounds", "split", "metric", "value"]  # fmt: skip
-SITE_COLUMNS = ["run_id", "method", "partition", "n_sites", "seed", "epsilon_target", "site", "n_records",
-                "positive_fraction", "noise_multiplier", "sample_rate", "steps", "epsilon_spent"]  # fmt: skip
+COLUMNS = [
+    "run_id",
+    "method",
+    "partition",
+    "n_sites",
+    "seed",
+    "epsilon_target",
+    "epsilon_spent",
+    "delta",
+    "rounds",
+    "split",
+    "metric",
+    "value",
+]
+SITE_COLUMNS = [
+    "run_id",
+    "method",
+    "partition",
+    "n_sites",
+    "seed",
+    "epsilon_target",
+    "site",
+    "n_records",
+    "positive_fraction",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "epsilon_spent",
+]
 
 
 def settings(
-    *, methods: Sequence[str], partitions: Sequence[str], site_counts: Sequence[int], epsilons: Sequence[float],
+    *,
+    methods: Sequence[str],
+    partitions: Sequence[str],
+    site_counts: Sequence[int],
+    epsilons: Sequence[float],
     seeds: Sequence[int],
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Every run of the study; centralised runs once per (epsilon, seed), on pooled records.
 
     >>> len(settings(methods=["centralised", "fedavg"], partitions=["iid", "label_skew"],
@@ -59,10 +88,14 @@ def settings(
     out = []
     for method, eps, seed in itertools.product(methods, epsilons, seeds):
         if method == "centralised":
-            out.append(dict(method=method, partition="pooled", n_sites=1, epsilon=float(eps), seed=seed))
+            out.append(
+                dict(method=method, partition="pooled", n_sites=1, epsilon=float(eps), seed=seed)
+            )
         else:
-            out += [dict(method=method, partition=p, n_sites=n, epsilon=float(eps), seed=seed)
-                    for p, n in itertools.product(partitions, site_counts)]  # fmt: skip
+            out += [
+                dict(method=method, partition=p, n_sites=n, epsilon=float(eps), seed=seed)
+                for p, n in itertools.product(partitions, site_counts)
+            ]
     return out
 
 
@@ -109,7 +142,13 @@ def run_study(
     out_dir = Path(out_dir)
     table_path, sites_path = out_dir / "metrics.csv", out_dir / "site_budgets.csv"
     study = dict(
-        rounds=rounds, batch_size=batch_size, lr=lr, momentum=momentum, delta=delta, alpha=alpha, min_size=min_size
+        rounds=rounds,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        delta=delta,
+        alpha=alpha,
+        min_size=min_size,
     )
     ids = [_run_id({**run, **study, "data": dataset.sha256}) for run in runs]
     done = set(_read(table_path, COLUMNS)["run_id"])
@@ -153,8 +192,10 @@ def run_study(
         progress=progress,
     )
     table, sites = _read(table_path, COLUMNS), _read(sites_path, SITE_COLUMNS)
-    return (table[table["run_id"].isin(ids)].reset_index(drop=True),
-            sites[sites["run_id"].isin(ids)].drop_duplicates().reset_index(drop=True))  # fmt: skip
+    return (
+        table[table["run_id"].isin(ids)].reset_index(drop=True),
+        sites[sites["run_id"].isin(ids)].drop_duplicates().reset_index(drop=True),
+    )
 
 
 def _centralised(run: dict[str, Any], study: dict[str, Any]) -> TrainConfig:
@@ -202,23 +243,47 @@ def _train_one(
 ) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """The study's unit of work: one run from plain settings and the data, no ledger, nothing
     written. Returns its metric rows, its site rows and its provenance."""
-    key = dict(run_id=rid, method=run["method"], partition=run["partition"], n_sites=run["n_sites"],
-               seed=run["seed"], epsilon_target=run["epsilon"])  # fmt: skip
+    key = dict(
+        run_id=rid,
+        method=run["method"],
+        partition=run["partition"],
+        n_sites=run["n_sites"],
+        seed=run["seed"],
+        epsilon_target=run["epsilon"],
+    )
     if run["method"] == "centralised":
         config = _centralised(run, study)
         result = train(config, dataset=dataset, progress=False)
         mech = result.mechanism
-        site_rows = [{**key, "site": "pooled", "n_records": len(dataset.train),
-                      "positive_fraction": float(dataset.train.labels.mean()), "noise_multiplier": mech.noise_multiplier,
-                      "sample_rate": mech.sample_rate, "steps": mech.steps, "epsilon_spent": mech.epsilon}]  # fmt: skip
+        site_rows = [
+            {
+                **key,
+                "site": "pooled",
+                "n_records": len(dataset.train),
+                "positive_fraction": float(dataset.train.labels.mean()),
+                "noise_multiplier": mech.noise_multiplier,
+                "sample_rate": mech.sample_rate,
+                "steps": mech.steps,
+                "epsilon_spent": mech.epsilon,
+            }
+        ]
         spent, metrics = mech.epsilon, result.metrics
     else:
         config, sites = _federated(dataset, run, study)
         result = train_federated(config, sites, evaluation=dataset, progress=False)
-        site_rows = [{**key, "site": site.name, "n_records": len(site),
-                      "positive_fraction": float(site.train.labels.mean()), "noise_multiplier": p.noise_multiplier,
-                      "sample_rate": p.sample_rate, "steps": p.steps, "epsilon_spent": p.epsilon}
-                     for site, p in zip(sites, result.sites)]  # fmt: skip
+        site_rows = [
+            {
+                **key,
+                "site": site.name,
+                "n_records": len(site),
+                "positive_fraction": float(site.train.labels.mean()),
+                "noise_multiplier": p.noise_multiplier,
+                "sample_rate": p.sample_rate,
+                "steps": p.steps,
+                "epsilon_spent": p.epsilon,
+            }
+            for site, p in zip(sites, result.sites)
+        ]
         spent, metrics = result.epsilon, result.metrics
     common = {**key, "epsilon_spent": spent, "delta": study["delta"], "rounds": study["rounds"]}
     rows = [
@@ -231,8 +296,12 @@ def _train_one(
 
 
 def _run_id(values: dict[str, Any]) -> str:
-    blob = json.dumps({k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
-                       for k, v in sorted(values.items())})  # fmt: skip
+    blob = json.dumps(
+        {
+            k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in sorted(values.items())
+        }
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -242,5 +311,7 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
 
 def _append(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     with locked(path):
-        table = pd.concat([_read(path, columns), pd.DataFrame(rows, columns=columns)], ignore_index=True)
+        table = pd.concat(
+            [_read(path, columns), pd.DataFrame(rows, columns=columns)], ignore_index=True
+        )
         atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))

@@ -352,6 +352,36 @@ def compose(
     return _prv_composed(tuple(history), delta)
 
 
+def upper_bound(
+    mechanisms: Sequence[tuple[float, float, int]], *, delta: float, accountant: str = "prv"
+) -> tuple[float, str]:
+    """The tightest epsilon that can be certified for ``mechanisms`` composed, and the
+    accountant that certified it: ``accountant``'s, or RDP's where the PRV cannot handle so
+    weak a guarantee (epsilon in the hundreds, :func:`compose` raises). The one place where
+    privkit falls back from one accountant to another; both are upper bounds.
+
+    Args:
+        mechanisms: ``(noise_multiplier, sample_rate, steps)`` of each run (a
+            :class:`privkit.mechanism.Mechanism`'s ``event``), as in :func:`compose`.
+        delta: Target delta, in (0, 1).
+        accountant: ``"prv"`` or ``"rdp"``.
+
+    >>> upper_bound([(0.01, 0.01, 1000)], delta=1e-5)[1]
+    'rdp'
+    >>> upper_bound([(1.0, 0.05, 50)], delta=1e-5) == (compose([(1.0, 0.05, 50)], delta=1e-5), "prv")
+    True
+    """
+    one_of(UPPER_BOUNDS, accountant=accountant)
+    if accountant == "prv":
+        try:
+            return compose(mechanisms, delta=delta, accountant="prv"), "prv"
+        except RuntimeError:  # "prv" fails only for epsilon in the hundreds
+            pass
+    with warnings.catch_warnings():  # Opacus's "optimal order is the smallest alpha" far out
+        warnings.filterwarnings("ignore", "Optimal order", UserWarning)
+        return compose(mechanisms, delta=delta, accountant="rdp"), "rdp"
+
+
 def cache_clear() -> None:
     """Forget every cached accounting result (for cold timings); being pure, none can go stale.
 

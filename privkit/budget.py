@@ -74,11 +74,12 @@ arguments, unknown scopes and unflagged raises raise ``ValueError``.
 >>> import pathlib, tempfile
 >>> ledger = Ledger(pathlib.Path(tempfile.mkdtemp()) / "ledger.sqlite")
 >>> _ = ledger.set_budget("dataset:pneumoniamnist", epsilon=5.0, delta=1e-5)
->>> run = dict(noise_multiplier=1.0, sample_rate=256 / 4708, steps=100, delta=1e-5, actor="me")
->>> spend = ledger.charge(["dataset:pneumoniamnist/institution:h1"], run_id="a", **run)
+>>> from privkit.mechanism import plan
+>>> run = plan(noise_multiplier=1.0, sample_rate=256 / 4708, steps=100, delta=1e-5)
+>>> spend = ledger.charge([Scope("pneumoniamnist", institution="h1")], run, run_id="a", actor="me")
 >>> round(spend.epsilon, 2), round(ledger.spent("dataset:pneumoniamnist").remaining, 2)
 (3.82, 1.18)
->>> ledger.charge(["dataset:pneumoniamnist"], run_id="b", **run)  # doctest: +ELLIPSIS
+>>> ledger.charge([Scope("pneumoniamnist")], run, run_id="b", actor="me")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
 privkit.budget.BudgetExceededError: Privacy budget of dataset:pneumoniamnist exceeded: ...
@@ -88,7 +89,6 @@ privkit.budget.BudgetExceededError: Privacy budget of dataset:pneumoniamnist exc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
@@ -122,6 +122,7 @@ from privkit._ledger_sqlite import (
     now,
 )
 from privkit._validate import in_range, one_of, positive_int
+from privkit.mechanism import Mechanism
 
 __all__ = [
     "ACCOUNTANTS",
@@ -326,10 +327,9 @@ def _text(**kwargs: str | None) -> str | None:
 def _composed(
     mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str
 ) -> float:
-    if accountant == "prv" and len({(s, q) for s, q, n in mechanisms if n}) <= PRV_MAX_MECHANISMS:
-        with contextlib.suppress(RuntimeError):  # PRV fails at epsilons in the hundreds
-            return accounting.compose(mechanisms, delta=delta, accountant="prv")
-    return accounting.compose(mechanisms, delta=delta, accountant="rdp")
+    if len({(s, q) for s, q, n in mechanisms if n}) > PRV_MAX_MECHANISMS:
+        accountant = "rdp"  # the PRV of many different runs is slow
+    return accounting.upper_bound(mechanisms, delta=delta, accountant=accountant)[0]
 
 
 def _epsilon(spends: Iterable[Spend], delta: float, accountant: str, extra: tuple = ()) -> float:
@@ -598,26 +598,25 @@ class Ledger:
 
     def charge(
         self,
-        scopes: Sequence[str],
+        scopes: Sequence[Scope | str],
+        mechanism: Mechanism,
         *,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
-        delta: float,
         run_id: str,
         actor: str,
-        accountant: str = "prv",
         randomness: str = "secure",
         allow_seeded: bool = False,
     ) -> Spend:
         """Record the spend of a run about to read the records of ``scopes``, or refuse it. Call it first.
 
         Args:
-            scopes: The canonical scopes whose records the run reads (one spend, listed on each of them).
-            noise_multiplier, sample_rate, steps: The DP-SGD mechanism the run will execute.
-            delta: The run's own delta (for its epsilon alone, and the summed bound).
+            scopes: The canonical scopes whose records the run reads (one spend, listed on each of them):
+                :class:`Scope` values, or their text.
+            mechanism: What the run will execute (:func:`privkit.mechanism.plan`): its noise multiplier,
+                sample rate and steps are composed; its delta is the run's own (for its epsilon alone,
+                and the summed bound); its accountant (``"prv"`` or ``"rdp"``) gives the run's epsilon
+                and the composition checked. Its recorded ``epsilon`` is not trusted: the ledger
+                computes its own.
             run_id, actor: What runs, and who or what runs it (a user, a service, a host).
-            accountant: ``"prv"`` or ``"rdp"``: the run's epsilon and the composition checked.
             randomness: ``"secure"`` (noise and Poisson draws from the operating system's entropy) or
                 ``"seeded:<hex id>"`` (a stream derived from a recorded seed and the run's identity; the id
                 names the stream).
@@ -635,23 +634,25 @@ class Ledger:
             LedgerError: If the ledger is read-only, stays locked, or does not verify
                 (:class:`LedgerTamperedError`).
         """
-        if isinstance(scopes, str) or not scopes:
+        if isinstance(scopes, (str, Scope)) or not scopes:
             raise ValueError(f"Expected scopes={scopes!r} to be a non-empty list of scopes.")
+        scopes = [str(s) if isinstance(s, Scope) else s for s in scopes]
         for text in scopes:
             parse_scope(text)
+        if not isinstance(mechanism, Mechanism):
+            raise ValueError(
+                f"Expected mechanism={mechanism!r} to be a privkit.mechanism.Mechanism "
+                "(privkit.mechanism.plan builds one)."
+            )
         for name, value in (("run_id", run_id), ("actor", actor)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"Expected {name}={value!r} to be a non-empty string.")
+        accountant, delta = mechanism.accountant, mechanism.delta
         one_of(ACCOUNTANTS, accountant=accountant)
         _check_randomness(randomness, allow_seeded, run_id)
-        mechanism = dict(
-            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
-        )
-        try:
-            own = accounting.epsilon(**mechanism, accountant=accountant)
-        except RuntimeError:  # PRV fails at epsilons in the hundreds
-            own = accounting.epsilon(**mechanism, accountant="rdp")
-        new = ((float(noise_multiplier), float(sample_rate), int(steps)),)
+        own = accounting.upper_bound([mechanism.event], delta=delta, accountant=accountant)[0]
+        sigma, q, steps = mechanism.event
+        new = ((float(sigma), float(q), int(steps)),)
 
         def decide(state: State) -> tuple[Spend, list[Check]]:
             parsed = list(dict.fromkeys(_canonical(s, state) for s in scopes))

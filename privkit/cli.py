@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from privkit import accounting, budget, data, randomness
+from privkit import accounting, budget, data, mechanism, randomness
 from privkit.budget import LedgerError
 from privkit.engine import DP_BACKENDS
 from privkit.executors import UnitsFailedError
@@ -515,15 +515,18 @@ def _budget(args: argparse.Namespace) -> int:
         table = pd.DataFrame(rows, columns=columns).fillna("")
         print(table.to_string(index=False) if rows else "No events yet.")
     else:
-        s = ledger.charge(
-            args.scope,
+        run = mechanism.plan(
             noise_multiplier=args.noise_multiplier,
             sample_rate=args.sample_rate,
             steps=args.steps,
             delta=args.delta,
+            accountant=args.accountant,
+        )
+        s = ledger.charge(
+            args.scope,
+            run,
             run_id=args.run_id,
             actor=args.actor or budget.default_actor(),
-            accountant=args.accountant,
             randomness=args.randomness,
             allow_seeded=args.allow_seeded,
         )

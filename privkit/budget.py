@@ -274,8 +274,9 @@ class Scope:
         return self.dataset, self.institution or "", self.group or ""
 
 
-def parse_scope(text: str) -> Scope:
-    """Parse ``dataset:<name>[/institution:<id>][/group:<id>]`` (names ``[A-Za-z0-9_.-]+``).
+def parse_scope(text: Scope | str) -> Scope:
+    """Parse ``dataset:<name>[/institution:<id>][/group:<id>]`` (names ``[A-Za-z0-9_.-]+``); a
+    :class:`Scope` is checked by its text, so every ledger method takes either.
 
     Only the form is checked here; a ledger also checks that the dataset is one it knows.
 
@@ -286,7 +287,7 @@ def parse_scope(text: str) -> Scope:
     ...
     ValueError: Unknown scope='hospital:h1'; expected one of: dataset:<name>, ...
     """
-    scope = _parse(text) if isinstance(text, str) else None
+    scope = _parse(str(text)) if isinstance(text, (str, Scope)) else None
     if scope is None:
         raise ValueError(
             f"Unknown scope={text!r}; expected one of: {', '.join(SCOPE_FORMS)} "
@@ -351,7 +352,7 @@ def _touching(spends: Iterable[Spend], scope: Scope) -> list[Spend]:
     return [s for s in spends if any(parse_scope(x).overlaps(scope) for x in s.scopes)]
 
 
-def _canonical(text: str, state: State) -> Scope:
+def _canonical(text: Scope | str, state: State) -> Scope:
     """``text`` parsed, if it names a dataset the ledger knows and no case variant of an id in it."""
     scope = parse_scope(text)
     known = (*data.DATASETS, *(d.name for d in state.datasets))
@@ -363,7 +364,7 @@ def _canonical(text: str, state: State) -> Scope:
         hint = f"; did you mean '{dataclasses.replace(scope, dataset=guess)}'?" if guess else "."
         hidden = " (or one registered but not granted to you)" if state.visible is not None else ""
         raise ValueError(
-            f"Unknown dataset {scope.dataset!r} in scope {text!r}{hint} A scope names a "
+            f"Unknown dataset {scope.dataset!r} in scope {str(text)!r}{hint} A scope names a "
             "dataset privkit knows or one registered in this ledger with its size "
             f"({', '.join(known)}){hidden}; register another with Ledger.register_dataset "
             "(privkit budget register --dataset NAME --size N)."
@@ -526,7 +527,7 @@ class Ledger:
 
     def set_budget(
         self,
-        scope: str,
+        scope: Scope | str,
         *,
         epsilon: float,
         delta: float,
@@ -636,9 +637,7 @@ class Ledger:
         """
         if isinstance(scopes, (str, Scope)) or not scopes:
             raise ValueError(f"Expected scopes={scopes!r} to be a non-empty list of scopes.")
-        scopes = [str(s) if isinstance(s, Scope) else s for s in scopes]
-        for text in scopes:
-            parse_scope(text)
+        scopes = [str(parse_scope(s)) for s in scopes]
         if not isinstance(mechanism, Mechanism):
             raise ValueError(
                 f"Expected mechanism={mechanism!r} to be a privkit.mechanism.Mechanism "
@@ -712,18 +711,18 @@ class Ledger:
 
         return self._store.write(decide)
 
-    def spent(self, scope: str, *, accountant: str = "prv") -> Spent:
+    def spent(self, scope: Scope | str, *, accountant: str = "prv") -> Spent:
         """What ``scope``'s worst-off patient has spent, composed and summed; see :class:`Spent`."""
         one_of(ACCOUNTANTS, accountant=accountant)
         state = self._read()
         return self._spent(_canonical(scope, state), state.current, state.spends, accountant)
 
-    def history(self, scope: str | None = None) -> list[Spend]:
+    def history(self, scope: Scope | str | None = None) -> list[Spend]:
         """Every spend in time order; with ``scope``, those that touched some of its records."""
         state = self._read()
         return state.spends if scope is None else _touching(state.spends, _canonical(scope, state))
 
-    def events(self, scope: str | None = None) -> list[Event]:
+    def events(self, scope: Scope | str | None = None) -> list[Event]:
         """Every event in chain order: budgets, dataset registrations and spends; with ``scope``, the budgets
         and spends on scopes overlapping it and the registration of its dataset."""
         state = self._read()
@@ -827,7 +826,7 @@ class Ledger:
         """Every registered dataset, in time order."""
         return self._read().datasets
 
-    def show(self, scope: str | None = None, *, accountant: str = "prv") -> pd.DataFrame:
+    def show(self, scope: Scope | str | None = None, *, accountant: str = "prv") -> pd.DataFrame:
         """One row per scope with a budget or spends (those inside ``scope`` if given), widest first.
 
         Columns: scope, budget_epsilon, budget_delta (NaN: no budget), spent_epsilon_composed at spent_delta,

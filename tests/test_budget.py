@@ -410,9 +410,10 @@ def test_bad_charges_are_named_and_record_nothing(
 
 def test_the_ledger_computes_the_epsilon_itself(ledger: Ledger) -> None:
     # A caller who writes a small epsilon into its mechanism is charged what it spends.
-    ledger.set_budget(D, epsilon=3.0, delta=1e-5)
+    ledger.set_budget(Scope("pneumoniamnist"), epsilon=3.0, delta=1e-5)  # a Scope, or its text
     spend = ledger.charge([Scope("pneumoniamnist")], run(epsilon=0.01), run_id="r", actor="a")
     assert spend.epsilon == eps_of(1) and spend.scopes == (D,)
+    assert ledger.spent(Scope("pneumoniamnist")).epsilon == ledger.spent(D).epsilon == eps_of(1)
     with pytest.raises(BudgetExceededError):
         charge(ledger, D, epsilon=0.01)
 

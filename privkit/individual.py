@@ -66,6 +66,14 @@ class IndividualPlan:
         return self.mechanisms[0].steps
 
     @property
+    def delta(self) -> float:
+        return self.mechanisms[0].delta
+
+    @property
+    def accountant(self) -> str:
+        return self.mechanisms[0].accountant
+
+    @property
     def sample_rates(self) -> tuple[float, ...]:
         return tuple(m.sample_rate for m in self.mechanisms)
 

@@ -266,3 +266,6 @@ def test_a_mechanism_names_the_accountant_that_certified_it():
     m = plan(noise_multiplier=0.01, sample_rate=0.01, steps=1000, delta=1e-5)
     assert m.accountant == "rdp" and m.epsilon > 1e5
     assert compose([m.event], delta=1e-5, accountant="rdp") == m.epsilon
+    assert compose([m, m], delta=1e-5, accountant="rdp") == compose(
+        [m.event] * 2, delta=1e-5, accountant="rdp"
+    )

@@ -29,6 +29,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from opacus.accountants import RDPAccountant
@@ -37,6 +38,9 @@ from opacus.accountants.analysis import rdp as _rdp
 
 from privkit import _prv, _search
 from privkit._validate import in_range, one_of, positive, positive_int
+
+if TYPE_CHECKING:
+    from privkit.mechanism import Mechanism
 
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp", "gdp")
 UPPER_BOUNDS: tuple[str, ...] = (
@@ -294,7 +298,10 @@ def _rdp_integer_sigma(target_epsilon: float, delta: float, q: float, steps: int
 
 
 def compose(
-    mechanisms: Sequence[tuple[float, float, int]], *, delta: float, accountant: str = "prv"
+    mechanisms: Sequence[tuple[float, float, int] | Mechanism],
+    *,
+    delta: float,
+    accountant: str = "prv",
 ) -> float:
     """Epsilon of several Poisson-subsampled Gaussian mechanisms run one after another.
 
@@ -307,7 +314,7 @@ def compose(
 
     Args:
         mechanisms: ``(noise_multiplier, sample_rate, steps)`` of each run, checked as in
-            :func:`epsilon`.
+            :func:`epsilon`, or the run's :class:`privkit.mechanism.Mechanism` (its ``event``).
         delta: Target delta of the composition, in (0, 1).
         accountant: ``"prv"`` or ``"rdp"``.
 
@@ -328,6 +335,7 @@ def compose(
     in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=delta)
     merged: dict[tuple[float, float], int] = {}
     for i, mechanism in enumerate(mechanisms):
+        mechanism = getattr(mechanism, "event", mechanism)  # a privkit.mechanism.Mechanism
         if not isinstance(mechanism, (tuple, list)) or len(mechanism) != 3:
             raise ValueError(
                 f"Expected mechanisms[{i}]={mechanism!r} to be (noise_multiplier, sample_rate, steps)."
@@ -350,6 +358,39 @@ def compose(
         rdp = sum(_rdp_one_step(s, q) * n for s, q, n in history)  # as Opacus's compute_rdp
         return float(_rdp.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)[0])
     return _prv_composed(tuple(history), delta)
+
+
+def upper_bound(
+    mechanisms: Sequence[tuple[float, float, int] | Mechanism],
+    *,
+    delta: float,
+    accountant: str = "prv",
+) -> tuple[float, str]:
+    """The tightest epsilon that can be certified for ``mechanisms`` composed, and the
+    accountant that certified it: ``accountant``'s, or RDP's where the PRV cannot handle so
+    weak a guarantee (epsilon in the hundreds, :func:`compose` raises). The one place where
+    privkit falls back from one accountant to another; both are upper bounds.
+
+    Args:
+        mechanisms: ``(noise_multiplier, sample_rate, steps)`` of each run, or its
+            :class:`privkit.mechanism.Mechanism`, as in :func:`compose`.
+        delta: Target delta, in (0, 1).
+        accountant: ``"prv"`` or ``"rdp"``.
+
+    >>> upper_bound([(0.01, 0.01, 1000)], delta=1e-5)[1]
+    'rdp'
+    >>> upper_bound([(1.0, 0.05, 50)], delta=1e-5) == (compose([(1.0, 0.05, 50)], delta=1e-5), "prv")
+    True
+    """
+    one_of(UPPER_BOUNDS, accountant=accountant)
+    if accountant == "prv":
+        try:
+            return compose(mechanisms, delta=delta, accountant="prv"), "prv"
+        except RuntimeError:  # "prv" fails only for epsilon in the hundreds
+            pass
+    with warnings.catch_warnings():  # Opacus's "optimal order is the smallest alpha" far out
+        warnings.filterwarnings("ignore", "Optimal order", UserWarning)
+        return compose(mechanisms, delta=delta, accountant="rdp"), "rdp"
 
 
 def cache_clear() -> None:

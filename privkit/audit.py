@@ -39,7 +39,8 @@ from torch import Tensor
 from privkit import _validate, data
 from privkit.attacks.membership import loss_scores
 from privkit.attacks.scores import clopper_pearson
-from privkit.train import TrainConfig, TrainResult, plan, train_many
+from privkit.mechanism import steps_of
+from privkit.train import TrainConfig, TrainResult, train_many
 from privkit.train import logits as model_logits
 
 CANARY_KINDS = ("mislabeled", "ood")
@@ -357,8 +358,7 @@ def train_with_canaries(
     # stack steps together: train each step count as its own stack.
     sizes = members.sum(dim=1).tolist()
     steps = [
-        plan(dataclasses.replace(c, epsilon=math.inf, noise_multiplier=None), n).steps
-        for c, n in zip(configs, sizes)
+        steps_of(n=n, batch_size=c.batch_size, epochs=c.epochs) for c, n in zip(configs, sizes)
     ]
     results: list[TrainResult | None] = [None] * len(configs)
     for count in sorted(set(steps)):

@@ -74,11 +74,12 @@ arguments, unknown scopes and unflagged raises raise ``ValueError``.
 >>> import pathlib, tempfile
 >>> ledger = Ledger(pathlib.Path(tempfile.mkdtemp()) / "ledger.sqlite")
 >>> _ = ledger.set_budget("dataset:pneumoniamnist", epsilon=5.0, delta=1e-5)
->>> run = dict(noise_multiplier=1.0, sample_rate=256 / 4708, steps=100, delta=1e-5, actor="me")
->>> spend = ledger.charge(["dataset:pneumoniamnist/institution:h1"], run_id="a", **run)
+>>> from privkit.mechanism import plan
+>>> run = plan(noise_multiplier=1.0, sample_rate=256 / 4708, steps=100, delta=1e-5)
+>>> spend = ledger.charge([Scope("pneumoniamnist", institution="h1")], run, run_id="a", actor="me")
 >>> round(spend.epsilon, 2), round(ledger.spent("dataset:pneumoniamnist").remaining, 2)
 (3.82, 1.18)
->>> ledger.charge(["dataset:pneumoniamnist"], run_id="b", **run)  # doctest: +ELLIPSIS
+>>> ledger.charge([Scope("pneumoniamnist")], run, run_id="b", actor="me")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
 privkit.budget.BudgetExceededError: Privacy budget of dataset:pneumoniamnist exceeded: ...
@@ -88,7 +89,6 @@ privkit.budget.BudgetExceededError: Privacy budget of dataset:pneumoniamnist exc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
@@ -122,6 +122,7 @@ from privkit._ledger_sqlite import (
     now,
 )
 from privkit._validate import in_range, one_of, positive_int
+from privkit.mechanism import Mechanism
 
 __all__ = [
     "ACCOUNTANTS",
@@ -273,8 +274,9 @@ class Scope:
         return self.dataset, self.institution or "", self.group or ""
 
 
-def parse_scope(text: str) -> Scope:
-    """Parse ``dataset:<name>[/institution:<id>][/group:<id>]`` (names ``[A-Za-z0-9_.-]+``).
+def parse_scope(text: Scope | str) -> Scope:
+    """Parse ``dataset:<name>[/institution:<id>][/group:<id>]`` (names ``[A-Za-z0-9_.-]+``); a
+    :class:`Scope` is checked by its text, so every ledger method takes either.
 
     Only the form is checked here; a ledger also checks that the dataset is one it knows.
 
@@ -285,7 +287,7 @@ def parse_scope(text: str) -> Scope:
     ...
     ValueError: Unknown scope='hospital:h1'; expected one of: dataset:<name>, ...
     """
-    scope = _parse(text) if isinstance(text, str) else None
+    scope = _parse(str(text)) if isinstance(text, (str, Scope)) else None
     if scope is None:
         raise ValueError(
             f"Unknown scope={text!r}; expected one of: {', '.join(SCOPE_FORMS)} "
@@ -326,10 +328,9 @@ def _text(**kwargs: str | None) -> str | None:
 def _composed(
     mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str
 ) -> float:
-    if accountant == "prv" and len({(s, q) for s, q, n in mechanisms if n}) <= PRV_MAX_MECHANISMS:
-        with contextlib.suppress(RuntimeError):  # PRV fails at epsilons in the hundreds
-            return accounting.compose(mechanisms, delta=delta, accountant="prv")
-    return accounting.compose(mechanisms, delta=delta, accountant="rdp")
+    if len({(s, q) for s, q, n in mechanisms if n}) > PRV_MAX_MECHANISMS:
+        accountant = "rdp"  # the PRV of many different runs is slow
+    return accounting.upper_bound(mechanisms, delta=delta, accountant=accountant)[0]
 
 
 def _epsilon(spends: Iterable[Spend], delta: float, accountant: str, extra: tuple = ()) -> float:
@@ -351,7 +352,7 @@ def _touching(spends: Iterable[Spend], scope: Scope) -> list[Spend]:
     return [s for s in spends if any(parse_scope(x).overlaps(scope) for x in s.scopes)]
 
 
-def _canonical(text: str, state: State) -> Scope:
+def _canonical(text: Scope | str, state: State) -> Scope:
     """``text`` parsed, if it names a dataset the ledger knows and no case variant of an id in it."""
     scope = parse_scope(text)
     known = (*data.DATASETS, *(d.name for d in state.datasets))
@@ -363,7 +364,7 @@ def _canonical(text: str, state: State) -> Scope:
         hint = f"; did you mean '{dataclasses.replace(scope, dataset=guess)}'?" if guess else "."
         hidden = " (or one registered but not granted to you)" if state.visible is not None else ""
         raise ValueError(
-            f"Unknown dataset {scope.dataset!r} in scope {text!r}{hint} A scope names a "
+            f"Unknown dataset {scope.dataset!r} in scope {str(text)!r}{hint} A scope names a "
             "dataset privkit knows or one registered in this ledger with its size "
             f"({', '.join(known)}){hidden}; register another with Ledger.register_dataset "
             "(privkit budget register --dataset NAME --size N)."
@@ -526,7 +527,7 @@ class Ledger:
 
     def set_budget(
         self,
-        scope: str,
+        scope: Scope | str,
         *,
         epsilon: float,
         delta: float,
@@ -598,26 +599,25 @@ class Ledger:
 
     def charge(
         self,
-        scopes: Sequence[str],
+        scopes: Sequence[Scope | str],
+        mechanism: Mechanism,
         *,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
-        delta: float,
         run_id: str,
         actor: str,
-        accountant: str = "prv",
         randomness: str = "secure",
         allow_seeded: bool = False,
     ) -> Spend:
         """Record the spend of a run about to read the records of ``scopes``, or refuse it. Call it first.
 
         Args:
-            scopes: The canonical scopes whose records the run reads (one spend, listed on each of them).
-            noise_multiplier, sample_rate, steps: The DP-SGD mechanism the run will execute.
-            delta: The run's own delta (for its epsilon alone, and the summed bound).
+            scopes: The canonical scopes whose records the run reads (one spend, listed on each of them):
+                :class:`Scope` values, or their text.
+            mechanism: What the run will execute (:func:`privkit.mechanism.plan`): its noise multiplier,
+                sample rate and steps are composed; its delta is the run's own (for its epsilon alone,
+                and the summed bound); its accountant (``"prv"`` or ``"rdp"``) gives the run's epsilon
+                and the composition checked. Its recorded ``epsilon`` is not trusted: the ledger
+                computes its own.
             run_id, actor: What runs, and who or what runs it (a user, a service, a host).
-            accountant: ``"prv"`` or ``"rdp"``: the run's epsilon and the composition checked.
             randomness: ``"secure"`` (noise and Poisson draws from the operating system's entropy) or
                 ``"seeded:<hex id>"`` (a stream derived from a recorded seed and the run's identity; the id
                 names the stream).
@@ -635,23 +635,23 @@ class Ledger:
             LedgerError: If the ledger is read-only, stays locked, or does not verify
                 (:class:`LedgerTamperedError`).
         """
-        if isinstance(scopes, str) or not scopes:
+        if isinstance(scopes, (str, Scope)) or not scopes:
             raise ValueError(f"Expected scopes={scopes!r} to be a non-empty list of scopes.")
-        for text in scopes:
-            parse_scope(text)
+        scopes = [str(parse_scope(s)) for s in scopes]
+        if not isinstance(mechanism, Mechanism):
+            raise ValueError(
+                f"Expected mechanism={mechanism!r} to be a privkit.mechanism.Mechanism "
+                "(privkit.mechanism.plan builds one)."
+            )
         for name, value in (("run_id", run_id), ("actor", actor)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"Expected {name}={value!r} to be a non-empty string.")
+        accountant, delta = mechanism.accountant, mechanism.delta
         one_of(ACCOUNTANTS, accountant=accountant)
         _check_randomness(randomness, allow_seeded, run_id)
-        mechanism = dict(
-            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
-        )
-        try:
-            own = accounting.epsilon(**mechanism, accountant=accountant)
-        except RuntimeError:  # PRV fails at epsilons in the hundreds
-            own = accounting.epsilon(**mechanism, accountant="rdp")
-        new = ((float(noise_multiplier), float(sample_rate), int(steps)),)
+        own = accounting.upper_bound([mechanism.event], delta=delta, accountant=accountant)[0]
+        sigma, q, steps = mechanism.event
+        new = ((float(sigma), float(q), int(steps)),)
 
         def decide(state: State) -> tuple[Spend, list[Check]]:
             parsed = list(dict.fromkeys(_canonical(s, state) for s in scopes))
@@ -711,18 +711,18 @@ class Ledger:
 
         return self._store.write(decide)
 
-    def spent(self, scope: str, *, accountant: str = "prv") -> Spent:
+    def spent(self, scope: Scope | str, *, accountant: str = "prv") -> Spent:
         """What ``scope``'s worst-off patient has spent, composed and summed; see :class:`Spent`."""
         one_of(ACCOUNTANTS, accountant=accountant)
         state = self._read()
         return self._spent(_canonical(scope, state), state.current, state.spends, accountant)
 
-    def history(self, scope: str | None = None) -> list[Spend]:
+    def history(self, scope: Scope | str | None = None) -> list[Spend]:
         """Every spend in time order; with ``scope``, those that touched some of its records."""
         state = self._read()
         return state.spends if scope is None else _touching(state.spends, _canonical(scope, state))
 
-    def events(self, scope: str | None = None) -> list[Event]:
+    def events(self, scope: Scope | str | None = None) -> list[Event]:
         """Every event in chain order: budgets, dataset registrations and spends; with ``scope``, the budgets
         and spends on scopes overlapping it and the registration of its dataset."""
         state = self._read()
@@ -826,7 +826,7 @@ class Ledger:
         """Every registered dataset, in time order."""
         return self._read().datasets
 
-    def show(self, scope: str | None = None, *, accountant: str = "prv") -> pd.DataFrame:
+    def show(self, scope: Scope | str | None = None, *, accountant: str = "prv") -> pd.DataFrame:
         """One row per scope with a budget or spends (those inside ``scope`` if given), widest first.
 
         Columns: scope, budget_epsilon, budget_delta (NaN: no budget), spent_epsilon_composed at spent_delta,

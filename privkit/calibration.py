@@ -8,8 +8,9 @@
 * :func:`fit_temperature`: temperature scaling (Guo et al. 2017), one scalar ``T`` fitted by
   maximum likelihood on held-out data; ``sigmoid(logit / T)`` keeps the ranking (AUC) and
   moves the probabilities. Fitting it reads the validation split, which is private data too:
-  :func:`fit_temperature` spends privacy that no accountant sees, :func:`fit_temperature_dp`
-  spends a stated (epsilon, delta), charged to a ledger when given one.
+  :func:`fit_temperature` spends privacy that no accountant sees;
+  :func:`privkit.private_calibration.fit_temperature_dp` spends a stated (epsilon, delta),
+  charged to a ledger when given one (above the ledger: this module imports none).
 * :func:`confidence_statement`: "pneumonia, 93% confident", from a calibrated probability.
 
 >>> round(expected_calibration_error([1, 0, 1, 1], [0.9, 0.2, 0.6, 0.4]), 3)
@@ -20,12 +21,8 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,10 +30,9 @@ import pandas as pd
 from scipy.optimize import brentq
 from scipy.special import expit
 
-from privkit import _validate, accounting, budget
+from privkit import _validate
 from privkit._arrays import as_array, binary_pair, check_labels
 from privkit.fairness import CLASS_NAMES
-from privkit.randomness import MODES, ledger_tag, numpy_generator
 
 BINNINGS = ("equal-width", "equal-mass")
 VIEWS = ("top-label", "positive-class")
@@ -229,14 +225,16 @@ def fit_temperature(
         ``nll`` (Guo et al. 2017): T minimising the mean negative log-likelihood. The NLL is
         convex in 1/T; its derivative mean((sigmoid(z / T) - y) z) increases with 1/T.
         ``confidence``: T at which the mean top-label confidence equals the accuracy (a
-        one-bin ECE of zero); the non-private counterpart of :func:`fit_temperature_dp`.
+        one-bin ECE of zero); the non-private counterpart of
+        :func:`privkit.private_calibration.fit_temperature_dp`.
     Either root is found by Brent's method on log(1/T), and T is kept within ``bounds``
     (returned at a bound when the optimum lies beyond it, e.g. when the logits separate the
     labels perfectly). Both are consistent for the true T when the labels follow
     ``sigmoid(z / T)``.
 
     Privacy: this reads the labels and logits of every held-out example, with no noise; the
-    privacy it spends is accounted nowhere. See :func:`fit_temperature_dp`.
+    privacy it spends is accounted nowhere. See
+    :func:`privkit.private_calibration.fit_temperature_dp`.
 
     Args:
         labels: (n,) or (n, 1) 0/1 of the held-out examples.
@@ -266,163 +264,6 @@ def fit_temperature(
     if slope(b) <= 0:
         return low
     return 1.0 / math.exp(brentq(slope, a, b, xtol=1e-10))
-
-
-@dataclass(frozen=True)
-class PrivateTemperature:
-    """A temperature fitted with differential privacy, and the mechanism that spent it.
-
-    The mechanism is ``steps`` Gaussian queries on the whole set (``sample_rate = 1``), each
-    of sensitivity 1 under adding or removing one example, with noise standard deviation
-    ``noise_multiplier``; ``epsilon`` is what the accountant reports for it.
-    """
-
-    temperature: float
-    epsilon: float
-    delta: float
-    noise_multiplier: float
-    steps: int
-    accountant: str
-
-
-def fit_temperature_dp(
-    labels: Any,
-    logits: Any,
-    *,
-    epsilon: float,
-    delta: float,
-    steps: int = 8,
-    accountant: str = "prv",
-    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
-    randomness: str = "secure",
-    seed: int = 0,
-    ledger: budget.Ledger | None = None,
-    scopes: Sequence[str] | None = None,
-    allow_seeded: bool = False,
-) -> PrivateTemperature:
-    """Temperature scaling with (epsilon, delta)-differential privacy for the held-out examples.
-
-    A noisy bisection for the T at which the mean top-label confidence equals the accuracy
-    (``fit_temperature(objective="confidence")``): each of ``steps`` queries sums, over the
-    examples, top-label confidence minus correctness at the bracket's middle, a number in
-    [-1, 1] per example, and adds Gaussian noise of standard deviation ``noise_multiplier``;
-    the noisy sum's sign halves the bracket of log(1/T), which starts from ``bounds``, and
-    the result is the bracket's geometric middle. Adding or removing one example moves each
-    sum by at most 1, so the queries are Gaussian mechanisms of sensitivity 1 composed
-    adaptively; the noise is calibrated with ``privkit.accounting`` (sampling rate 1) so that
-    all of them together spend at most ``epsilon`` (Dwork & Roth 2014 for the Gaussian
-    mechanism; Gopi et al. 2021 for the PRV accountant).
-
-    Why not the NLL of Guo et al. (2017): its per-example slope (sigmoid(z / T) - y) z is
-    bounded only by the logit, and clipping it to 1 moved T by a quarter to a third on
-    PneumoniaMNIST models; the confidence terms are bounded without clipping. The logits come
-    from a trained model that is not touched: the privacy here is that of the held-out
-    examples. The default 8 halvings of the default bounds end within 1.2% of the noisy
-    search's target; the noise, not the halvings, limits the precision.
-
-    Whose privacy: the held-out (validation) patients. If they are not training patients,
-    this spend and the training's compose in parallel (each patient is in one of the two);
-    if a patient can be in both, they compose sequentially. Charging a ledger scope
-    ``dataset:<name>`` composes them sequentially (never under-counting).
-
-    Args:
-        labels: (n,) or (n, 1) 0/1 of the held-out examples.
-        logits: (n,) or (n, 1) the model's logits for them.
-        epsilon: privacy budget of the fit, > 0.
-        delta: its delta, in (0, 1), below 1/n.
-        steps: number of noisy bisection steps (queries), >= 1.
-        accountant: ``"prv"`` or ``"rdp"`` (see ``privkit.accounting``).
-        bounds: the smallest and largest temperature allowed.
-        randomness: ``"secure"`` (noise from the OS) or ``"seeded"`` (replayable research
-            mode: the noise follows from ``seed``, the mechanism and the inputs; see
-            :mod:`privkit.randomness`).
-        seed: seed of the noise with ``randomness="seeded"``; unused otherwise.
-        ledger: charge the mechanism here before reading ``labels`` (refusal raises
-            ``budget.BudgetExceededError`` and reads nothing).
-        scopes: the ledger scopes charged; required with ``ledger``.
-        allow_seeded: let the ledger charge a seeded fit (public data only).
-
-    Returns:
-        A :class:`PrivateTemperature`.
-
-    >>> y, z = [0, 1, 1, 0] * 100, [-2.0, 2.0, 1.0, 1.0] * 100
-    >>> fit = fit_temperature_dp(y, z, epsilon=2.0, delta=1e-5, randomness="seeded")
-    >>> round(fit.epsilon, 2), round(fit.noise_multiplier, 1), round(fit.temperature, 1)
-    (2.0, 5.7, 1.2)
-    """
-    _validate.positive(epsilon=epsilon)
-    _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=delta)
-    _validate.positive_int(steps=steps)
-    _validate.one_of(accounting.UPPER_BOUNDS, accountant=accountant)
-    _validate.one_of(MODES, randomness=randomness)
-    low, high = _check_bounds(bounds)
-    n = len(as_array(labels))
-    if delta >= 1 / max(n, 1):
-        raise ValueError(
-            f"Expected delta={delta} < 1/n = {1 / max(n, 1):.3g} (n = {n} held-out examples)."
-        )
-    if ledger is not None and not scopes:
-        raise ValueError(
-            f"Expected scopes (e.g. ['dataset:pneumoniamnist']) with a ledger; got scopes={scopes!r}."
-        )
-    sigma, spent = _noise(epsilon, delta, steps, accountant)
-    y, z = _labels_logits(labels, logits)
-    identity = {
-        "stream": "temperature",
-        "seed": seed,
-        "epsilon": epsilon,
-        "delta": delta,
-        "steps": steps,
-        "bounds": [low, high],
-        "inputs": hashlib.sha256(y.tobytes() + z.tobytes()).hexdigest(),
-    }  # seeded: two fits on different scores or budgets never share their noise
-    if ledger is not None:  # before the fit uses a single label
-        ledger.charge(
-            list(scopes),
-            noise_multiplier=sigma,
-            sample_rate=1.0,
-            steps=steps,
-            delta=delta,
-            run_id=f"temperature-{uuid.uuid4().hex[:8]}",
-            actor=budget.default_actor(),
-            accountant=accountant,
-            randomness=ledger_tag(randomness=randomness, identity=identity),
-            allow_seeded=allow_seeded,
-        )
-    terms = _slope("confidence", y, z)
-    rng = numpy_generator(randomness=randomness, identity=identity)
-    a, b = -math.log(high), -math.log(low)  # bracket of log(1/T)
-    for _ in range(steps):
-        mid = (a + b) / 2
-        if terms(mid).sum() + rng.normal(0.0, sigma) > 0:  # over-confident at mid: lower 1/T
-            b = mid
-        else:
-            a = mid
-    return PrivateTemperature(
-        temperature=math.exp(-(a + b) / 2),
-        epsilon=spent,
-        delta=delta,
-        noise_multiplier=sigma,
-        steps=steps,
-        accountant=accountant,
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _noise(epsilon: float, delta: float, steps: int, accountant: str) -> tuple[float, float]:
-    """Noise multiplier of ``steps`` full-batch Gaussian queries spending at most ``epsilon``,
-    and the epsilon spent."""
-    sigma = accounting.calibrate_noise(
-        target_epsilon=epsilon,
-        target_delta=delta,
-        sample_rate=1.0,
-        steps=steps,
-        accountant=accountant,
-    )
-    spent = accounting.epsilon(
-        noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=delta, accountant=accountant
-    )
-    return sigma, spent
 
 
 def confidence_statement(

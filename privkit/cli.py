@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from privkit import accounting, budget, data, randomness
+from privkit import accounting, budget, data, mechanism, randomness
 from privkit.budget import LedgerError
 from privkit.engine import DP_BACKENDS
 from privkit.executors import UnitsFailedError
@@ -395,7 +395,7 @@ def _event_row(event: budget.Event, previous: dict[str, budget.Budget]) -> dict[
         }
     if isinstance(event, budget.Registration):
         return row | {
-            "scope": f"dataset:{event.name}",
+            "scope": str(budget.Scope(event.name)),
             "run/size": event.size,
             "actor": event.actor,
             "note": event.description or "",
@@ -428,10 +428,8 @@ def _budget(args: argparse.Namespace) -> int:
     )
     if args.budget_command == "grant":
         ledger.grant(args.dataset, args.role, revoke=args.revoke)
-        print(
-            f"dataset:{args.dataset} {'no longer granted to' if args.revoke else 'granted to'} the role "
-            f"{args.role} ({ledger.location})"
-        )
+        granted = "no longer granted to" if args.revoke else "granted to"
+        print(f"{budget.Scope(args.dataset)} {granted} the role {args.role} ({ledger.location})")
     elif args.budget_command == "set":
         b = ledger.set_budget(
             args.scope,
@@ -451,7 +449,7 @@ def _budget(args: argparse.Namespace) -> int:
             args.dataset, size=args.size, actor=args.actor, description=args.description
         )
         print(
-            f"dataset:{r.name} registered with {r.size} records ({r.time} by {r.actor}; "
+            f"{budget.Scope(r.name)} registered with {r.size} records ({r.time} by {r.actor}; "
             f"{ledger.location}, head {r.hash})"
         )
     elif args.budget_command == "verify":
@@ -515,15 +513,18 @@ def _budget(args: argparse.Namespace) -> int:
         table = pd.DataFrame(rows, columns=columns).fillna("")
         print(table.to_string(index=False) if rows else "No events yet.")
     else:
-        s = ledger.charge(
-            args.scope,
+        run = mechanism.plan(
             noise_multiplier=args.noise_multiplier,
             sample_rate=args.sample_rate,
             steps=args.steps,
             delta=args.delta,
+            accountant=args.accountant,
+        )
+        s = ledger.charge(
+            args.scope,
+            run,
             run_id=args.run_id,
             actor=args.actor or budget.default_actor(),
-            accountant=args.accountant,
             randomness=args.randomness,
             allow_seeded=args.allow_seeded,
         )

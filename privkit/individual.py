@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from privkit import _prv, _search, _validate, accounting, budget, data, randomness
-from privkit.train import Mechanism, TrainConfig, TrainResult, stream_identity, train_many
-from privkit.train import plan as plan_run
+from privkit.mechanism import Mechanism, check_delta, steps_of
+from privkit.train import TrainConfig, TrainResult, stream_identity, train_many
 
 _BATCH_TOLERANCE = 1e-3  # relative: the expected batch is at least batch_size and within 0.1% of it
 _EPSILON_TOLERANCE = (
@@ -49,44 +49,55 @@ _GROUPS_STREAM = 0x67726F757073  # "groups": assign_groups' random stream
 
 @dataclass(frozen=True)
 class IndividualPlan:
-    """One noise multiplier and step count; a Poisson rate and an epsilon per group."""
+    """A :class:`privkit.mechanism.Mechanism` per group, strictest first: one noise multiplier,
+    clipping norm, step count and delta; each group's Poisson rate and epsilon (<= its target)."""
 
     groups: tuple[str, ...]
     sizes: tuple[int, ...]
     targets: tuple[float, ...]  # each group's epsilon budget
-    sample_rates: tuple[float, ...]
-    epsilons: tuple[float, ...]  # what the accountant reports for each group, <= its target
-    noise_multiplier: float
-    steps: int
-    delta: float
-    accountant: str
+    mechanisms: tuple[Mechanism, ...]  # what one record of each group sees
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.mechanisms[0].noise_multiplier
+
+    @property
+    def steps(self) -> int:
+        return self.mechanisms[0].steps
+
+    @property
+    def delta(self) -> float:
+        return self.mechanisms[0].delta
+
+    @property
+    def accountant(self) -> str:
+        return self.mechanisms[0].accountant
+
+    @property
+    def sample_rates(self) -> tuple[float, ...]:
+        return tuple(m.sample_rate for m in self.mechanisms)
+
+    @property
+    def epsilons(self) -> tuple[float, ...]:
+        return tuple(m.epsilon for m in self.mechanisms)
 
     @property
     def expected_batch_size(self) -> float:
         return sum(n * q for n, q in zip(self.sizes, self.sample_rates))
 
     def epsilon(self, group: str) -> float:
-        return self.epsilons[self.groups.index(group)]
+        return self.mechanism(group).epsilon
 
-    def mechanism(self, group: str, max_grad_norm: float) -> Mechanism:
-        """The mechanism that one record of ``group`` sees, as :class:`privkit.train.Mechanism`."""
-        i = self.groups.index(group)
-        return Mechanism(
-            self.noise_multiplier,
-            self.sample_rates[i],
-            self.steps,
-            max_grad_norm,
-            self.delta,
-            self.accountant,
-            self.epsilons[i],
-        )
+    def mechanism(self, group: str) -> Mechanism:
+        """The mechanism that one record of ``group`` sees."""
+        return self.mechanisms[self.groups.index(group)]
 
 
 @dataclass
 class IndividualResult:
     """A model trained with individualised privacy and the plan it was trained under."""
 
-    result: TrainResult  # its ``mechanism`` is that of the least strict group: the dataset's
+    result: TrainResult  # its ``mechanism`` is the least strict group's, which bounds everyone's
     plan: IndividualPlan
 
 
@@ -151,6 +162,7 @@ def plan(
     steps: int,
     delta: float,
     accountant: str = "prv",
+    max_grad_norm: float = 1.0,
 ) -> IndividualPlan:
     """Noise multiplier and per-group sample rates for individualised DP-SGD.
 
@@ -165,6 +177,7 @@ def plan(
         steps: the number of DP-SGD steps.
         delta: the delta of every group's guarantee.
         accountant: one of ``privkit.accounting.ACCOUNTANTS``.
+        max_grad_norm: the clipping norm the noise is scaled by, > 0.
 
     Returns:
         The plan; each group's epsilon is at most its budget.
@@ -192,18 +205,18 @@ def plan(
     _validate.in_range(1, sum(sizes), batch_size=batch_size)
     _validate.in_range(0, 1, low_inclusive=False, high_inclusive=False, delta=delta)
     _validate.one_of(accounting.ACCOUNTANTS, accountant=accountant)
+    _validate.in_range(
+        0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=max_grad_norm
+    )
 
     rates, sigma = _solve_plan(targets, sizes, batch_size, steps, delta, accountant)
-    return IndividualPlan(
+    return IndividualPlan(  # each epsilon is the accountant's for that group's rate (the search's)
         groups=groups,
         sizes=sizes,
         targets=targets,
-        sample_rates=tuple(q for q, _ in rates),
-        epsilons=tuple(e for _, e in rates),
-        noise_multiplier=sigma,
-        steps=steps,
-        delta=delta,
-        accountant=accountant,
+        mechanisms=tuple(
+            Mechanism(sigma, q, steps, max_grad_norm, delta, accountant, eps) for q, eps in rates
+        ),
     )
 
 
@@ -368,36 +381,31 @@ def train(
     bad = [g for g in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", g)]
     if bad:
         raise ValueError(f"Expected group names of letters, digits, '_', '.', '-', got {bad}.")
-    uniform = plan_run(
-        dataclasses.replace(config, epsilon=None, noise_multiplier=1.0), n
-    )  # checks delta < 1/n
+    config.check_against(n)
+    check_delta(delta=config.delta, n=n, who="training examples")
     p = plan(
         group_epsilons={g: group_epsilons[g] for g in names.tolist()},
         group_sizes=dict(zip(names.tolist(), counts.tolist())),
         batch_size=config.batch_size,
-        steps=uniform.steps,
+        steps=steps_of(n=n, batch_size=config.batch_size, epochs=config.epochs),
         delta=config.delta,
         accountant=config.accountant,
+        max_grad_norm=config.max_grad_norm,
     )
     run = dataclasses.replace(config, epsilon=None, noise_multiplier=p.noise_multiplier)
     if ledger is not None:
         run_id = f"{config.model}-individual-seed{config.seed}-{uuid.uuid4().hex[:8]}"
         tag = randomness.ledger_tag(randomness=run.randomness, identity=stream_identity(run))
-        for g, q in zip(p.groups, p.sample_rates):
+        for g in p.groups:
             ledger.charge(
-                [str(budget.Scope(config.dataset, group=g))],
-                noise_multiplier=p.noise_multiplier,
-                sample_rate=q,
-                steps=p.steps,
-                delta=p.delta,
+                [budget.Scope(config.dataset, group=g)],
+                p.mechanism(g),
                 run_id=run_id,
                 actor=budget.default_actor(),
-                accountant=config.accountant,
                 randomness=tag,
                 allow_seeded=allow_seeded,
             )
     rate_of = dict(zip(p.groups, p.sample_rates))
     rates = torch.tensor([rate_of[g] for g in labels], dtype=torch.float64)[None]  # (1, n)
     [result] = train_many([run], dataset=dataset, sample_rates=rates, progress=progress)
-    result.mechanism = p.mechanism(p.groups[-1], config.max_grad_norm)
     return IndividualResult(result=result, plan=p)

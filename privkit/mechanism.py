@@ -88,6 +88,9 @@ def plan(
     """The mechanism that spends at most ``epsilon`` (noise calibrated), or the one with the
     given ``noise_multiplier`` (its epsilon certified).
 
+    The epsilon is :func:`privkit.accounting.upper_bound`'s: ``accountant``'s, or RDP's where
+    the PRV cannot certify so weak a guarantee; ``Mechanism.accountant`` names the one used.
+
     Give exactly one of ``epsilon`` (``math.inf``: no noise) and ``noise_multiplier`` (``0``: no
     noise). ``n``, the number of records (sites, examples) the guarantee protects, checks
     ``delta < 1/n``: a larger delta allows releasing a whole record. ``who`` names them in
@@ -120,12 +123,7 @@ def plan(
         _validate.in_range(0, math.inf, high_inclusive=False, noise_multiplier=noise_multiplier)
     private = noise_multiplier != 0 if epsilon is None else math.isfinite(epsilon)
     if private and n is not None:
-        _validate.positive_int(n=n)
-        if delta >= 1 / n:
-            raise ValueError(
-                f"Expected delta={delta} < 1/n = {1 / n:.3g} ({who + ': ' if who else ''}"
-                f"n = {n}): a larger delta allows releasing whole records."
-            )
+        check_delta(delta=delta, n=n, who=who)
     if not private:
         return Mechanism(0.0, sample_rate, steps, max_grad_norm, delta, accountant, math.inf)
     sigma = (
@@ -139,11 +137,24 @@ def plan(
         if noise_multiplier is None
         else float(noise_multiplier)
     )
-    spent = accounting.epsilon(
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
-        steps=steps,
-        delta=delta,
-        accountant=accountant,
+    spent, used = accounting.upper_bound(
+        [(sigma, sample_rate, steps)], delta=delta, accountant=accountant
     )
-    return Mechanism(sigma, sample_rate, steps, max_grad_norm, delta, accountant, spent)
+    return Mechanism(sigma, sample_rate, steps, max_grad_norm, delta, used, spent)
+
+
+def check_delta(*, delta: float, n: int, who: str = "") -> None:
+    """Refuse ``delta >= 1/n`` for a guarantee over ``n`` records: such a delta allows
+    releasing a whole record. ``who`` names the records in the message.
+
+    >>> check_delta(delta=1e-3, n=2000, who="validation split")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected delta=0.001 < 1/n = 0.0005 (validation split: n = 2000): a larger ...
+    """
+    _validate.positive_int(n=n)
+    if delta >= 1 / n:
+        raise ValueError(
+            f"Expected delta={delta} < 1/n = {1 / n:.3g} ({who + ': ' if who else ''}"
+            f"n = {n}): a larger delta allows releasing whole records."
+        )

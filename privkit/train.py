@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from privkit import _validate, accounting, budget, data, randomness
+from privkit import _validate, accounting, budget, data, mechanism, randomness
 from privkit.engine import DP_BACKENDS, create_backend
 from privkit.engine.averaging import ParameterAverage
 from privkit.engine.fast import FastStack, max_batch_size, padded_poisson
 from privkit.engine.sampling import poisson_indices
+from privkit.mechanism import Mechanism
 from privkit.metrics import evaluate
 from privkit.models import MODELS, FixedFeatures, create_model
 
@@ -97,29 +98,12 @@ class TrainConfig:
         return self.epsilon != math.inf and self.noise_multiplier != 0
 
     def check_against(self, n_train: int) -> None:
-        """Checks that need the training-set size: batch size and delta < 1/n."""
+        """The check that needs the training-set size: the batch fits in it (delta < 1/n is
+        :func:`privkit.mechanism.plan`'s)."""
         if self.batch_size > n_train:
             raise ValueError(
                 f"Expected batch_size={self.batch_size} <= {n_train}, the training-set size."
             )
-        if self.private and self.delta >= 1 / n_train:
-            raise ValueError(
-                f"Expected delta={self.delta} < 1/n = {1 / n_train:.3g} (n = {n_train} training "
-                "examples): a larger delta allows leaking whole records."
-            )
-
-
-@dataclass(frozen=True)
-class Mechanism:
-    """The DP-SGD mechanism as the accountant sees it (Poisson-subsampled Gaussian)."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    max_grad_norm: float
-    delta: float
-    accountant: str
-    epsilon: float  # spent after all steps; inf without privacy
 
 
 @dataclass
@@ -145,36 +129,24 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def plan(config: TrainConfig, n_train: int) -> Mechanism:
-    """The mechanism a run will execute: Poisson rate, steps, and calibrated noise."""
+def plan(config: TrainConfig, n_train: int, *, sample_rate: float | None = None) -> Mechanism:
+    """The mechanism a run will execute (:func:`privkit.mechanism.plan`): Poisson rate
+    ``batch_size / n_train``, :func:`privkit.mechanism.steps_of` steps, calibrated noise.
+
+    ``sample_rate``: the rate of the run's most exposed record instead (individualised
+    DP-SGD, where records are sampled at different rates): its mechanism bounds every record's.
+    """
     config.check_against(n_train)
-    sample_rate = config.batch_size / n_train
-    steps = config.epochs * max(1, round(n_train / config.batch_size))
-    if not config.private:
-        noise = 0.0
-    elif config.noise_multiplier is not None:
-        noise = config.noise_multiplier
-    else:
-        noise = accounting.calibrate_noise(
-            target_epsilon=config.epsilon,
-            target_delta=config.delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=config.accountant,
-        )
-    eps = (
-        math.inf
-        if noise == 0
-        else accounting.epsilon(
-            noise_multiplier=noise,
-            sample_rate=sample_rate,
-            steps=steps,
-            delta=config.delta,
-            accountant=config.accountant,
-        )
-    )
-    return Mechanism(
-        noise, sample_rate, steps, config.max_grad_norm, config.delta, config.accountant, eps
+    return mechanism.plan(
+        sample_rate=config.batch_size / n_train if sample_rate is None else sample_rate,
+        steps=mechanism.steps_of(n=n_train, batch_size=config.batch_size, epochs=config.epochs),
+        delta=config.delta,
+        epsilon=config.epsilon,
+        noise_multiplier=config.noise_multiplier,
+        max_grad_norm=config.max_grad_norm,
+        accountant=config.accountant,
+        n=n_train,
+        who="training examples",
     )
 
 
@@ -199,7 +171,7 @@ def train(
     *,
     dataset: data.Dataset | None = None,
     ledger: budget.Ledger | None = None,
-    scopes: Sequence[str] | None = None,
+    scopes: Sequence[budget.Scope | str] | None = None,
     allow_seeded: bool = False,
     progress: bool = True,
 ) -> TrainResult:
@@ -253,7 +225,7 @@ def train_many(
     members: Tensor | None = None,
     sample_rates: Tensor | None = None,
     ledger: budget.Ledger | None = None,
-    scopes: Sequence[str] | None = None,
+    scopes: Sequence[budget.Scope | str] | None = None,
     allow_seeded: bool = False,
     progress: bool = True,
 ) -> list[TrainResult]:
@@ -270,9 +242,10 @@ def train_many(
         members: optional (K, n_train) bool, the training examples each model may use (as for
             the shadow models of a membership-inference attack); needs ``backend='fast'``.
         sample_rates: optional (K, n_train), each example's Poisson rate in each model, in place
-            of ``batch_size / n`` (individualised DP-SGD). Each model's ``mechanism`` then
-            describes the uniform rate only: use :func:`privkit.individual.train`, which plans,
-            accounts and charges every group's rate. Needs ``backend='fast'`` and no ``ledger``.
+            of ``batch_size / n`` (individualised DP-SGD). Each model's ``mechanism`` is then
+            that of its most exposed example (its largest rate), which bounds every example's;
+            :func:`privkit.individual.train` plans, and charges, every group's rate. Needs
+            ``backend='fast'`` and no ``ledger``.
         ledger: a privacy-budget ledger to charge, before any record is read, each model's
             mechanism; a run over budget raises ``budget.BudgetExceededError`` and reads nothing.
             Models charged before a refused one stay charged (conservative: never under-counts).
@@ -305,9 +278,9 @@ def train_many(
             f"Expected members of shape ({len(configs)}, {n}), got {tuple(members.shape)}."
         )
     members = members.to(device)
-    mechs = [plan(c, int(m.sum())) for c, m in zip(configs, members)]
     batch_sizes = [float(c.batch_size) for c in configs]  # expected; the update divides by it
     if sample_rates is None:
+        mechs = [plan(c, int(m.sum())) for c, m in zip(configs, members)]
         rates = torch.tensor([m.sample_rate for m in mechs], dtype=torch.float64, device=device)
         sample_rates = members * rates[:, None]
     elif first.backend != "fast" or ledger is not None:
@@ -321,6 +294,10 @@ def train_many(
     else:
         sample_rates = sample_rates.to(device, torch.float64) * members
         batch_sizes = sample_rates.sum(dim=1).tolist()
+        mechs = [
+            plan(c, int(m.sum()), sample_rate=float(q))
+            for c, m, q in zip(configs, members, sample_rates.amax(dim=1).tolist())
+        ]
     if (
         len({m.steps for m in mechs}) > 1
     ):  # a stack steps together: each model's count must be its own
@@ -405,7 +382,7 @@ def charge_runs(
     configs: Sequence[TrainConfig],
     mechanisms: Sequence[Mechanism],
     *,
-    scopes: Sequence[str] | None = None,
+    scopes: Sequence[budget.Scope | str] | None = None,
     run_ids: Sequence[str] | None = None,
     allow_seeded: bool = False,
 ) -> list[budget.Spend]:
@@ -418,11 +395,7 @@ def charge_runs(
     return [
         ledger.charge(
             charged,
-            noise_multiplier=m.noise_multiplier,
-            sample_rate=m.sample_rate,
-            steps=int(m.steps),
-            delta=m.delta,
-            accountant=c.accountant,
+            m,
             run_id=run,
             actor=budget.default_actor(),
             randomness=randomness.ledger_tag(randomness=c.randomness, identity=stream_identity(c)),
@@ -432,15 +405,15 @@ def charge_runs(
     ]
 
 
-def charged_scopes(dataset: str, scopes: Sequence[str] | None) -> list[str]:
+def charged_scopes(dataset: str, scopes: Sequence[budget.Scope | str] | None) -> list[budget.Scope]:
     """The scopes a run on ``dataset`` charges: the dataset itself, then ``scopes``, each of
     which must lie inside it (a run cannot charge another dataset's budget for its reads).
 
-    >>> charged_scopes("pneumoniamnist", ["dataset:pneumoniamnist/institution:h1"])
+    >>> [str(s) for s in charged_scopes("pneumoniamnist", ["dataset:pneumoniamnist/institution:h1"])]
     ['dataset:pneumoniamnist', 'dataset:pneumoniamnist/institution:h1']
     """
     whole = budget.Scope(dataset)
-    extra = [budget.parse_scope(s) for s in scopes or []]
+    extra = [s if isinstance(s, budget.Scope) else budget.parse_scope(s) for s in scopes or []]
     foreign = [s for s in extra if not whole.contains(s)]
     if foreign:
         variants = [
@@ -453,7 +426,7 @@ def charged_scopes(dataset: str, scopes: Sequence[str] | None) -> list[str]:
             f"scopes={[str(s) for s in foreign]} lie outside dataset:{dataset}, the records this run reads; "
             f"a run charges the dataset it reads, and extra scopes only inside it.{hint}"
         )
-    return list(dict.fromkeys([str(whole), *map(str, extra)]))
+    return list(dict.fromkeys([whole, *extra]))
 
 
 def _init_model(config: TrainConfig, dataset: data.Dataset, device: torch.device) -> nn.Module:

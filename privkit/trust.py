@@ -26,7 +26,17 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from privkit import _validate, budget, calibration, data, executors, experiments, fairness, results
+from privkit import (
+    _validate,
+    budget,
+    calibration,
+    data,
+    executors,
+    experiments,
+    fairness,
+    private_calibration,
+    results,
+)
 from privkit._io import atomic_write, locked
 from privkit.metrics import evaluate
 from privkit.train import TrainConfig, logits, resolve_device, train_many
@@ -267,7 +277,7 @@ def calibration_table(
 
     ``calibration`` is ``uncalibrated`` (T = 1), ``temperature`` (T fitted on the validation
     split without noise: the validation patients' privacy is spent and not accounted) or
-    ``temperature_dp`` (``calibration.fit_temperature_dp`` on the validation split with
+    ``temperature_dp`` (``private_calibration.fit_temperature_dp`` on the validation split with
     (``temperature_epsilon``, ``temperature_delta``), its noise from the OS, or with
     ``randomness="seeded"`` from ``seed`` plus the run's seed and the run's scores).
     Each run's fit is a separate mechanism on the same validation patients: calibrating all
@@ -285,7 +295,7 @@ def calibration_table(
     for run, part in _runs(scores):
         val, test = part[part["split"] == "val"], part[part["split"] == "test"]
         first = part.iloc[0]
-        private = calibration.fit_temperature_dp(
+        private = private_calibration.fit_temperature_dp(
             val["label"].to_numpy(),
             val["logit"].to_numpy(),
             epsilon=temperature_epsilon,
@@ -300,7 +310,7 @@ def calibration_table(
                 calibration.fit_temperature(val["label"], val["logit"]),
                 math.inf,
             ),  # unaccounted
-            "temperature_dp": (private.temperature, private.epsilon),
+            "temperature_dp": (private.temperature, private.mechanism.epsilon),
         }
         y, z = test["label"].to_numpy(), test["logit"].to_numpy()
         for name, (t, eps_t) in fits.items():

@@ -2,7 +2,7 @@
 
 :func:`what_epsilon_buys` is the computation, pure and testable without a browser: for one
 (epsilon, delta, batch size, epochs) it plans the run as training would (:func:`privkit.train.plan`:
-the noise multiplier from :func:`privkit.accounting.calibrate_noise`), looks up the recipe's
+the noise multiplier from :func:`privkit.mechanism.plan`), looks up the recipe's
 measured test AUC at that epsilon (:meth:`privkit.recipes.Recipe.auc`, the README's table), and
 bounds what an attacker can do from the mechanism itself (:mod:`privkit.risk`): the highest
 membership-inference TPR at FPR 0.1% and 1%, and the chance of reconstructing a training X-ray.
@@ -20,9 +20,10 @@ import ipywidgets as w
 
 from privkit import risk
 from privkit._validate import in_range, positive, positive_int
+from privkit.mechanism import Mechanism
 from privkit.recipes import MeasuredAUC, get_recipe
 from privkit.risk import _pct  # percentages rounded up: a stated cap must not understate
-from privkit.train import Mechanism, plan
+from privkit.train import plan
 
 FPRS: tuple[float, ...] = (0.001, 0.01)  # the false-positive rates the explorer reports
 EPSILONS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)

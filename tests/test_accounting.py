@@ -12,7 +12,15 @@ import pytest
 from scipy.optimize import brentq
 from scipy.special import log_ndtr, ndtr
 
-from privkit.accounting import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, calibrate_noise, epsilon
+from privkit.accounting import (
+    ACCOUNTANTS,
+    MAX_NOISE_MULTIPLIER,
+    calibrate_noise,
+    compose,
+    epsilon,
+    upper_bound,
+)
+from privkit.mechanism import plan
 
 GDP_WARNING = "ignore:accountant='gdp'"  # filter for tests that use gdp on purpose
 RDP_ORDER_WARNING = "ignore:Optimal order"  # Opacus: the best RDP order is 1.1 or 63
@@ -237,3 +245,27 @@ def test_gdp_warns() -> None:
         warnings.simplefilter("error")
         epsilon(**GOOD_EPSILON, accountant="prv")
         epsilon(**GOOD_EPSILON, accountant="rdp")
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order:UserWarning")
+def test_upper_bound_falls_back_to_rdp_only_where_the_prv_cannot():
+    weak = (0.01, 0.01, 1000)  # epsilon in the millions: the PRV gives up
+    with pytest.raises(RuntimeError, match="PRV"):
+        epsilon(noise_multiplier=0.01, sample_rate=0.01, steps=1000, delta=1e-5)
+    rdp = epsilon(noise_multiplier=0.01, sample_rate=0.01, steps=1000, delta=1e-5, accountant="rdp")
+    assert upper_bound([weak], delta=1e-5) == (rdp, "rdp") and rdp > 1e5
+    strong = (1.0, 0.05, 50)
+    prv = epsilon(noise_multiplier=1.0, sample_rate=0.05, steps=50, delta=1e-5)
+    assert upper_bound([strong], delta=1e-5) == (prv, "prv")  # never the looser one needlessly
+    assert upper_bound([strong, strong], delta=1e-5, accountant="rdp")[1] == "rdp"
+    with pytest.raises(ValueError, match="accountant='gdp'"):
+        upper_bound([strong], delta=1e-5, accountant="gdp")  # an approximation, not a bound
+
+
+def test_a_mechanism_names_the_accountant_that_certified_it():
+    m = plan(noise_multiplier=0.01, sample_rate=0.01, steps=1000, delta=1e-5)
+    assert m.accountant == "rdp" and m.epsilon > 1e5
+    assert compose([m.event], delta=1e-5, accountant="rdp") == m.epsilon
+    assert compose([m, m], delta=1e-5, accountant="rdp") == compose(
+        [m.event] * 2, delta=1e-5, accountant="rdp"
+    )

@@ -27,6 +27,7 @@ from privkit.budget import (
     default_path,
     parse_scope,
 )
+from privkit.mechanism import Mechanism
 
 D = "dataset:pneumoniamnist"
 H1, H2 = f"{D}/institution:h1", f"{D}/institution:h2"
@@ -41,8 +42,30 @@ def eps_of(k: int, delta: float = 1e-5, accountant: str = "prv") -> float:
     )
 
 
-def charge(ledger: Ledger, *scopes: str, run_id: str = "run", **overrides):
-    return ledger.charge(list(scopes), run_id=run_id, actor="tester", **{**RUN, **overrides})
+def run(**overrides) -> Mechanism:
+    """RUN as the ledger receives it; the ledger computes its epsilon (NaN here) itself."""
+    return Mechanism(
+        **{"max_grad_norm": 1.0, "accountant": "prv", "epsilon": math.nan, **RUN, **overrides}
+    )
+
+
+def charge(
+    ledger: Ledger,
+    *scopes: str,
+    run_id: str = "run",
+    actor: str = "tester",
+    randomness: str = "secure",
+    allow_seeded: bool = False,
+    **mechanism,
+):
+    return ledger.charge(
+        list(scopes),
+        run(**mechanism),
+        run_id=run_id,
+        actor=actor,
+        randomness=randomness,
+        allow_seeded=allow_seeded,
+    )
 
 
 def counts(ledger: Ledger) -> tuple[int, int, int]:
@@ -379,8 +402,20 @@ def test_bad_charges_are_named_and_record_nothing(
     with pytest.raises(ValueError, match=message):
         charge(ledger, D, **overrides)
     with pytest.raises(ValueError, match="non-empty list"):
-        ledger.charge(D, run_id="r", actor="a", **RUN)  # a string, not a list of scopes
+        ledger.charge(D, run(), run_id="r", actor="a")  # a string, not a list of scopes
+    with pytest.raises(ValueError, match="privkit.mechanism.Mechanism"):
+        ledger.charge([D], RUN, run_id="r", actor="a")  # plain values, not a planned mechanism
     assert counts(ledger) == (0, 0, 0)
+
+
+def test_the_ledger_computes_the_epsilon_itself(ledger: Ledger) -> None:
+    # A caller who writes a small epsilon into its mechanism is charged what it spends.
+    ledger.set_budget(Scope("pneumoniamnist"), epsilon=3.0, delta=1e-5)  # a Scope, or its text
+    spend = ledger.charge([Scope("pneumoniamnist")], run(epsilon=0.01), run_id="r", actor="a")
+    assert spend.epsilon == eps_of(1) and spend.scopes == (D,)
+    assert ledger.spent(Scope("pneumoniamnist")).epsilon == ledger.spent(D).epsilon == eps_of(1)
+    with pytest.raises(BudgetExceededError):
+        charge(ledger, D, epsilon=0.01)
 
 
 # -- the file: audit trail, not-a-ledger, read-only ----------------------------------------
@@ -557,7 +592,7 @@ def _race(path: str, barrier, i: int) -> None:
     ledger = Ledger(path)
     barrier.wait()
     try:
-        ledger.charge([D if i % 2 else H1], run_id=f"p{i}", actor=f"process {os.getpid()}", **RUN)
+        ledger.charge([D if i % 2 else H1], run(), run_id=f"p{i}", actor=f"process {os.getpid()}")
     except BudgetExceededError:
         sys.exit(3)
     sys.exit(0)

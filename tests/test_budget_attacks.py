@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sqlite3
 from pathlib import Path
@@ -27,6 +28,7 @@ from privkit.budget import (
     SeededRunError,
     parse_scope,
 )
+from privkit.mechanism import Mechanism
 
 D = "dataset:pneumoniamnist"
 H1, H2 = f"{D}/institution:h1", f"{D}/institution:h2"
@@ -35,8 +37,30 @@ EPS = epsilon(**RUN)
 ZEROS = "0" * 64
 
 
-def charge(ledger: Ledger, *scopes: str, run_id: str = "run", **overrides):
-    return ledger.charge(list(scopes), run_id=run_id, actor="tester", **{**RUN, **overrides})
+def run(**overrides) -> Mechanism:
+    """RUN as the ledger receives it; the ledger computes its epsilon (NaN here) itself."""
+    return Mechanism(
+        **{"max_grad_norm": 1.0, "accountant": "prv", "epsilon": math.nan, **RUN, **overrides}
+    )
+
+
+def charge(
+    ledger: Ledger,
+    *scopes: str,
+    run_id: str = "run",
+    actor: str = "tester",
+    randomness: str = "secure",
+    allow_seeded: bool = False,
+    **mechanism,
+):
+    return ledger.charge(
+        list(scopes),
+        run(**mechanism),
+        run_id=run_id,
+        actor=actor,
+        randomness=randomness,
+        allow_seeded=allow_seeded,
+    )
 
 
 def rows(path: Path, sql: str) -> list[tuple]:

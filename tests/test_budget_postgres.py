@@ -29,6 +29,7 @@ from privkit.budget import (
     migrate,
 )
 from privkit.cli import main
+from privkit.mechanism import Mechanism
 
 psycopg = pytest.importorskip(
     "psycopg", reason="psycopg 3 is not installed (pip install -e '.[dev]')"
@@ -45,8 +46,30 @@ def eps_of(k: int) -> float:
     return epsilon(noise_multiplier=1.0, sample_rate=0.05, steps=50 * k, delta=1e-5)
 
 
-def charge(ledger: Ledger, *scopes: str, run_id: str = "run", **overrides):
-    return ledger.charge(list(scopes), run_id=run_id, actor="tester", **{**RUN, **overrides})
+def run(**overrides) -> Mechanism:
+    """RUN as the ledger receives it; the ledger computes its epsilon (NaN here) itself."""
+    return Mechanism(
+        **{"max_grad_norm": 1.0, "accountant": "prv", "epsilon": math.nan, **RUN, **overrides}
+    )
+
+
+def charge(
+    ledger: Ledger,
+    *scopes: str,
+    run_id: str = "run",
+    actor: str = "tester",
+    randomness: str = "secure",
+    allow_seeded: bool = False,
+    **mechanism,
+):
+    return ledger.charge(
+        list(scopes),
+        run(**mechanism),
+        run_id=run_id,
+        actor=actor,
+        randomness=randomness,
+        allow_seeded=allow_seeded,
+    )
 
 
 def sql(url: str, statement: str, params: tuple = (), *, serializable: bool = True) -> list[tuple]:
@@ -262,7 +285,7 @@ def test_a_spend_on_two_datasets_is_seen_by_the_researchers_of_each(pg_url: URL)
 
 def test_the_recorded_actor_is_the_database_user(pg_url: URL) -> None:
     ledger = Ledger(pg_url("alice"))
-    spend = ledger.charge([H1], run_id="r", actor="the steward, honest", **RUN)
+    spend = ledger.charge([H1], run(), run_id="r", actor="the steward, honest")
     assert spend.actor == "alice" and ledger.history()[0].actor == "alice"
     with psycopg.connect(
         pg_url("alice")
@@ -433,7 +456,7 @@ def _race(shipped: bytes, barrier, i: int) -> None:
     ledger = pickle.loads(shipped)  # as a Ray worker gets it: the URL, no connection
     barrier.wait()
     try:
-        ledger.charge([D if i % 2 else H1], run_id=f"p{i}", actor=f"process {os.getpid()}", **RUN)
+        ledger.charge([D if i % 2 else H1], run(), run_id=f"p{i}", actor=f"process {os.getpid()}")
     except BudgetExceededError:
         sys.exit(3)
     sys.exit(0)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from privkit.accounting import epsilon
-from privkit.budget import Ledger
+from privkit.budget import Ledger, Scope
 from privkit.cli import main
+from privkit.mechanism import plan
 
 D = "dataset:pneumoniamnist"
 H1 = f"{D}/institution:h1"
@@ -47,11 +48,8 @@ def test_set_show_history(ledger_path: Path, capsys: pytest.CaptureFixture) -> N
     )
     assert f"epsilon={EPS:.3f}" in capsys.readouterr().out
     Ledger(ledger_path).charge(
-        [f"{D}/institution:h2"],
-        noise_multiplier=1.0,
-        sample_rate=0.05,
-        steps=50,
-        delta=1e-5,
+        [Scope("pneumoniamnist", institution="h2")],
+        plan(noise_multiplier=1.0, sample_rate=0.05, steps=50, delta=1e-5),
         run_id="r2",
         actor="bob",
     )

@@ -42,6 +42,7 @@ from privkit.federated.algorithms import (  # noqa: E402
 )
 from privkit.federated.local import local_training, plan_site  # noqa: E402
 from privkit.federated.sites import Site, split_sites  # noqa: E402
+from privkit.mechanism import Mechanism  # noqa: E402
 from privkit.models import create_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -609,8 +610,8 @@ class _Ledger:
     def __init__(self, log: list, refuse: bool) -> None:
         self.log, self.refuse = log, refuse
 
-    def charge(self, scopes: list[str], **mechanism: object) -> None:
-        self.log.append(("charge", scopes, mechanism))
+    def charge(self, scopes: list, mechanism: Mechanism, **run: object) -> None:
+        self.log.append(("charge", scopes, mechanism, run))
         if self.refuse:
             raise budget.BudgetExceededError("over budget")
 
@@ -636,7 +637,7 @@ def test_a_hospital_charges_its_ledger_once_before_reading_a_record(
     for _ in range(config.rounds):
         flower.HospitalClient(context, run={}, node={}).fit(start, {})
     assert [entry[0] for entry in log] == ["charge", "read", "read"]
-    _, scopes, mechanism = log[0]
+    _, scopes, mechanism, run = log[0]
     plan = plan_site(
         "site1",
         len(site),
@@ -648,14 +649,14 @@ def test_a_hospital_charges_its_ledger_once_before_reading_a_record(
         max_grad_norm=1.0,
         accountant="rdp",
     )
-    assert scopes == ["dataset:pneumoniamnist/institution:site1"]
-    assert (mechanism["noise_multiplier"], mechanism["sample_rate"], mechanism["steps"]) == (
+    assert [str(s) for s in scopes] == ["dataset:pneumoniamnist/institution:site1"]
+    assert (mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps) == (
         plan.noise_multiplier,
         plan.sample_rate,
         plan.steps,
     )
-    assert mechanism["allow_seeded"] is True and mechanism["randomness"].startswith("seeded:")
-    assert str(mechanism["run_id"]).startswith("flower-run7")
+    assert run["allow_seeded"] is True and run["randomness"].startswith("seeded:")
+    assert str(run["run_id"]).startswith("flower-run7")
 
 
 def test_a_hospital_without_its_file_fails_and_downloads_nothing(

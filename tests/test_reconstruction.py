@@ -18,6 +18,7 @@ from privkit import accounting
 from privkit.attacks import image_similarity as sim
 from privkit.attacks import reconstruction as rec
 from privkit.engine import per_sample_loss
+from privkit.mechanism import plan
 from privkit.models import create_model
 from privkit.plots import reconstruction_grid
 
@@ -145,6 +146,8 @@ def test_defenses_calibrate_noise_to_the_training_run() -> None:
     spent = accounting.epsilon(noise_multiplier=dp.noise_multiplier, **run)
     assert 0.99 * 8 <= spent <= 8
     assert fixed.epsilon == accounting.epsilon(noise_multiplier=0.01, accountant="rdp", **run) > 1e5
+    assert (dp.mechanism.accountant, fixed.mechanism.accountant) == ("prv", "rdp")  # the one used
+    assert {s.mechanism.steps for s in settings[1:]} == {180}
 
 
 @pytest.mark.parametrize("n_outputs", [1, 3])
@@ -246,7 +249,10 @@ def test_attack_defenses_table_and_figure() -> None:
     model, x, y = tiny_model(), smooth_images(1), torch.tensor([[1.0]])
     settings = [
         rec.Defense("none"),
-        rec.Defense("DP", max_grad_norm=0.1, noise_multiplier=1.0, epsilon=3.0),
+        rec.Defense(
+            "DP",
+            plan(noise_multiplier=1.0, max_grad_norm=0.1, sample_rate=0.01, steps=100, delta=1e-5),
+        ),
     ]
     config = rec.AttackConfig(iterations=150, tv_weight=0.0)
     pool = torch.cat([smooth_images(20, seed=5), x])  # x is candidate 20

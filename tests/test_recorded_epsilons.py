@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from privkit import accounting, calibration, individual, train
+from privkit import accounting, individual, private_calibration, train
 from privkit.attacks import reconstruction
 from privkit.federated import algorithms, local
 
@@ -91,10 +91,11 @@ def test_individualised_groups():
 
 
 def test_dp_temperature_scaling():
-    fit = calibration.fit_temperature_dp(
+    fit = private_calibration.fit_temperature_dp(
         [0, 1, 1, 0] * 100, [-2.0, 2.0, 1.0, 1.0] * 100, epsilon=2.0, delta=1e-5
     )
-    assert [fit.noise_multiplier, fit.steps, fit.epsilon] == pytest.approx(
+    m = fit.mechanism
+    assert [m.noise_multiplier, m.steps, m.epsilon] == pytest.approx(
         [5.668939661658126, 8, 1.9989706465614754], **SAME
     )
 

@@ -27,7 +27,6 @@ reconstruction (a batch's gradient does not reveal the order of its images).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,9 +35,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from privkit import _validate, accounting
+from privkit import _validate, mechanism
 from privkit.attacks.image_similarity import identification_rank, match, psnr, ssim
+from privkit.engine.gaussian import add_noise
 from privkit.engine.per_sample import clipped_sum, per_sample_gradients
+from privkit.mechanism import Mechanism
+from privkit.randomness import torch_generator
 
 Grads = dict[str, Tensor]  # parameter name -> tensor of the parameter's shape
 METHODS = ("inverting", "dlg")
@@ -60,15 +62,28 @@ class SharedUpdate:
 
 @dataclass(frozen=True)
 class Defense:
-    """One setting of the experiment: clipping norm and noise of the released update.
+    """One setting of the experiment: a name and the mechanism of the assumed training run,
+    one of whose steps is the released update.
 
-    ``epsilon`` is what the assumed training run spends with this noise (inf without noise).
+    The mechanism's ``max_grad_norm`` clips each example's gradient and its noise multiplier
+    scales the noise; its ``epsilon`` is what the run spends (inf without noise). ``None``: no
+    defence, neither clipping nor noise.
     """
 
     name: str
-    max_grad_norm: float = math.inf
-    noise_multiplier: float = 0.0
-    epsilon: float = math.inf
+    mechanism: Mechanism | None = None
+
+    @property
+    def max_grad_norm(self) -> float:
+        return math.inf if self.mechanism is None else self.mechanism.max_grad_norm
+
+    @property
+    def noise_multiplier(self) -> float:
+        return 0.0 if self.mechanism is None else self.mechanism.noise_multiplier
+
+    @property
+    def epsilon(self) -> float:
+        return math.inf if self.mechanism is None else self.mechanism.epsilon
 
 
 @dataclass(frozen=True)
@@ -152,14 +167,14 @@ def share_update(
 
     Per-example gradients and clipping come from :mod:`privkit.engine.per_sample`, the code
     DP-SGD trains with; the noise is ``N(0, (noise_multiplier * max_grad_norm)^2)`` per
-    coordinate, drawn from ``generator`` (on the gradients' device).
+    coordinate, :func:`privkit.engine.gaussian.add_noise` drawing it from ``generator``.
 
     Args:
         model: the shared model, at the parameters the client differentiates at.
         images: (B, C, H, W) the client's batch. labels: (B, L) its 0/1 labels.
         max_grad_norm: clipping norm C > 0; ``inf`` clips nothing.
         noise_multiplier: sigma >= 0; noise needs a finite ``max_grad_norm``.
-        generator: random source of the noise.
+        generator: random source of the noise; by default one seeded by the OS.
 
     Raises:
         ValueError: badly shaped inputs, or a parameter out of range (named in the message).
@@ -180,11 +195,9 @@ def share_update(
         )
     summed = _aggregate(per_sample_gradients(model, images, labels), max_grad_norm)
     if noise_multiplier > 0:
-        std = noise_multiplier * max_grad_norm
-        summed = {
-            k: g + std * torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
-            for k, g in summed.items()
-        }
+        if generator is None:
+            generator = torch_generator(randomness="secure", identity={}, device=images.device)
+        summed = add_noise(summed, std=noise_multiplier * max_grad_norm, generator=generator)
     return SharedUpdate(
         gradient={k: g.detach() for k, g in summed.items()},
         batch_size=images.shape[0],
@@ -379,37 +392,31 @@ def defenses(
 ) -> list[Defense]:
     """The experiment's settings: no defence, clipping only, DP at each epsilon, fixed sigmas.
 
-    The noise of ``epsilon`` is :func:`privkit.accounting.calibrate_noise` for a training run
-    of ``steps`` Poisson-sampled steps at ``sample_rate``: the released update is one of that
-    run's steps. A fixed ``noise_multiplier`` gets the epsilon the run would spend with it,
-    from ``accountant`` or, where it cannot handle so weak a guarantee, from ``"rdp"``, and
-    is named by it (``"DP ε≈9.8e+05"``).
+    Each is the mechanism (:func:`privkit.mechanism.plan`) of a training run of ``steps``
+    Poisson-sampled steps at ``sample_rate``, clipped to ``max_grad_norm``: the released update
+    is one of that run's steps. An ``epsilon`` gets the noise calibrated to it and is named by
+    it (``"DP ε=8"``); a fixed ``noise_multiplier`` gets the epsilon the run would spend with
+    it (``accountant``'s, or RDP's where the PRV cannot certify so weak a guarantee) and is
+    named by that (``"DP ε≈9.8e+05"``).
     """
-    _validate.in_range(
-        0, math.inf, low_inclusive=False, high_inclusive=False, max_grad_norm=max_grad_norm
+    run = dict(
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        max_grad_norm=max_grad_norm,
+        accountant=accountant,
     )
-    settings = [Defense("none"), Defense(f"clip C={max_grad_norm:g}", max_grad_norm=max_grad_norm)]
-    for eps in epsilons:
-        sigma = accounting.calibrate_noise(
-            target_epsilon=eps,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-        )
-        settings.append(Defense(f"DP ε={eps:g}", max_grad_norm, sigma, float(eps)))
+    settings = [
+        Defense("none"),
+        Defense(f"clip C={max_grad_norm:g}", mechanism.plan(noise_multiplier=0.0, **run)),
+    ]
+    settings += [Defense(f"DP ε={eps:g}", mechanism.plan(epsilon=eps, **run)) for eps in epsilons]
     for sigma in noise_multipliers:
         _validate.in_range(
             0, math.inf, low_inclusive=False, high_inclusive=False, noise_multipliers=sigma
         )
-        mechanism = dict(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta)
-        try:
-            eps = accounting.epsilon(**mechanism, accountant=accountant)
-        except RuntimeError:  # PRV cannot compose epsilon in the hundreds
-            with warnings.catch_warnings():  # RDP's "optimal order is the smallest alpha"
-                warnings.filterwarnings("ignore", "Optimal order", UserWarning)
-                eps = accounting.epsilon(**mechanism, accountant="rdp")
-        settings.append(Defense(f"DP ε≈{eps:.2g}", max_grad_norm, float(sigma), eps))
+        fixed = mechanism.plan(noise_multiplier=sigma, **run)
+        settings.append(Defense(f"DP ε≈{fixed.epsilon:.2g}", fixed))
     return settings
 
 

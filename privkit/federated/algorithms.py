@@ -67,6 +67,7 @@ from privkit.engine.per_sample import Params
 from privkit.federated import secure_aggregation as secagg
 from privkit.federated.local import SitePlan, local_training, plan_site
 from privkit.federated.sites import Site
+from privkit.mechanism import Mechanism
 from privkit.metrics import evaluate
 from privkit.models import MODELS, create_model
 from privkit.train import predict
@@ -393,19 +394,23 @@ def charge(
     tag = lambda party: randomness.ledger_tag(  # noqa: E731
         randomness=config.randomness, identity=stream_identity(config, party)
     )
-    scope = lambda site: str(budget.Scope(dataset_name, institution=site))  # noqa: E731
+    scope = lambda site: budget.Scope(dataset_name, institution=site)  # noqa: E731
     run = run or f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
     actor = budget.default_actor()
     if server is not None and not any(p.private for p in plans):  # site-level DP only
         ledger.charge(
             [scope(p.site) for p in plans],
-            noise_multiplier=server.noise_multiplier,
-            sample_rate=server.sample_rate,
-            steps=server.rounds,
-            delta=server.delta,
+            Mechanism(
+                server.noise_multiplier,
+                server.sample_rate,
+                server.rounds,
+                server.update_clip,
+                server.delta,
+                config.accountant,
+                server.epsilon,
+            ),
             run_id=f"{run}-server",
             actor=actor,
-            accountant=config.accountant,
             randomness=tag("server"),
             allow_seeded=allow_seeded,
         )
@@ -415,13 +420,17 @@ def charge(
         try:
             ledger.charge(
                 [scope(plan.site)],
-                noise_multiplier=plan.noise_multiplier,
-                sample_rate=plan.sample_rate,
-                steps=plan.steps,
-                delta=plan.delta,
+                Mechanism(
+                    plan.noise_multiplier,
+                    plan.sample_rate,
+                    plan.steps,
+                    plan.max_grad_norm,
+                    plan.delta,
+                    config.accountant,
+                    plan.epsilon,
+                ),
                 run_id=f"{run}-{plan.site}",
                 actor=actor,
-                accountant=config.accountant,
                 randomness=tag(f"site:{plan.site}"),
                 allow_seeded=allow_seeded,
             )

@@ -449,6 +449,7 @@ def serve(
     from privkit import _validate, budget, data, randomness
     from privkit._io import atomic_write
     from privkit.federated.algorithms import plan_server, server_generator, stream_identity
+    from privkit.mechanism import Mechanism
     from privkit.models import create_model
 
     run = {**(run or {}), **context.run_config}
@@ -465,14 +466,18 @@ def serve(
         run, "server-ledger"
     ):  # before any hospital sends an update
         budget.Ledger(str(run["server-ledger"])).charge(
-            [str(budget.Scope(dataset))],
-            noise_multiplier=server.noise_multiplier,
-            sample_rate=server.sample_rate,
-            steps=server.rounds,
-            delta=server.delta,
+            [budget.Scope(dataset)],
+            Mechanism(
+                server.noise_multiplier,
+                server.sample_rate,
+                server.rounds,
+                server.update_clip,
+                server.delta,
+                config.accountant,
+                server.epsilon,
+            ),
             run_id=f"flower-run{context.run_id}-server",
             actor=budget.default_actor(),
-            accountant=config.accountant,
             randomness=randomness.ledger_tag(
                 randomness=config.randomness, identity=stream_identity(config, "server")
             ),

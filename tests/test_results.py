@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from privkit import data, experiments, results
+from privkit import data, experiments, results, stacks
 from privkit.train import TrainConfig
 
 QUICK = dict(epochs=1, batch_size=32, lr=1.0, device="cpu", delta=1e-3)
@@ -24,7 +24,7 @@ def test_sweep_writes_tidy_rows_and_provenance(synthetic_root: Path, tmp_path: P
     table = experiments.sweep(
         _configs(synthetic_root), experiment="t", out_dir=tmp_path, progress=False
     )
-    assert list(table.columns) == results.COLUMNS
+    assert tuple(table.columns) == results.COLUMNS
     assert table["run_id"].nunique() == 4  # (2.0, inf) x seeds (0, 1)
     assert set(table["split"]) == {"val", "test"}
     assert {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"} <= set(
@@ -50,7 +50,7 @@ def test_interrupted_sweep_resumes_and_finished_runs_are_reused(
 ) -> None:
     configs = _configs(synthetic_root)
     calls = []
-    real_train_many = experiments.train_many
+    real_train_many = stacks.train_many
 
     def flaky_train_many(group, **kwargs):
         calls.extend(group)
@@ -58,10 +58,10 @@ def test_interrupted_sweep_resumes_and_finished_runs_are_reused(
             raise KeyboardInterrupt  # the user stops the sweep during its second group
         return real_train_many(group, **kwargs)
 
-    monkeypatch.setattr(experiments, "train_many", flaky_train_many)
+    monkeypatch.setattr(stacks, "train_many", flaky_train_many)
     with pytest.raises(KeyboardInterrupt):
         experiments.sweep(configs, experiment="t", out_dir=tmp_path, progress=False)
-    assert results.read_table(tmp_path / "metrics.csv")["run_id"].nunique() == 2
+    assert results.Store(tmp_path).table("metrics").read()["run_id"].nunique() == 2
 
     calls.clear()
     table = experiments.sweep(configs, experiment="t", out_dir=tmp_path, progress=False)
@@ -78,9 +78,9 @@ def test_fast_sweep_trains_compatible_runs_together(
     base = TrainConfig(data_root=str(synthetic_root), backend="fast", **QUICK)
     configs = experiments.epsilon_sweep(base, epsilons=[1.0, 4.0], seeds=[0, 1])
     groups = []
-    real_train_many = experiments.train_many
+    real_train_many = stacks.train_many
     monkeypatch.setattr(
-        experiments, "train_many", lambda g, **k: groups.append(g) or real_train_many(g, **k)
+        stacks, "train_many", lambda g, **k: groups.append(g) or real_train_many(g, **k)
     )
     table = experiments.sweep(
         configs, experiment="t", out_dir=tmp_path, max_stack=4, progress=False
@@ -93,9 +93,10 @@ def test_fast_sweep_trains_compatible_runs_together(
 def test_a_failed_write_keeps_the_old_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "metrics.csv"
+    table = results.Store(tmp_path).table("metrics", results.COLUMNS)
+    path = table.path
     row = dict.fromkeys(results.COLUMNS, 1)
-    results.append_rows(path, [row])
+    table.append([row])
     before = path.read_bytes()
 
     def broken_to_csv(self, target, **kwargs):
@@ -104,7 +105,7 @@ def test_a_failed_write_keeps_the_old_table(
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
     with pytest.raises(OSError, match="disk full"):
-        results.append_rows(path, [row])
+        table.append([row])
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "metrics.csv.lock"]
 

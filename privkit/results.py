@@ -83,7 +83,7 @@ def plain(config: Any) -> Any:
     return config
 
 
-def run_id(config: Any, data_sha256: str) -> str:
+def run_id(config: Any, data_sha256: str | None) -> str:
     """A short hash of everything that determines a run's result, the data's bytes included.
 
     ``config`` is any plain config: a ``TrainConfig``, a ``FederatedConfig``, a dict of them
@@ -107,8 +107,9 @@ def run_id(config: Any, data_sha256: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def provenance(config: Any, *, data_sha256: str, device: str) -> dict[str, Any]:
-    """Where a result came from: code version, packages, device, data checksum, parameters."""
+def provenance(config: Any, *, data_sha256: str | None, device: str) -> dict[str, Any]:
+    """Where a result came from: code version, packages, device, data checksum (None: the run
+    read no data, e.g. an accountant's curve), parameters (``config`` as plain values)."""
     return {
         "git_commit": _git_commit(),
         "python": sys.version.split()[0],
@@ -159,10 +160,14 @@ def result_rows(result: TrainResult, *, experiment: str, run: str) -> list[dict[
 
 
 def run_record(
-    result: TrainResult, *, data_sha256: str, trained_together_with: int
+    result: TrainResult, *, data_sha256: str, trained_together_with: int = 1, config: Any = None
 ) -> dict[str, Any]:
-    """A trained run's provenance, wall time and stack size, taken where it trained."""
-    record = provenance(result.config, data_sha256=data_sha256, device=result.device)
+    """A trained run's provenance, wall time, stack size and ledger anchor, taken where it
+    trained; its parameters are ``config`` when given (a run described by more than its
+    ``TrainConfig``), else ``result.config``."""
+    record = provenance(
+        result.config if config is None else config, data_sha256=data_sha256, device=result.device
+    )
     record["seconds"] = result.seconds
     record["trained_together_with"] = trained_together_with
     return record | ledger_entry(result.spend)
@@ -336,6 +341,24 @@ class Store:
             desc=desc,
             progress=progress,
         )
+
+    def save_run(
+        self,
+        name: str,
+        rows: Rows,
+        *,
+        config: Any,
+        data_sha256: str | None,
+        device: str = "cpu",
+    ) -> str:
+        """A table that one run computes in one go (an accountant's curve, a bound): its rows
+        get the run's id (:func:`run_id` of ``config`` and the data), its provenance is written,
+        then ``<name>.csv`` is replaced (:meth:`save`). Returns the run id."""
+        run = run_id(config, data_sha256)
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+        record = provenance(config, data_sha256=data_sha256, device=device)
+        self.save(name, frame.assign(run_id=run)[["run_id", *frame.columns]], runs={run: record})
+        return run
 
     def save(
         self, name: str, rows: Rows, *, runs: Mapping[str, Mapping[str, Any]] | None = None

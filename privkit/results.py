@@ -263,8 +263,8 @@ class Store:
 
     out_dir: Path
 
-    def __init__(self, out_dir: str | Path) -> None:
-        object.__setattr__(self, "out_dir", Path(out_dir))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))  # a str is welcome too
 
     def table(
         self, name: str, columns: Iterable[str] | None = None, *, float_format: str | None = None

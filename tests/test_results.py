@@ -332,3 +332,34 @@ def test_every_run_of_every_sweep_has_its_provenance(synthetic_root: Path, tmp_p
             spend = next(s for s in ledger.history() if s.id == record["ledger"]["spend_id"])
             assert spend.run_id == run and spend.hash == record["ledger"]["head"], name
             assert ledger.verify(head=record["ledger"]["head"]).events >= 1
+
+
+def test_a_stack_is_a_pure_unit_its_configs_and_data_in_its_rows_out(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a cluster runs: the same configs and data give the same rows (seeded research mode),
+    and the unit writes nothing (the driver alone writes)."""
+    from dataclasses import replace
+
+    ds = data.load("pneumoniamnist", root=synthetic_root)
+    base = TrainConfig(
+        epochs=1,
+        batch_size=64,
+        device="cpu",
+        delta=1e-3,
+        epsilon=None,
+        noise_multiplier=1.0,
+        randomness="seeded",
+    )
+    configs = [replace(base, seed=s) for s in (0, 1)]
+    ids = [results.run_id(c, ds.sha256) for c in configs]
+    monkeypatch.chdir(tmp_path)
+    first = stacks.train_stack(ds, configs, ids, "t")
+    second = stacks.train_stack(ds, configs, ids, "t")
+    assert [o.run_id for o in first] == ids and list(tmp_path.iterdir()) == []
+    for a, b in zip(first, second):  # (epsilon_target is NaN: compare as frames)
+        pd.testing.assert_frame_equal(
+            pd.DataFrame(a.rows["metrics"]), pd.DataFrame(b.rows["metrics"])
+        )
+    assert all(o.record["data_sha256"] == ds.sha256 for o in first)
+    assert [o.record["trained_together_with"] for o in first] == [2, 2]

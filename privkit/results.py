@@ -197,9 +197,10 @@ class Table:
         return self.path.stem
 
     def read(self) -> pd.DataFrame:
-        """The table, or an empty one with its columns."""
+        """The table, or an empty one with its columns. Run ids are read as text, also those
+        that look like numbers (``"1234567890123456"``, ``"12e4567890123456"``)."""
         if self.path.exists():
-            return pd.read_csv(self.path)
+            return pd.read_csv(self.path, dtype={"run_id": str})
         return pd.DataFrame(columns=list(self.columns or ()))
 
     def run_ids(self) -> set[str]:

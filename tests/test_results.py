@@ -275,6 +275,9 @@ def test_a_table_keeps_its_column_set(tmp_path: Path) -> None:
     free.append([{"note": "y", "run_id": "b"}])  # column order does not matter
     assert free.read().to_dict("list") == {"run_id": ["a", "b"], "note": ["x", "y"]}
     assert fixed.run_ids() == {"a"} and store.table("absent", ("run_id",)).run_ids() == set()
+    digits = store.table("digits", ("run_id", "value"))  # hex ids that parse as numbers
+    digits.append([{"run_id": "1234567890123456", "value": 1}, {"run_id": "12e4", "value": 2}])
+    assert digits.run_ids() == {"1234567890123456", "12e4"}
     store.save("notes", [{"other": 1}])  # a table computed in one go replaces the old one
     assert list(store.table("notes").read().columns) == ["other"]
 

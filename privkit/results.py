@@ -32,9 +32,9 @@ import torch
 
 from privkit import executors
 from privkit._io import atomic_write, atomic_write_text, locked
-from privkit.budget import Spend
 
 if TYPE_CHECKING:
+    from privkit.budget import Spend
     from privkit.train import TrainResult
 
 COLUMNS = (

@@ -13,7 +13,6 @@ The first epoch of each row (warm-up, compilation) is reported apart and left ou
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from privkit import data, recipes
+from privkit import data
 from privkit._io import atomic_write_text
 from privkit.train import TrainConfig, resolve_device, train_many
 
@@ -138,44 +137,6 @@ def run(
     }
 
 
-def time_sweep(
-    experiment: str | Path,
-    *,
-    device: str = "auto",
-    data_root: str | None = None,
-    profile: str = "full",
-    progress: bool = True,
-) -> dict:
-    """Wall time of an experiment's epsilon sweep (as its notebook runs it), compilation
-    included, into a temporary folder so that no cached run is reused."""
-    import tempfile
-
-    from privkit import experiments
-
-    exp = experiments.load_experiment(
-        experiment, profile=profile, notebooks_dir=Path(experiment).parent.parent / "notebooks"
-    )
-    defaults = {k: v["default"] for k, v in experiments.notebook_parameters(exp.notebook).items()}
-    p = {k: _literal(v) for k, v in defaults.items()} | exp.parameters
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    shared = (
-        {k: v for k, v in p.items() if k in fields}
-        | p["overrides"]
-        | {"device": device, "data_root": data_root}
-    )
-    configs = recipes.sweep_recipes(p["recipes"], p["epsilons"], p["seeds"], **shared)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        experiments.sweep(configs, experiment="bench", out_dir=out, progress=progress)
-    return {
-        "experiment": str(experiment),
-        "profile": profile,
-        "models": len(configs),
-        "epochs": sorted({c.epochs for c in configs}),
-        "seconds": time.perf_counter() - start,
-    }
-
-
 def time_ray(
     *,
     address: str | None = None,
@@ -185,7 +146,7 @@ def time_ray(
     progress: bool = True,
 ) -> dict:
     """What running units of work as Ray tasks costs, in one run: the same ``units`` (one
-    DP-SGD model each, ``experiments.train_stack`` on the CPU) here with torch's threads and with
+    DP-SGD model each, ``stacks.train_stack`` on the CPU) here with torch's threads and with
     one (as a Ray task of one CPU runs), then on the Ray cluster at ``address`` (None:
     ``ray.init()``'s choice, a new local one if none runs) with 1 and then 2 units at a time
     (``max_in_flight``; each task asks for one CPU).
@@ -194,16 +155,16 @@ def time_ray(
     own time where it ran (transfers, scheduling, the result's way back), measured with one unit
     at a time, after a warm-up that starts two workers (their imports are reported apart).
     """
-    from privkit import executors, experiments
+    from privkit import executors, stacks
 
     ds, described = _bench_dataset("pneumoniamnist", data_root, torch.device("cpu"))
     base = TrainConfig(epsilon=None, noise_multiplier=1.0, epochs=epochs, device="cpu", delta=1e-5)
     work = [
         executors.Unit(
             name=f"bench {k}",
-            fn=experiments.train_stack,
+            fn=stacks.train_stack,
             data=ds,
-            args=([replace(base, seed=k)], [f"bench-{k}"], "bench"),
+            args=([replace(base, seed=k)], [f"bench-{k}"], "bench", False),
         )
         for k in range(units)
     ]
@@ -262,12 +223,6 @@ def format_ray(report: dict) -> str:
             f"{r['runs_per_minute']:>10.1f}{r['unit_s']:>9.2f}{r['overhead_ms']:>13.1f}"
         )
     return "\n".join(lines)
-
-
-def _literal(text: str):
-    import ast
-
-    return ast.literal_eval(text)
 
 
 def format_table(report: dict) -> str:

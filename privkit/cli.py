@@ -645,7 +645,9 @@ def _bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.sweep:
-        report["sweep"] = bench.time_sweep(
+        from privkit import experiments
+
+        report["sweep"] = experiments.time_sweep(
             args.sweep, device=args.device, data_root=args.data_root, progress=not args.no_progress
         )
     print(bench.format_table(report))

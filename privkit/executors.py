@@ -1,10 +1,11 @@
 """Where a sweep's units of work run: here, one after another (the default), or as Ray tasks.
 
 A unit of work is one call ``fn(data, *args)`` of a module-level function on plain values: a
-stack of models' configs and the data they read (``privkit.experiments.sweep``'s unit is the
-model). A unit reads no ledger and writes no file. The *driver*, the process that runs the sweep,
-charges the ledger before it dispatches a unit and writes the unit's results when they come
-back, so it is the single writer of every table whichever executor ran the units.
+stack of models' configs and the data they read (``privkit.stacks.train_stack``). A unit reads
+no ledger and writes no file. The *driver*, the process that runs the sweep, charges the ledger
+before it dispatches a unit and writes the unit's results when they come back
+(``privkit.results.Store.run``), so it is the single writer of every table whichever executor
+ran the units.
 
 * :class:`LocalExecutor` runs the units in this process, in order; it needs no Ray.
 * :class:`RayExecutor` runs each unit as a Ray task (Moritz et al. 2018, "Ray: a distributed

@@ -15,12 +15,15 @@ notebooks whose inputs (notebook, parameters, privkit's code) have not changed.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from privkit import budget, data, executors, results
-from privkit.train import TrainConfig, charge_runs, plan, resolve_device, stack_key, train_many
+from privkit import budget, executors, recipes, results, stacks
+from privkit.train import TrainConfig
 
 PROFILES = ("full", "quick")
 _YAML_KEYS = {"notebook", "description", "parameters", "profiles"}
@@ -46,171 +49,6 @@ def epsilon_sweep(
     """
     eps = list(epsilons) + ([math.inf] if nonprivate else [])
     return [replace(base, epsilon=e, noise_multiplier=None, seed=s) for e in eps for s in seeds]
-
-
-Run = tuple[str, TrainConfig, data.Dataset]  # run id, config, its loaded data
-
-
-def load_runs(configs: Sequence[TrainConfig], *, device: str | None = None) -> list[Run]:
-    """Each config with its run id and its data, every dataset loaded once per device: on
-    ``device`` (an executor's, which ships the data elsewhere), else on each config's own.
-
-    Raises:
-        ValueError: a config that cannot run on its data (``TrainConfig.check_against``), before
-            anything is trained.
-    """
-    datasets: dict[tuple, data.Dataset] = {}
-    runs: list[Run] = []
-    for config in configs:
-        where = resolve_device(device or config.device)
-        key = (config.dataset, config.data_root, str(where))
-        if key not in datasets:
-            datasets[key] = data.load(config.dataset, root=config.data_root, device=where)
-        config.check_against(len(datasets[key].train))
-        runs.append((results.run_id(config, datasets[key].sha256), config, datasets[key]))
-    return runs
-
-
-def on_gpu(config: TrainConfig, gpus: bool | None = None) -> bool:
-    """Whether ``config`` trains on a GPU where it runs: ``gpus`` says if GPUs are there (an
-    executor's cluster; None: this machine). ``device="cpu"`` never does, ``"cuda"`` always."""
-    if config.device != "auto" or gpus is None:
-        return resolve_device(config.device).type == "cuda"
-    return gpus
-
-
-def stack_groups(
-    runs: Sequence[Run],
-    *,
-    done: set[str],
-    max_stack: int | None,
-    gpus: bool | None = None,
-    gpu_stack: int | None = None,
-) -> list[list[Run]]:
-    """The runs not in ``done``, grouped into stacks that ``train_many`` trains together.
-
-    Up to ``max_stack`` models per stack; by default ``gpu_stack`` (None: all of them) on a GPU
-    and one at a time on a CPU (see :func:`sweep`), with ``gpus`` as in :func:`on_gpu`; backends
-    other than ``fast`` train one at a time.
-    """
-    groups: list[list[Run]] = []
-    open_groups: dict[tuple, list] = {}
-    for run in runs:
-        if run[0] in done:
-            continue
-        config = run[1]
-        limit = (
-            1
-            if config.backend != "fast"
-            else max_stack or ((gpu_stack or len(runs)) if on_gpu(config, gpus) else 1)
-        )
-        group = open_groups.get(stack_key(config))
-        if group is None or len(group) >= limit:
-            group = open_groups[stack_key(config)] = []
-            groups.append(group)
-        group.append(run)
-    return groups
-
-
-def charge_stack(
-    ledger: budget.Ledger,
-    configs: Sequence[TrainConfig],
-    *,
-    n_train: int,
-    runs: Sequence[str],
-    allow_seeded: bool = False,
-) -> list[budget.Spend]:
-    """Charge a stack's runs to ``ledger`` before the driver dispatches it, each under its run id:
-    the mechanism ``train_many`` would charge before reading data (``train.charge_runs``).
-
-    Raises:
-        budget.BudgetExceededError: a run over budget; the runs before it stay charged.
-    """
-    return charge_runs(
-        ledger,
-        configs,
-        [plan(c, n_train) for c in configs],
-        run_ids=runs,
-        allow_seeded=allow_seeded,
-    )
-
-
-def train_stack(
-    dataset: data.Dataset,
-    configs: Sequence[TrainConfig],
-    runs: Sequence[str],
-    experiment: str,
-    progress: bool = False,
-) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
-    """A sweep's unit of work: one stack of models from plain configs and their data, trained
-    where it runs (the configs' device resolved there), nothing charged, nothing written.
-
-    Returns:
-        Per run, its rows (``results.result_rows``) and its record (``results.run_record``).
-    """
-    trained = train_many(
-        configs, dataset=dataset.to(resolve_device(configs[0].device)), progress=progress
-    )
-    return [
-        (
-            results.result_rows(r, experiment=experiment, run=run),
-            results.run_record(r, data_sha256=dataset.sha256, trained_together_with=len(configs)),
-        )
-        for run, r in zip(runs, trained)
-    ]
-
-
-def run_stacks(
-    groups: Sequence[Sequence[Run]],
-    unit: Callable[..., Any],
-    *,
-    args: tuple,
-    on_finished: Callable[[executors.Finished], None],
-    executor: executors.Executor,
-    experiment: str,
-    ledger: budget.Ledger | None,
-    allow_seeded: bool,
-    progress: bool,
-    spends: dict[str, budget.Spend] | None = None,
-) -> None:
-    """Run each group as ``unit(dataset, configs, run_ids, *args)`` on ``executor``; the driver
-    charges ``ledger`` before a group leaves (:func:`charge_stack`), recording each run's spend
-    in ``spends`` (so that ``on_finished`` can anchor the ledger in its provenance), and
-    ``on_finished`` writes it."""
-    spends = {} if spends is None else spends
-    units = [
-        executors.Unit(
-            name=f"{experiment}: " + ", ".join(f"{run} ({_label(c)})" for run, c, _ in group),
-            fn=unit,
-            data=group[0][2],
-            args=([c for _, c, _ in group], [run for run, _, _ in group], *args),
-            models=len(group),
-            gpu=group[0][1].device != "cpu",
-        )
-        for group in groups
-    ]
-
-    def charge(u: executors.Unit) -> None:
-        charged = charge_stack(
-            ledger, u.args[0], n_train=len(u.data.train), runs=u.args[1], allow_seeded=allow_seeded
-        )
-        spends.update(zip(u.args[1], charged))
-
-    executors.run(
-        units,
-        executor=executor,
-        on_finished=on_finished,
-        before_dispatch=charge if ledger else None,
-        desc=experiment,
-        progress=progress,
-    )
-
-
-def _label(config: TrainConfig) -> str:
-    privacy = (
-        f"ε={config.epsilon:g}" if config.epsilon is not None else f"σ={config.noise_multiplier:g}"
-    )
-    return f"{config.model}, {privacy}, seed {config.seed}"
 
 
 def sweep(
@@ -231,48 +69,66 @@ def sweep(
     cluster, ``models_per_gpu`` of the Ray executor), and a CPU one at a time: there, vmapped
     convolutions over stacked models run slower per model than single ones (measured on a
     2-core CPU: 1.5 s vs 0.8 s per model and epoch). Each stack is a unit of work
-    (:func:`train_stack`) run by ``executor`` (``privkit.executors``: ``"local"``, the default
+    (``privkit.stacks.train_stack``) run by ``executor`` (``privkit.executors``: ``"local"``, the default
     unless ``$PRIVKIT_EXECUTOR`` says otherwise, or ``"ray"``/``"ray:<address>"``).
     With a ``ledger``, this process charges each stack before dispatching it
-    (:func:`charge_stack`); runs reused from the table spend nothing; ``allow_seeded`` lets it
+    (``stacks.charge_stack``); runs reused from the table spend nothing; ``allow_seeded`` lets it
     charge ``randomness="seeded"`` runs (see :func:`privkit.train.train_many`). This process
-    alone writes: as each stack comes back, ``runs/<run_id>.json`` with its provenance and where
-    it ran, then its rows, appended atomically. So an interrupted sweep resumes and a repeated
+    alone writes, through ``privkit.results.Store``: as each stack comes back,
+    ``runs/<run_id>.json`` with its provenance, where it ran and its ledger anchor, then its
+    rows, appended atomically. So an interrupted sweep resumes and a repeated
     one trains nothing; a stack that fails for good raises ``executors.UnitsFailedError`` once
     every other stack is written.
     """
-    out_dir = Path(out_dir)
-    table_path = out_dir / "metrics.csv"
-    runner = executors.resolve(executor)
-    runs = load_runs(configs, device=runner.data_device)
-    done = set(results.read_table(table_path)["run_id"])
-    groups = stack_groups(
-        runs, done=done, max_stack=max_stack, gpus=runner.has_gpus(), gpu_stack=runner.gpu_stack()
-    )
-
-    def write(finished: executors.Finished) -> None:
-        rows = []
-        for run, (run_rows, record) in zip(finished.unit.args[1], finished.value):
-            anchor = results.ledger_entry(spends.get(run))
-            results.write_provenance(out_dir, run, record | {"where": finished.where} | anchor)
-            rows += run_rows
-        results.append_rows(table_path, rows)
-
-    spends: dict[str, budget.Spend] = {}
-    run_stacks(
-        groups,
-        train_stack,
-        args=(experiment, progress and runner.inner_progress),
-        on_finished=write,
-        executor=runner,
+    table = results.Store(out_dir).table("metrics", results.COLUMNS)
+    return stacks.sweep(
+        configs,
+        unit=stacks.train_stack,
+        table=table,
         experiment=experiment,
+        max_stack=max_stack,
         ledger=ledger,
         allow_seeded=allow_seeded,
+        executor=executor,
         progress=progress,
-        spends=spends,
     )
-    table = results.read_table(table_path)
-    return table[table["run_id"].isin([r[0] for r in runs])].reset_index(drop=True)
+
+
+def time_sweep(
+    experiment: str | Path,
+    *,
+    device: str = "auto",
+    data_root: str | None = None,
+    profile: str = "full",
+    progress: bool = True,
+) -> dict:
+    """Wall time of an experiment's epsilon sweep (as its notebook runs it), compilation
+    included, into a temporary folder so that no cached run is reused (``privkit bench
+    --sweep``)."""
+    import tempfile
+
+    exp = load_experiment(
+        experiment, profile=profile, notebooks_dir=Path(experiment).parent.parent / "notebooks"
+    )
+    defaults = notebook_parameters(exp.notebook)
+    p = {k: ast.literal_eval(v["default"]) for k, v in defaults.items()} | exp.parameters
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    shared = (
+        {k: v for k, v in p.items() if k in fields}
+        | p["overrides"]
+        | {"device": device, "data_root": data_root}
+    )
+    configs = recipes.sweep_recipes(p["recipes"], p["epsilons"], p["seeds"], **shared)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        sweep(configs, experiment="bench", out_dir=out, progress=progress)
+    return {
+        "experiment": str(experiment),
+        "profile": profile,
+        "models": len(configs),
+        "epochs": sorted({c.epochs for c in configs}),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @dataclass(frozen=True)

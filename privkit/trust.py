@@ -32,16 +32,15 @@ from privkit import (
     calibration,
     data,
     executors,
-    experiments,
     fairness,
     private_calibration,
     results,
+    stacks,
 )
-from privkit._io import atomic_write, locked
 from privkit.metrics import evaluate
 from privkit.train import TrainConfig, logits, resolve_device, train_many
 
-SCORE_COLUMNS = [
+SCORE_COLUMNS = (
     "run_id",
     "experiment",
     "dataset",
@@ -56,15 +55,20 @@ SCORE_COLUMNS = [
     "index",
     "label",
     "logit",
-]
+)
 SPLITS = ("val", "test")
 CALIBRATIONS = ("uncalibrated", "temperature", "temperature_dp")
 
 
-def read_scores(path: str | Path) -> pd.DataFrame:
-    """The scores table at ``path``, or an empty one with its columns."""
-    path = Path(path)
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=SCORE_COLUMNS)
+def scores_table(out_dir: str | Path) -> results.Table:
+    """``<out_dir>/scores.csv`` in the results store: columns ``SCORE_COLUMNS``, logits with
+    nine significant digits."""
+    return results.Store(out_dir).table("scores", SCORE_COLUMNS, float_format="%.9g")
+
+
+def read_scores(out_dir: str | Path) -> pd.DataFrame:
+    """The scores table of ``out_dir`` (:func:`scored_sweep`), or an empty one with its columns."""
+    return scores_table(out_dir).read()
 
 
 def scored_sweep(
@@ -80,12 +84,13 @@ def scored_sweep(
 ) -> pd.DataFrame:
     """Train every config whose scores are not yet in ``<out_dir>/scores.csv``; return their scores.
 
-    As ``privkit.experiments.sweep``: run ids from ``privkit.results.run_id`` (same config,
-    same data, same id), models that can share a stack train together (all on a GPU, one at a
-    time on a CPU, or ``max_stack``), each stack is a unit of work run by ``executor``
-    (:func:`score_stack`), the ledger is charged before a stack is dispatched (``allow_seeded``
-    as there), and this process alone writes: each run's ``runs/<run_id>.json`` with its
-    provenance and where it ran, then the stack's rows, appended atomically.
+    The driver of ``privkit.experiments.sweep`` (``privkit.stacks.sweep``) with this module's
+    unit of work (:func:`score_stack`) and table: run ids from ``privkit.results.run_id`` (same
+    config, same data, same id), models that can share a stack train together (all on a GPU,
+    one at a time on a CPU, or ``max_stack``), the ledger is charged before a stack is
+    dispatched (``allow_seeded`` as there), and this process alone writes each run's
+    ``runs/<run_id>.json`` (provenance, where it ran, ledger anchor) and then the stack's rows,
+    appended atomically.
 
     Returns:
         The scores of ``configs``: columns ``SCORE_COLUMNS``, one row per run, split (``val``,
@@ -95,46 +100,23 @@ def scored_sweep(
         ValueError: a config's dataset is not binary.
         privkit.executors.UnitsFailedError: stacks that failed for good, once the others are written.
     """
-    out_dir = Path(out_dir)
-    path = out_dir / "scores.csv"
     for config in configs:
         if data.info(config.dataset).task != "binary":
             raise ValueError(
                 f"Expected a binary dataset; got dataset={config.dataset!r} "
                 "(per-case reports need one label)."
             )
-    runner = executors.resolve(executor)
-    runs = experiments.load_runs(configs, device=runner.data_device)
-    batches = experiments.stack_groups(
-        runs,
-        done=set(read_scores(path)["run_id"]),
-        max_stack=max_stack,
-        gpus=runner.has_gpus(),
-        gpu_stack=runner.gpu_stack(),
-    )
-
-    def write(finished: executors.Finished) -> None:
-        scores, records = finished.value
-        for run, record in zip(finished.unit.args[1], records):
-            anchor = results.ledger_entry(spends.get(run))
-            results.write_provenance(out_dir, run, record | {"where": finished.where} | anchor)
-        _append(path, scores)
-
-    spends: dict[str, budget.Spend] = {}
-    experiments.run_stacks(
-        batches,
-        score_stack,
-        args=(experiment, progress and runner.inner_progress),
-        on_finished=write,
-        executor=runner,
+    return stacks.sweep(
+        configs,
+        unit=score_stack,
+        table=scores_table(out_dir),
         experiment=experiment,
+        max_stack=max_stack,
         ledger=ledger,
         allow_seeded=allow_seeded,
+        executor=executor,
         progress=progress,
-        spends=spends,
     )
-    table = read_scores(path)
-    return table[table["run_id"].isin([r[0] for r in runs])].reset_index(drop=True)
 
 
 def score_stack(
@@ -143,17 +125,18 @@ def score_stack(
     runs: Sequence[str],
     experiment: str,
     progress: bool = False,
-) -> tuple[pd.DataFrame, list[dict]]:
-    """:func:`scored_sweep`'s unit of work: train one stack where it runs, return its scores
-    (``SCORE_COLUMNS``) and each run's record (``results.run_record``); nothing written."""
+) -> list[results.Output]:
+    """:func:`scored_sweep`'s unit of work: train one stack where it runs; per run, its
+    ``scores`` rows (``SCORE_COLUMNS``) and its record (``results.run_record``); nothing
+    written."""
     dataset = dataset.to(resolve_device(configs[0].device))
     trained = train_many(configs, dataset=dataset, progress=progress)
-    frames, records = [], []
+    outputs = []
     for run, config, result in zip(runs, configs, trained):
         record = results.run_record(
             result, data_sha256=dataset.sha256, trained_together_with=len(configs)
         )
-        records.append(record)
+        frames = []
         for split in SPLITS:
             part = dataset.split(split)
             z = logits(result.model, part.images)[:, 0].double().cpu().numpy()  # (n,)
@@ -179,13 +162,9 @@ def score_stack(
                     }
                 )
             )
-    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS], records
-
-
-def _append(path: Path, rows: pd.DataFrame) -> None:
-    with locked(path):
-        table = pd.concat([read_scores(path), rows[SCORE_COLUMNS]], ignore_index=True)
-        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.9g"))
+        scores = pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)]
+        outputs.append(results.Output(run, {"scores": scores}, record))
+    return outputs
 
 
 def _runs(scores: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,7 @@ def test_membership_notebook_runs_on_a_cpu(synthetic_root: Path, tmp_path: Path)
     )
     table = pd.read_csv(out / "metrics.csv")
     assert set(table["attack"]) == {"LiRA online", "LiRA offline", "loss threshold", "none"}
+    assert _provenance(out) == set(table["run_id"]) and table["run_id"].nunique() == 2
     assert (out / "figures" / "roc_loglog.png").exists()
     assert (out / "figures" / "tpr_at_fpr_0.001.png").exists()
 
@@ -55,4 +57,12 @@ def test_audit_notebook_runs_on_a_cpu(synthetic_root: Path, tmp_path: Path) -> N
     )
     table = pd.read_csv(out / "audit.csv")
     assert len(table) == 2 and table["passes"].all()
+    assert _provenance(out) == set(table["run_id"]) and table["run_id"].nunique() == 2
     assert (out / "figures" / "audit_epsilons.png").exists()
+
+
+def _provenance(out: Path) -> set[str]:
+    """The runs with a provenance record (``results.Store``) that names the data they read."""
+    records = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert all(len(r["data_sha256"]) == 64 and r["parameters"] for r in records.values())
+    return set(records)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from privkit import bench
+from privkit import bench, experiments
 
 
 def test_bench_reports_every_row_with_ratios(synthetic_root: Path, tmp_path: Path) -> None:
@@ -57,6 +57,8 @@ def test_time_sweep_runs_the_experiments_sweep(synthetic_root: Path, tmp_path: P
         "overrides: {epochs: 1, batch_size: 32}, delta: 0.001}\n"
     )
     (tmp_path / "notebooks").symlink_to(repo / "notebooks")
-    timing = bench.time_sweep(spec, device="cpu", data_root=str(synthetic_root), progress=False)
+    timing = experiments.time_sweep(
+        spec, device="cpu", data_root=str(synthetic_root), progress=False
+    )
     # Both recipes of the notebook, each at epsilon 4 and without privacy, two seeds.
     assert timing["models"] == 8 and timing["epochs"] == [1] and timing["seconds"] > 0

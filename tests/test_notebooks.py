@@ -48,6 +48,10 @@ def test_privacy_budget_notebook(synthetic_root: Path, tmp_path: Path) -> None:
     risk = pd.read_csv(out / "risk_bounds.csv")
     assert (risk["tpr"] >= risk["fpr"]).all() and len(risk) == 2 * 2 * 2
     assert set(pd.read_csv(out / "individualised.csv")["metric"]) >= {"auc", "accuracy"}
+    runs = {p.stem for p in (out / "runs").glob("*.json")}
+    for table in ("epsilon_over_training", "individualised", "risk_bounds"):  # every run recorded
+        assert set(pd.read_csv(out / f"{table}.csv")["run_id"]) <= runs, table
+    assert pd.read_csv(out / "individualised.csv")["run_id"].nunique() == 3  # strict, loose, groups
     assert "exceeded" in (out / "privacy_budget.ipynb").read_text()  # a budget refused a run
 
 

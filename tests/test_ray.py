@@ -146,19 +146,19 @@ def test_a_unit_that_fails_for_good_is_named_and_the_rest_kept(
 def test_an_interrupted_driver_resumes_without_training_a_finished_run_again(
     ray_head, configs, local, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    append = results.append_rows
+    append = results.Table.append
 
-    def append_then_interrupt(path, rows) -> None:  # Ctrl-C right after the first stack is written
-        append(path, rows)
+    def append_then_interrupt(table, rows) -> None:  # Ctrl-C right after the first stack is written
+        append(table, rows)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(results, "append_rows", append_then_interrupt)
+    monkeypatch.setattr(results.Table, "append", append_then_interrupt)
     executor = executors.RayExecutor(ray_head["address"], max_in_flight=1)
     with pytest.raises(KeyboardInterrupt):
         experiments.sweep(
             configs, experiment="resumed", out_dir=tmp_path, executor=executor, progress=False
         )
-    monkeypatch.setattr(results, "append_rows", append)
+    monkeypatch.setattr(results.Table, "append", append)
     finished = _records(tmp_path)
     assert 1 <= len(finished) < 4 and set(_rows(tmp_path)["run_id"]) == set(finished)
     deadline = time.monotonic() + 30  # what was in flight was cancelled, its worker stopped

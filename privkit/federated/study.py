@@ -13,18 +13,14 @@ study spent per site.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from privkit import _validate, budget, data, executors, experiments, results
-from privkit._io import atomic_write, locked
+from privkit import _validate, budget, data, executors, results, stacks
 from privkit.federated.algorithms import (
     ALGORITHMS,
     FederatedConfig,
@@ -36,7 +32,7 @@ from privkit.federated.sites import SCHEMES, Site, split_sites
 from privkit.train import TrainConfig, train
 
 METHODS = ("centralised", *ALGORITHMS)
-COLUMNS = [
+COLUMNS = (
     "run_id",
     "method",
     "partition",
@@ -49,8 +45,8 @@ COLUMNS = [
     "split",
     "metric",
     "value",
-]
-SITE_COLUMNS = [
+)
+SITE_COLUMNS = (
     "run_id",
     "method",
     "partition",
@@ -64,7 +60,7 @@ SITE_COLUMNS = [
     "sample_rate",
     "steps",
     "epsilon_spent",
-]
+)
 
 
 def settings(
@@ -78,7 +74,7 @@ def settings(
     """Every run of the study; centralised runs once per (epsilon, seed), on pooled records.
 
     >>> len(settings(methods=["centralised", "fedavg"], partitions=["iid", "label_skew"],
-    ...              site_counts=[3, 5], epsilons=[8.0, math.inf], seeds=[0]))
+    ...              site_counts=[3, 5], epsilons=[8.0, float("inf")], seeds=[0]))
     10
     """
     for m in methods:
@@ -118,8 +114,10 @@ def run_study(
     """Train every run not yet in ``<out_dir>/metrics.csv``; return the study's metric and site tables.
 
     Each run is a unit of work (``_train_one``) run by ``executor`` (``privkit.executors``);
-    this process charges the ledger before a run is dispatched and alone writes the tables and
-    ``runs/<run_id>.json`` (provenance, where the run trained) as runs come back.
+    this process charges the ledger before a run is dispatched and alone writes, through
+    ``privkit.results.Store``, each run's ``runs/<run_id>.json`` (provenance, where it trained,
+    the ledger anchor of a centralised run) and its rows as it comes back. A run's id is
+    ``results.run_id`` of its settings and the study's, with the data's checksum.
 
     Args:
         dataset: the loaded dataset (train split divided among sites; val and test evaluate).
@@ -139,8 +137,8 @@ def run_study(
     Raises:
         privkit.executors.UnitsFailedError: runs that failed for good, once the others are written.
     """
-    out_dir = Path(out_dir)
-    table_path, sites_path = out_dir / "metrics.csv", out_dir / "site_budgets.csv"
+    store = results.Store(out_dir)
+    table, sites = study_tables(out_dir)
     study = dict(
         rounds=rounds,
         batch_size=batch_size,
@@ -150,14 +148,14 @@ def run_study(
         alpha=alpha,
         min_size=min_size,
     )
-    ids = [_run_id({**run, **study, "data": dataset.sha256}) for run in runs]
-    done = set(_read(table_path, COLUMNS)["run_id"])
+    ids = [results.run_id({"run": run, "study": study}, dataset.sha256) for run in runs]
+    done = table.run_ids()
     runner = executors.resolve(executor)
     shipped = dataset.to(runner.data_device) if runner.data_device else dataset
     units = [
         executors.Unit(
-            name=f"federated study: {rid} ({run['method']}, {run['partition']}, {run['n_sites']} site(s), "
-            f"ε={run['epsilon']:g}, seed {run['seed']})",
+            name=f"federated study: {rid} ({run['method']}, {run['partition']}, "
+            f"{run['n_sites']} site(s), ε={run['epsilon']:g}, seed {run['seed']})",
             fn=_train_one,
             data=shipped,
             args=(run, rid, study),
@@ -167,35 +165,36 @@ def run_study(
         if rid not in done
     ]
 
-    def charge(unit: executors.Unit) -> None:
+    def charge(unit: executors.Unit) -> dict[str, budget.Spend]:
         run, rid, _ = unit.args
         if run["method"] == "centralised":
             config = _centralised(run, study)
-            experiments.charge_stack(ledger, [config], n_train=len(dataset.train), runs=[rid])
-        else:
-            config, sites = _federated(dataset, run, study)
-            charge_run(ledger, config, sites, dataset_name=dataset.info.name)
+            [spend] = stacks.charge_stack(ledger, [config], n_train=len(dataset.train), runs=[rid])
+            return {rid: spend}
+        config, sites = _federated(dataset, run, study)
+        charge_run(ledger, config, sites, dataset_name=dataset.info.name)
+        return {}
 
-    def write(finished: executors.Finished) -> None:
-        rows, site_rows, record = finished.value
-        rid = finished.unit.args[1]
-        results.write_provenance(out_dir, rid, record | {"where": finished.where})
-        _append(sites_path, site_rows, SITE_COLUMNS)
-        _append(table_path, rows, COLUMNS)  # last: a run in this table is complete
-
-    executors.run(
+    store.run(
         units,
+        [sites, table],  # the metrics last: a run in that table is complete
         executor=runner,
-        on_finished=write,
-        before_dispatch=charge if ledger else None,
+        charge=charge if ledger else None,
         desc="federated study",
         progress=progress,
     )
-    table, sites = _read(table_path, COLUMNS), _read(sites_path, SITE_COLUMNS)
+    metrics, site_rows = table.read(), sites.read()
     return (
-        table[table["run_id"].isin(ids)].reset_index(drop=True),
-        sites[sites["run_id"].isin(ids)].drop_duplicates().reset_index(drop=True),
+        metrics[metrics["run_id"].isin(ids)].reset_index(drop=True),
+        site_rows[site_rows["run_id"].isin(ids)].drop_duplicates().reset_index(drop=True),
     )
+
+
+def study_tables(out_dir: str | Path) -> tuple[results.Table, results.Table]:
+    """The study's ``metrics`` (:data:`COLUMNS`) and ``site_budgets`` (:data:`SITE_COLUMNS`)
+    tables in the results store at ``out_dir``."""
+    store = results.Store(out_dir)
+    return store.table("metrics", COLUMNS), store.table("site_budgets", SITE_COLUMNS)
 
 
 def _centralised(run: dict[str, Any], study: dict[str, Any]) -> TrainConfig:
@@ -240,9 +239,9 @@ def _federated(
 
 def _train_one(
     dataset: data.Dataset, run: dict[str, Any], rid: str, study: dict[str, Any]
-) -> tuple[list[dict], list[dict], dict[str, Any]]:
+) -> list[results.Output]:
     """The study's unit of work: one run from plain settings and the data, no ledger, nothing
-    written. Returns its metric rows, its site rows and its provenance."""
+    written. Returns its ``metrics`` rows, its ``site_budgets`` rows and its provenance."""
     key = dict(
         run_id=rid,
         method=run["method"],
@@ -291,27 +290,8 @@ def _train_one(
         for split, values in metrics.items()
         for m, v in values.items()
     ]
-    record = results.provenance(config, data_sha256=dataset.sha256, device="cpu")
-    return rows, site_rows, record | {"run": run, "study": study, "seconds": result.seconds}
-
-
-def _run_id(values: dict[str, Any]) -> str:
-    blob = json.dumps(
-        {
-            k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in sorted(values.items())
-        }
+    record = results.provenance(
+        {"run": run, "study": study}, data_sha256=dataset.sha256, device="cpu"
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _read(path: Path, columns: list[str]) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=columns)
-
-
-def _append(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    with locked(path):
-        table = pd.concat(
-            [_read(path, columns), pd.DataFrame(rows, columns=columns)], ignore_index=True
-        )
-        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    record |= {"config": results.plain(config), "seconds": result.seconds}
+    return [results.Output(rid, {"metrics": rows, "site_budgets": site_rows}, record)]

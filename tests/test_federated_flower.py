@@ -481,12 +481,13 @@ def test_each_hospitals_ledger_and_the_coordinators_are_charged_once(
             accountant=config.accountant,
         )
         assert list(spends[0].scopes) == [f"dataset:pneumoniamnist/institution:site{k + 1}"]
-        assert (spends[0].noise_multiplier, spends[0].steps) == (plan.noise_multiplier, plan.steps)
+        mech = plan.mechanism
+        assert (spends[0].noise_multiplier, spends[0].steps) == (mech.noise_multiplier, mech.steps)
         assert spends[0].run_id.startswith("flower-run")
     server = plan_server(config, N_NETWORK)
     spends = budget.Ledger(deployment.folder / "coordinator.sqlite", read_only=True).history()
     assert [(s.noise_multiplier, s.steps) for s in spends] == [
-        (server.noise_multiplier, server.rounds)
+        (server.noise_multiplier, server.steps)
     ]
 
 
@@ -650,9 +651,9 @@ def test_a_hospital_charges_its_ledger_once_before_reading_a_record(
     )
     assert scopes == ["dataset:pneumoniamnist/institution:site1"]
     assert (mechanism["noise_multiplier"], mechanism["sample_rate"], mechanism["steps"]) == (
-        plan.noise_multiplier,
-        plan.sample_rate,
-        plan.steps,
+        plan.mechanism.noise_multiplier,
+        plan.mechanism.sample_rate,
+        plan.mechanism.steps,
     )
     assert mechanism["allow_seeded"] is True and mechanism["randomness"].startswith("seeded:")
     assert str(mechanism["run_id"]).startswith("flower-run7")

@@ -77,7 +77,8 @@ from flwr.serverapp import ServerApp
 if TYPE_CHECKING:
     import torch
 
-    from privkit.federated.algorithms import FederatedConfig, ServerPlan
+    from privkit.federated.algorithms import FederatedConfig
+    from privkit.mechanism import Mechanism
 
 # The app's own run-configuration keys and their defaults (apps/hospitals/pyproject.toml).
 APP_KEYS: dict[str, Any] = {
@@ -267,6 +268,7 @@ class HospitalClient(NumPyClient):
         from privkit.federated.algorithms import plan_server, site_plan
         from privkit.federated.local import SitePlan
         from privkit.federated.sites import Site, split_sites
+        from privkit.mechanism import Mechanism
 
         dataset, size = (
             str(_app_value(self.run, "dataset")),
@@ -302,7 +304,8 @@ class HospitalClient(NumPyClient):
             )
         name = str(self.node.get("site", name))
         if "plan" in state:  # the mechanism charged on the first round
-            plan = SitePlan(**json.loads(state["plan"]))
+            values = json.loads(state["plan"])
+            plan = SitePlan(**{**values, "mechanism": Mechanism(**values["mechanism"])})
         else:
             plan = site_plan(cfg, name, n)
             if self.node.get("ledger"):  # refused -> BudgetExceededError, and nothing is read
@@ -354,7 +357,7 @@ class PrivkitFedAvg(FedAvg):
         *,
         n_sites: int,
         params: dict[str, torch.Tensor],
-        server: ServerPlan | None,
+        server: Mechanism | None,
         generator: torch.Generator,
         timeout: float,
     ) -> None:
@@ -446,9 +449,9 @@ def serve(
     """
     import torch
 
-    from privkit import _validate, budget, data, randomness
+    from privkit import _validate, budget, data
     from privkit._io import atomic_write
-    from privkit.federated.algorithms import plan_server, server_generator, stream_identity
+    from privkit.federated.algorithms import charge_mechanism, plan_server, server_generator
     from privkit.models import create_model
 
     run = {**(run or {}), **context.run_config}
@@ -461,21 +464,14 @@ def serve(
         raise ValueError(f"Secure aggregation needs n-sites={n_sites} in [2, {MAX_SITES}].")
     server = plan_server(config, n_sites)
     dataset = str(_app_value(run, "dataset"))
-    if server is not None and _app_value(
-        run, "server-ledger"
-    ):  # before any hospital sends an update
-        budget.Ledger(str(run["server-ledger"])).charge(
+    if server is not None and _app_value(run, "server-ledger"):  # before any update is sent
+        charge_mechanism(
+            budget.Ledger(str(run["server-ledger"])),
             [str(budget.Scope(dataset))],
-            noise_multiplier=server.noise_multiplier,
-            sample_rate=server.sample_rate,
-            steps=server.rounds,
-            delta=server.delta,
+            server,
+            config=config,
+            party="server",
             run_id=f"flower-run{context.run_id}-server",
-            actor=budget.default_actor(),
-            accountant=config.accountant,
-            randomness=randomness.ledger_tag(
-                randomness=config.randomness, identity=stream_identity(config, "server")
-            ),
             allow_seeded=bool(_app_value(run, "server-allow-seeded")),
         )
     info = data.info(dataset)
@@ -503,7 +499,7 @@ def serve(
             reconstruction_threshold=1.0,
             max_weight=float(_app_value(run, "max-records")) if records else 1.0,
             clipping_range=(
-                server.update_clip
+                server.max_grad_norm
                 if server is not None
                 else float(_app_value(run, "secagg-clipping-range"))
             ),

@@ -140,9 +140,6 @@ class SiteStack:
             max_batch=max(max_batch_size(len(s), m.sample_rate) for s, m in zip(sites, mechs)),
             compile=compile,
         )
-        self.images = torch.cat([s.train.images for s in sites])  # (N, C, H, W), every site's
-        self.labels = torch.cat([s.train.labels for s in sites])  # (N, L)
-        self.offsets = [0, *torch.tensor([len(s) for s in sites]).cumsum(0).tolist()[:-1]]
         self.rates = [  # float64, as privkit.engine.sampling explains
             torch.full((1, len(s)), m.sample_rate, dtype=torch.float64, device=g.device)
             for s, m, g in zip(sites, mechs, generators)
@@ -170,24 +167,26 @@ class SiteStack:
         self.stack.restart(stacked, momenta)
         loss = torch.zeros(k, device=self.stack.device)
         for _ in range(self.steps):
-            idx, weights = self._batches()  # (K, W)
-            loss += self.stack.step(self.images[idx], self.labels[idx], weights)
+            idx, weights = self._batches()  # (K, W), into each site's own records
+            images = torch.stack([s.train.images[i] for s, i in zip(self.sites, idx)])
+            labels = torch.stack([s.train.labels[i] for s, i in zip(self.sites, idx)])
+            loss += self.stack.step(images, labels, weights)  # images (K, W, C, H, W')
         params_k = [{n: v[i] for n, v in self.stack.params.items()} for i in range(k)]
         momenta_k = [{n: v[i] for n, v in self.stack.momentum_buffers.items()} for i in range(k)]
         losses = [float(x) / (self.steps * e) for x, e in zip(loss.tolist(), self.expected)]
         return params_k, momenta_k, losses
 
-    def _batches(self) -> tuple[Tensor, Tensor]:
-        """Each site's padded Poisson sample, as indices into the stacked records: (K, W)."""
+    def _batches(self) -> tuple[list[Tensor], Tensor]:
+        """Each site's padded Poisson sample of its own records, padded to one width W: the
+        indices (W,) per site, and the weights (K, W)."""
         drawn = [
             padded_poisson(rates, [g], self.stack.max_batch)
             for rates, g in zip(self.rates, self.generators)
         ]  # each site: (1, W_k)
         width = max(idx.shape[1] for idx, _ in drawn)
         pad = lambda t: nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
-        idx = torch.cat([pad(i) + offset for (i, _), offset in zip(drawn, self.offsets)])
-        weights = torch.cat([pad(w) for _, w in drawn])
-        return idx.to(self.images.device), weights.to(self.stack.device)
+        idx = [pad(i)[0].to(s.train.images.device) for (i, _), s in zip(drawn, self.sites)]
+        return idx, torch.cat([pad(w) for _, w in drawn]).to(self.stack.device)
 
 
 def local_training(

@@ -10,12 +10,16 @@ privkit budget show                        # budgets, spent epsilon (composed an
 privkit budget verify                      # check the ledger's hash chain, print its head
 privkit flower certs --out certs --host coordinator.example.org   # a CA and the SuperLink's TLS files
 privkit flower key --out keys --name hospital-a                    # a SuperNode's authentication keys
+privkit flower server hospitals --n-sites 3 --rounds 10 --epsilon 8 --out /srv/global.npz  # flwr run
+privkit flower client --superlink coordinator.example.org:9093 --root-certificates ca.crt \
+    --auth-key keys/hospital-a --data-root /data/hospital-a --site hospital-a    # a SuperNode
 privkit budget init postgresql://postgres@dbhost/privacy   # a ledger a hospital shares (as a superuser)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -225,8 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_flower_parser(commands: argparse._SubParsersAction) -> None:
+    from privkit.federated import deployment
+
     p = commands.add_parser(
-        "flower", help="credentials for a Flower federation (privkit.federated.flower)"
+        "flower", help="a Flower federation: credentials, the coordinator's run, a hospital's node"
     )
     sub = p.add_subparsers(dest="flower_command", required=True)
     c = sub.add_parser(
@@ -247,11 +253,90 @@ def _add_flower_parser(commands: argparse._SubParsersAction) -> None:
     )
     k.add_argument("--out", required=True, help="folder for <name> (private) and <name>.pub")
     k.add_argument("--name", required=True, help="the hospital's institution id, e.g. hospital-a")
+    s = sub.add_parser(
+        "server",
+        help="the coordinator: flwr run of the app on a SuperLink, the run's settings as options",
+        description="Runs `flwr run APP SUPERLINK --stream` with the app's run configuration "
+        "(its pyproject.toml), overridden by the options given: every FederatedConfig field "
+        "(privkit.federated.algorithms) and the app's keys (privkit.federated.deployment.AppConfig).",
+    )
+    s.add_argument(
+        "superlink", help="the SuperLink's name in Flower's config (~/.flwr/config.toml)"
+    )
+    s.add_argument("--app", default="apps/hospitals", help="the Flower app folder")
+    for key, f in deployment.run_options().items():
+        _add_field_option(
+            s, key, f, help=f.metadata.get("help", f"FederatedConfig.{f.name}"), given_only=True
+        )
+    c = sub.add_parser(
+        "client",
+        help="a hospital: its SuperNode (flower-supernode) with TLS, its key, its records and ledger",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("--superlink", required=True, help="the SuperLink's Fleet API as host:port")
+    c.add_argument(
+        "--root-certificates", required=True, help="the coordinator's CA certificate (ca.crt)"
+    )
+    c.add_argument(
+        "--auth-key", required=True, help="the hospital's private key (privkit flower key)"
+    )
+    c.add_argument("--port", type=int, default=None, help="its Runtime API port (Flower: 9094)")
+    for f in dataclasses.fields(deployment.NodeConfig):
+        _add_field_option(c, deployment.kebab(f.name), f, help=f.metadata.get("help"))
+
+
+def _add_field_option(
+    parser: argparse.ArgumentParser,
+    key: str,
+    f: dataclasses.Field,
+    *,
+    help: str | None,
+    given_only: bool = False,
+) -> None:
+    """``--key`` for a config dataclass field, typed by its default (``--key/--no-key`` for a
+    flag); required without a default. ``given_only``: the option defaults to ``None``, "not
+    given" (``server``: the app folder's value stands)."""
+    required = f.default is dataclasses.MISSING
+    default = None if required or given_only else f.default
+    kind = str if required else type(f.default)
+    if kind is bool:
+        action = argparse.BooleanOptionalAction
+        parser.add_argument(f"--{key}", action=action, default=default, help=help)
+        return
+    kind = _float if kind is float else kind
+    parser.add_argument(f"--{key}", type=kind, required=required, default=default, help=help)
 
 
 def _flower(args: argparse.Namespace) -> int:
-    from privkit.federated import credentials
+    from privkit.federated import credentials, deployment
 
+    if args.flower_command in ("server", "client"):
+        import subprocess
+        import tempfile
+
+        if args.flower_command == "client":
+            node = deployment.NodeConfig(
+                **{f.name: getattr(args, f.name) for f in dataclasses.fields(deployment.NodeConfig)}
+            )
+            argv = deployment.client_command(
+                node,
+                superlink=args.superlink,
+                root_certificates=args.root_certificates,
+                auth_key=args.auth_key,
+                port=args.port,
+            )
+            return subprocess.run(argv).returncode
+        run = deployment.app_run_config(args.app)
+        for key in deployment.run_options():
+            value = getattr(args, key.replace("-", "_"))
+            if value is not None:
+                run[key] = value
+        deployment.federated_config(run)  # privkit's checks, before anything starts
+        with tempfile.TemporaryDirectory() as folder:
+            path = deployment.write_run_config(run, f"{folder}/run.toml")
+            return subprocess.run(
+                deployment.server_command(args.app, args.superlink, path)
+            ).returncode
     if args.flower_command == "certs":
         made = credentials.make_certificates(args.out, hosts=args.host, days=args.days)
         print(f"CA: {made.ca_certificate} (give it to every hospital; keep {made.ca_key} offline)")

@@ -1,6 +1,7 @@
 """privkit on Flower as deployed: a SuperLink and three hospital SuperNodes as separate processes
 on 127.0.0.1, TLS from a fresh CA, SuperNode authentication (an unregistered key is refused),
-``flwr run`` of the app with SecAgg+ and site-level DP, two rounds; the model equals privkit's
+started as a user would (``privkit flower client`` at each hospital, ``privkit flower server``
+for the run) with SecAgg+ and site-level DP, two rounds; the model equals privkit's
 in-process simulation, and nothing the server received reveals a hospital's update. Then Flower's
 simulation runtime with five hospitals, in the clear, equal to the simulation too; there the
 same attacker finds every update, so the detector can fail. Every process is stopped by its
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 import os
 import shutil
@@ -47,6 +47,7 @@ from privkit.models import create_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+PRIVKIT = (sys.executable, "-m", "privkit")  # the command, as installed: privkit ...
 TIMEOUT_S = 300  # the whole deployment; about a minute on a quiet 2-core CPU
 # Research mode (seeded), so that the network run can be compared with the simulation.
 CONFIG = dict(
@@ -202,15 +203,17 @@ def _write_site(path: Path, raw: dict[str, np.ndarray], index: np.ndarray) -> No
     )
 
 
-def _toml(values: dict) -> str:
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, float) and not np.isfinite(v):
-            return "inf"
-        return json.dumps(v)
-
-    return "".join(f"{k} = {value(v)}\n" for k, v in values.items())
+def _options(run: dict) -> list[str]:
+    """A run configuration as ``privkit flower server`` options (``--key value``, ``--[no-]flag``)."""
+    return [
+        item
+        for key, value in run.items()
+        for item in (
+            [f"--{key}" if value else f"--no-{key}"]
+            if isinstance(value, bool)
+            else [f"--{key}", str(value)]
+        )
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -251,14 +254,15 @@ def deployment(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
         if LEDGER_READY
         else {}
     )
-    overrides = flower.run_config(
-        FederatedConfig(**NETWORK),
-        n_sites=N_NETWORK,
-        out=str(folder / "out" / "global.npz"),
-        round_timeout=TIMEOUT_S,
-        **coordinator,
+    run_options = _options(  # the whole run, as `privkit flower server` options
+        flower.run_config(
+            FederatedConfig(**NETWORK),
+            n_sites=N_NETWORK,
+            out=str(folder / "out" / "global.npz"),
+            round_timeout=TIMEOUT_S,
+            **coordinator,
+        )
     )
-    (folder / "run.toml").write_text(_toml(overrides))
     port = free_port()
     home = folder / "flwr-home"
     home.mkdir()
@@ -345,23 +349,25 @@ def deployment(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
         assert [wait(p, "flwr supernode register") for p in registrations] == [0] * N_NETWORK, (
             tail()
         )
-        for k, (private, _) in enumerate(keys):
-            node = f'data-root="{folder / f"site{k + 1}"}" site="site{k + 1}" require-secure-aggregation=true'
+        for k, (private, _) in enumerate(keys):  # each hospital: privkit flower client
+            node = ["--data-root", str(folder / f"site{k + 1}"), "--site", f"site{k + 1}"]
+            node += ["--require-secure-aggregation"]
             if LEDGER_READY:
-                node += f' ledger="{ledgers[k]}" allow-seeded=true'
+                node += ["--ledger", str(ledgers[k]), "--allow-seeded"]
             start(
                 f"supernode{k + 1}",
-                str(BIN / "flower-supernode"),
+                *PRIVKIT,
+                "flower",
+                "client",
                 "--root-certificates",
                 str(certs.ca_certificate),
                 "--superlink",
                 f"127.0.0.1:{port}",
-                "--auth-supernode-private-key",
+                "--auth-key",
                 str(private),
                 "--port",
                 str(free_port()),
-                "--node-config",
-                node,
+                *node,
             )
         stranger = start(
             "intruder",
@@ -380,16 +386,9 @@ def deployment(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
             f'data-root="{folder / "site1"}" site="intruder"',
         )
         run = start(
-            "flwr-run",
-            str(BIN / "flwr"),
-            "run",
-            str(app),
-            "test",
-            "--run-config",
-            str(folder / "run.toml"),
-            "--stream",
+            "flwr-run", *PRIVKIT, "flower", "server", "test", "--app", str(app), *run_options
         )
-        assert wait(run, "flwr run") == 0, tail()
+        assert wait(run, "privkit flower server") == 0, tail()
         out = folder / "out" / "global.npz"
         for _ in range(100):  # the ServerApp writes the model as the run ends
             if out.is_file():
@@ -482,12 +481,13 @@ def test_each_hospitals_ledger_and_the_coordinators_are_charged_once(
             accountant=config.accountant,
         )
         assert list(spends[0].scopes) == [f"dataset:pneumoniamnist/institution:site{k + 1}"]
-        assert (spends[0].noise_multiplier, spends[0].steps) == (plan.noise_multiplier, plan.steps)
+        mech = plan.mechanism
+        assert (spends[0].noise_multiplier, spends[0].steps) == (mech.noise_multiplier, mech.steps)
         assert spends[0].run_id.startswith("flower-run")
     server = plan_server(config, N_NETWORK)
     spends = budget.Ledger(deployment.folder / "coordinator.sqlite", read_only=True).history()
     assert [(s.noise_multiplier, s.steps) for s in spends] == [
-        (server.noise_multiplier, server.rounds)
+        (server.noise_multiplier, server.steps)
     ]
 
 
@@ -651,9 +651,9 @@ def test_a_hospital_charges_its_ledger_once_before_reading_a_record(
     )
     assert [str(s) for s in scopes] == ["dataset:pneumoniamnist/institution:site1"]
     assert (mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps) == (
-        plan.noise_multiplier,
-        plan.sample_rate,
-        plan.steps,
+        plan.mechanism.noise_multiplier,
+        plan.mechanism.sample_rate,
+        plan.mechanism.steps,
     )
     assert run["allow_seeded"] is True and run["randomness"].startswith("seeded:")
     assert str(run["run_id"]).startswith("flower-run7")
@@ -770,3 +770,81 @@ def test_a_hospital_joins_secagg_only_when_every_participant_masks_and_every_sha
     else:  # a server thinning the masks or the threshold is refused
         with pytest.raises(PermissionError, match="every participant as its neighbour"):
             policy(message, context, lambda m, c: pytest.fail("no training during setup"))
+
+
+# ----------------------------------------------------------------------------------------------
+# privkit flower server|client: options from the config dataclasses
+# ----------------------------------------------------------------------------------------------
+
+
+class _Started:
+    """Stands in for subprocess.run: records the command and the run configuration it names."""
+
+    def __init__(self) -> None:
+        self.argv: list[str] = []
+        self.run: dict = {}
+
+    def __call__(self, argv: list[str]) -> SimpleNamespace:
+        self.argv = list(argv)
+        if "--run-config" in argv:  # read while it exists: the command deletes it afterwards
+            self.run = tomllib.loads(Path(argv[argv.index("--run-config") + 1]).read_text())
+        return SimpleNamespace(returncode=0)
+
+
+def test_privkit_flower_server_runs_the_app_with_its_configuration_and_the_options_given(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from privkit import cli
+    from privkit.federated import deployment
+
+    started = _Started()
+    monkeypatch.setattr(subprocess, "run", started)
+    app = REPO / "apps" / "hospitals"
+    argv = ["flower", "server", "hospitals", "--app", str(app), "--rounds", "2"]
+    argv += ["--epsilon", "4", "--site-level-epsilon", "inf", "--no-secure-aggregation"]
+    assert cli.main([*argv, "--n-sites", "5", "--out", "/srv/m.npz"]) == 0
+    assert started.argv[0].endswith("flwr") and started.argv[1:4] == ["run", str(app), "hospitals"]
+    assert started.argv[4] == "--run-config" and started.argv[-1] == "--stream"
+    declared = deployment.app_run_config(app)
+    changed = {"rounds": 2, "epsilon": 4.0, "site-level-epsilon": math.inf}
+    changed |= {"secure-aggregation": False, "n-sites": 5, "out": "/srv/m.npz"}
+    assert started.run == {**declared, **changed}  # the rest as the app folder declares it
+    # Every run-configuration key is an option; privkit's checks run before Flower starts.
+    assert set(deployment.run_options()) == set(declared)
+    started.argv = []
+    assert cli.main(["flower", "server", "hospitals", "--app", str(app), "--lr", "-1"]) == 2
+    assert "Expected lr=-1.0 > 0" in capsys.readouterr().err and started.argv == []
+
+
+def test_privkit_flower_client_starts_an_authenticated_tls_supernode_with_its_node_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from flwr.common.config import parse_config_args
+
+    from privkit import cli
+
+    started = _Started()
+    monkeypatch.setattr(subprocess, "run", started)
+    root = tmp_path / "hospital a"  # a space survives the quoting
+    argv = ["flower", "client", "--superlink", "coord.example.org:9093"]
+    argv += ["--root-certificates", "ca.crt", "--auth-key", "keys/h-a", "--port", "9095"]
+    argv += ["--data-root", str(root), "--site", "h-a", "--require-secure-aggregation"]
+    assert cli.main(argv) == 0
+    got = started.argv
+    assert got[0].endswith("flower-supernode") and "--insecure" not in got
+    flag = lambda name: got[got.index(name) + 1]  # noqa: E731
+    assert (flag("--superlink"), flag("--root-certificates")) == (
+        "coord.example.org:9093",
+        "ca.crt",
+    )
+    assert (flag("--auth-supernode-private-key"), flag("--port")) == ("keys/h-a", "9095")
+    assert parse_config_args([flag("--node-config")]) == {  # as flower-supernode reads it
+        "data-root": str(root),
+        "site": "h-a",
+        "ledger": "",
+        "allow-seeded": False,
+        "require-secure-aggregation": True,
+        "device": "cpu",
+    }
+    with pytest.raises(SystemExit):  # the hospital's records and name are required
+        cli.main(argv[:-5])

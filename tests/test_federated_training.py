@@ -17,10 +17,11 @@ from privkit import budget, data, randomness
 from privkit.engine import per_sample_loss
 from privkit.engine.nonprivate import NonPrivateBackend
 from privkit.engine.sampling import poisson_indices
-from privkit.federated import algorithms, local
+from privkit.federated import algorithms
 from privkit.federated.algorithms import FederatedConfig, plan_server, train_federated
-from privkit.federated.local import SitePlan, local_training, plan_site
-from privkit.federated.sites import split_sites
+from privkit.federated.local import SitePlan, SiteStack, local_training, plan_site
+from privkit.federated.sites import Site, split_sites
+from privkit.mechanism import Mechanism
 from privkit.models import create_model
 
 QUICK = dict(
@@ -40,8 +41,11 @@ def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-def plan(n: int, *, noise: float, rate: float, steps: int = 1, clip: float = 1.0) -> SitePlan:
-    return SitePlan("s", n, noise, rate, steps, 1, clip, 1e-3, "prv", math.inf)
+def plan(site: Site, *, noise: float, rate: float, steps: int = 1, clip: float = 1.0) -> SitePlan:
+    """A plan with the given noise (its epsilon is not needed here)."""
+    return SitePlan(
+        site.name, len(site), steps, Mechanism(noise, rate, steps, clip, 1e-3, "prv", 1)
+    )
 
 
 def gaussian_delta(eps: float, mu: float) -> float:
@@ -54,7 +58,7 @@ def test_local_dp_sgd_step_equals_hand_clipped_per_example_gradients(dataset: da
     torch.manual_seed(0)
     model = create_model("cnn")
     start = params_of(model)
-    p = plan(len(site), noise=1e-9, rate=0.5, clip=0.01)  # private: clipped; noise negligible
+    p = plan(site, noise=1e-9, rate=0.5, clip=0.01)  # private: clipped; noise negligible
     new, _, _ = local_training(
         model, start, site, p, lr=0.5, momentum=0.0, generator=torch.Generator().manual_seed(3)
     )
@@ -73,11 +77,82 @@ def test_local_dp_sgd_step_equals_hand_clipped_per_example_gradients(dataset: da
         torch.testing.assert_close(new[k], expected, atol=1e-6, rtol=1e-4)
 
 
+def test_local_dp_sgd_with_noise_and_momentum_equals_the_mechanism_written_out(
+    dataset: data.Dataset,
+) -> None:
+    # Two steps of DP-SGD written out independently of the engine: Poisson draws in float64,
+    # one example's gradient at a time, clipped, summed, N(0, (sigma C)^2) drawn from the site's
+    # generator after its draws (all parameters as one vector, in order), divided by q * n, and
+    # momentum SGD; the generator is the one the site was given, so its noise is reproduced.
+    site = split_sites(dataset.train, n_sites=4, seed=0)[1]
+    torch.manual_seed(1)
+    model = create_model("cnn")
+    start = params_of(model)
+    sigma, clip, rate, lr, mom = 0.8, 0.05, 0.3, 0.2, 0.5
+    p = plan(site, noise=sigma, rate=rate, steps=2, clip=clip)
+    new, buffer, _ = local_training(
+        model, start, site, p, lr=lr, momentum=mom, generator=torch.Generator().manual_seed(9)
+    )
+    g = torch.Generator().manual_seed(9)
+    params, velocity = {k: v.clone() for k, v in start.items()}, None
+    for _ in range(2):
+        chosen = torch.nonzero(torch.rand(len(site), generator=g, dtype=torch.float64) < rate)
+        model.load_state_dict(params, strict=False)
+        total = {k: torch.zeros_like(v) for k, v in params.items()}
+        for i in chosen.flatten().tolist():
+            model.zero_grad()
+            per_sample_loss(
+                model(site.train.images[i : i + 1]), site.train.labels[i : i + 1]
+            ).sum().backward()
+            grads = {k: v.grad for k, v in model.named_parameters()}
+            norm = float(torch.cat([x.flatten() for x in grads.values()]).norm())
+            total = {k: total[k] + min(1.0, clip / norm) * grads[k] for k in total}
+        noise = torch.randn(sum(v.numel() for v in params.values()), generator=g) * sigma * clip
+        noise = dict(zip(params, torch.split(noise, [v.numel() for v in params.values()])))
+        step = {k: (total[k] + noise[k].view_as(total[k])) / (rate * len(site)) for k in total}
+        velocity = step if velocity is None else {k: mom * velocity[k] + step[k] for k in step}
+        params = {k: params[k] - lr * velocity[k] for k in params}
+    for k in start:
+        torch.testing.assert_close(new[k], params[k], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(buffer[k], velocity[k], atol=1e-6, rtol=1e-4)
+
+
+def test_sites_trained_as_one_stack_equal_each_site_trained_alone(dataset: data.Dataset) -> None:
+    # Unequal sizes and rates, one non-private: a site's result must not depend on its stack.
+    sites = split_sites(dataset.train, n_sites=3, scheme="size_skew", alpha=1.0, seed=0)
+    plans = [
+        plan(sites[0], noise=1.1, rate=0.2, steps=3, clip=0.1),
+        plan(sites[1], noise=0.0, rate=0.3, steps=3, clip=0.1),
+        plan(sites[2], noise=2.0, rate=0.5, steps=3, clip=0.5),
+    ]
+    torch.manual_seed(0)
+    model = create_model("cnn")
+    start = params_of(model)
+    gens = lambda: [torch.Generator().manual_seed(k) for k in range(3)]  # noqa: E731
+    stacked = SiteStack(model, sites, plans, gens(), lr=0.3, momentum=0.9).train(start)
+    for k, (site, p, g) in enumerate(zip(sites, plans, gens())):
+        alone = local_training(model, start, site, p, lr=0.3, momentum=0.9, generator=g)
+        for name in start:
+            torch.testing.assert_close(stacked[0][k][name], alone[0][name], atol=1e-6, rtol=1e-4)
+        assert stacked[2][k] == pytest.approx(alone[2], rel=1e-5)
+    with pytest.raises(ValueError, match="as many steps per round"):
+        SiteStack(
+            model,
+            sites[:2],
+            [plans[0], plan(sites[1], noise=1, rate=0.3, steps=2)],
+            gens()[:2],
+            lr=0.1,
+            momentum=0,
+        )
+    with pytest.raises(ValueError, match="Plan for site 'site2'"):
+        SiteStack(model, sites[:1], plans[1:2], gens()[:1], lr=0.1, momentum=0)
+
+
 def test_non_private_local_training_equals_plain_sgd(dataset: data.Dataset) -> None:
     site = split_sites(dataset.train, n_sites=2, seed=0)[0]
     torch.manual_seed(0)
     model = create_model("cnn")
-    p = plan(len(site), noise=0.0, rate=0.25, steps=3)
+    p = plan(site, noise=0.0, rate=0.25, steps=3)
     new, _, _ = local_training(
         model,
         params_of(model),
@@ -100,7 +175,7 @@ def test_local_noise_has_the_calibrated_scale(dataset: data.Dataset) -> None:
     site = split_sites(dataset.train, n_sites=2, seed=0)[0]
     model = create_model("cnn")
     start = params_of(model)
-    p = plan(len(site), noise=1000.0, rate=0.25, clip=1.0)  # the gradient is negligible beside it
+    p = plan(site, noise=1000.0, rate=0.25, clip=1.0)  # the gradient is negligible beside it
     new, _, _ = local_training(
         model, start, site, p, lr=1.0, momentum=0.0, generator=torch.Generator().manual_seed(0)
     )
@@ -121,10 +196,11 @@ def test_site_plan_reaches_its_epsilon_by_the_closed_form() -> None:
         rounds=5,
         max_grad_norm=1.0,
     )
-    assert (p.sample_rate, p.steps_per_round, p.steps) == (1.0, 2, 10)
-    assert 1.98 <= p.epsilon <= 2.0
-    mu = math.sqrt(p.steps) / p.noise_multiplier
-    assert gaussian_delta(p.epsilon, mu) == pytest.approx(1e-5, rel=0.1)
+    m = p.mechanism
+    assert (m.sample_rate, p.steps_per_round, m.steps) == (1.0, 2, 10)
+    assert 1.98 <= m.epsilon <= 2.0
+    mu = math.sqrt(m.steps) / m.noise_multiplier
+    assert gaussian_delta(m.epsilon, mu) == pytest.approx(1e-5, rel=0.1)
     assert math.isinf(
         plan_site(
             "h1",
@@ -135,9 +211,11 @@ def test_site_plan_reaches_its_epsilon_by_the_closed_form() -> None:
             local_epochs=1,
             rounds=3,
             max_grad_norm=1.0,
-        ).epsilon
+        ).mechanism.epsilon
     )
-    with pytest.raises(ValueError, match=r"Expected delta=0.01 < 1/n = 0.01 for site 'h1'"):
+    with pytest.raises(
+        ValueError, match=r"Expected delta=0.01 < 1/n = 0.01 \(site 'h1': n = 100\)"
+    ):
         plan_site(
             "h1",
             100,
@@ -158,7 +236,7 @@ def test_server_plan_by_the_closed_form() -> None:
     assert gaussian_delta(server.epsilon, math.sqrt(8) / server.noise_multiplier) == pytest.approx(
         1e-3, rel=0.1
     )
-    with pytest.raises(ValueError, match=r"Expected site_level_delta=0.5 < 1/5"):
+    with pytest.raises(ValueError, match=r"Expected delta=0.5 < 1/n = 0.2 \(site_level_delta"):
         plan_server(FederatedConfig(site_level_epsilon=4.0, site_level_delta=0.5), 5)
 
 
@@ -169,14 +247,14 @@ def test_fedavg_round_is_the_weighted_average_of_local_models(
     sites = split_sites(dataset.train, n_sites=3, scheme="size_skew", alpha=1.0, seed=0)
     config = FederatedConfig(rounds=1, batch_size=32, epsilon=math.inf, weighting=weighting)
     trained = []
-    real = local.local_training
+    real = SiteStack.train
 
-    def spy(model, params, site, plan, **kw):
-        out = real(model, params, site, plan, **kw)
-        trained.append((len(site), params, out[0]))
+    def spy(stack, params, momentum_buffers=None):
+        out = real(stack, params, momentum_buffers)
+        trained.extend((len(site), params, new) for site, new in zip(stack.sites, out[0]))
         return out
 
-    monkeypatch.setattr(algorithms, "local_training", spy)
+    monkeypatch.setattr(SiteStack, "train", spy)
     result = train_federated(config, sites, evaluation=dataset, progress=False)
     n = sum(k for k, _, _ in trained)
     weights = [k / n if weighting == "records" else 1 / len(trained) for k, _, _ in trained]
@@ -250,29 +328,29 @@ def test_every_site_is_charged_before_any_record_is_read(
     sites = split_sites(dataset.train, n_sites=2, seed=0)
     charged = []
 
-    def reads(*args, **kwargs):
+    def reads(stack, model, sites, *args, **kwargs):  # a stack reads its sites' records
         charged.append(len(ledger.history()))
-        return real(*args, **kwargs)
+        return real(stack, model, sites, *args, **kwargs)
 
-    real = local.local_training
-    monkeypatch.setattr(algorithms, "local_training", reads)
+    real = SiteStack.__init__
+    monkeypatch.setattr(SiteStack, "__init__", reads)
     config = FederatedConfig(**QUICK, epsilon=2.0, site_epsilons={"site2": 1.0})
     result = train_federated(config, sites, evaluation=dataset, ledger=ledger, progress=False)
     assert charged and min(charged) == 2  # both spends recorded before the first local step
     for site, plan in zip(sites, result.sites):
         [spend] = ledger.history(f"dataset:pneumoniamnist/institution:{site.name}")
         assert spend.scopes == (f"dataset:pneumoniamnist/institution:{site.name}",)
+        m = plan.mechanism
         assert (spend.noise_multiplier, spend.sample_rate, spend.steps) == (
-            plan.noise_multiplier,
-            plan.sample_rate,
-            plan.steps,
+            m.noise_multiplier,
+            m.sample_rate,
+            m.steps,
         )
         assert ledger.spent(spend.scopes[0], accountant="rdp").epsilon == pytest.approx(
-            plan.epsilon, rel=0.02
+            m.epsilon, rel=0.02
         )
-    assert (
-        result.sites[0].epsilon == pytest.approx(2.0, rel=0.02) and result.sites[1].epsilon <= 1.0
-    )
+    [first, second] = [p.mechanism.epsilon for p in result.sites]
+    assert first == pytest.approx(2.0, rel=0.02) and second <= 1.0
 
 
 def test_site_level_dp_alone_is_one_spend_on_every_site(
@@ -302,11 +380,13 @@ def test_a_site_over_its_budget_is_refused_or_skipped_unread(
     ledger.set_budget("dataset:pneumoniamnist/institution:site2", epsilon=1.0, delta=1e-3)
     sites = split_sites(dataset.train, n_sites=3, seed=0)
     read = []
-    real = local.local_training
+    real = SiteStack.__init__
     monkeypatch.setattr(
-        algorithms,
-        "local_training",
-        lambda m, p, site, *a, **k: read.append(site.name) or real(m, p, site, *a, **k),
+        SiteStack,
+        "__init__",
+        lambda stack, m, sites, *a, **k: (
+            read.extend(s.name for s in sites) or real(stack, m, sites, *a, **k)
+        ),
     )
     config = FederatedConfig(**QUICK, epsilon=2.0)
     with pytest.raises(

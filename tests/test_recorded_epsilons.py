@@ -54,7 +54,8 @@ def test_a_hospitals_local_training():
         rounds=5,
         max_grad_norm=1.0,
     )
-    assert [s.noise_multiplier, s.sample_rate, s.steps, s.epsilon] == pytest.approx(
+    m = s.mechanism
+    assert [m.noise_multiplier, m.sample_rate, m.steps, m.epsilon] == pytest.approx(
         [1.325350722924753, 0.05333333333333334, 190, 2.9984406433505866], **SAME
     )
 
@@ -64,7 +65,7 @@ def test_site_level_dp_on_the_server():
         site_level_epsilon=2.0, site_level_delta=1e-3, rounds=20, site_sample_rate=0.5
     )
     p = algorithms.plan_server(config, 10)
-    assert [p.noise_multiplier, p.sample_rate, p.rounds, p.epsilon] == pytest.approx(
+    assert [p.noise_multiplier, p.sample_rate, p.steps, p.epsilon] == pytest.approx(
         [3.399152474183844, 0.5, 20, 1.9985891390854402], **SAME
     )
 

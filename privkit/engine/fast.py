@@ -87,6 +87,7 @@ class FastStack:
         self.batch_sizes = as_tensor(expected_batch_sizes)  # (K,)
         # Noise std sigma * C, written so that a non-private member (0 noise, C = inf) gets 0.
         self.noise_std = torch.where(self.sigmas > 0, self.sigmas * self.clips, 0.0)
+        self.noisy = [s > 0 for s in noise_multipliers]
         if len({len(self.models), len(self.generators), len(self.sigmas), len(self.clips)}) != 1:
             raise ValueError("Give one noise multiplier, clipping norm and generator per model.")
 
@@ -144,12 +145,27 @@ class FastStack:
             self.average.update(self.params)
         return loss
 
+    def restart(self, params: Params, momentum_buffers: Params | None = None) -> None:
+        """Continue from ``params`` (name -> (K, ...)) and ``momentum_buffers`` (``None``: no
+        momentum yet), as a federated site does each round; the parameter average restarts."""
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.momentum_buffers = momentum_buffers
+        if self.average:
+            self.average = ParameterAverage(self.average.decay)
+
     def _noise(self) -> Params:
-        """Gaussian noise of std sigma_k * C_k per model, each from its own generator."""
+        """Gaussian noise of std sigma_k * C_k per model, each from its own generator; a model
+        without noise draws none (its generator then serves its Poisson draws only, as in the
+        ``nonprivate`` backend)."""
         sizes = [v[0].numel() for v in self.params.values()]
         flat = (
             torch.stack(
-                [torch.randn(sum(sizes), generator=g, device=self.device) for g in self.generators]
+                [
+                    torch.randn(sum(sizes), generator=g, device=self.device)
+                    if noisy
+                    else torch.zeros(sum(sizes), device=self.device)
+                    for g, noisy in zip(self.generators, self.noisy)
+                ]
             )
             * self.noise_std[:, None]
         )  # (K, total parameters)

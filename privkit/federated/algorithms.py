@@ -62,10 +62,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from privkit import _validate, accounting, budget, data, randomness
+from privkit import _validate, accounting, budget, data, mechanism, randomness
+from privkit.engine.gaussian import add_noise
 from privkit.engine.per_sample import Params
 from privkit.federated import secure_aggregation as secagg
-from privkit.federated.local import SitePlan, local_training, plan_site
+from privkit.federated.local import SitePlan, SiteStack, plan_site
 from privkit.federated.sites import Site
 from privkit.mechanism import Mechanism
 from privkit.metrics import evaluate
@@ -155,24 +156,12 @@ class FederatedConfig:
         return (self.site_epsilons or {}).get(site, self.epsilon)
 
 
-@dataclass(frozen=True)
-class ServerPlan:
-    """Site-level DP-FedAvg as the accountant sees it: Poisson sampling of sites, Gaussian sum."""
-
-    noise_multiplier: float
-    sample_rate: float
-    rounds: int
-    update_clip: float
-    delta: float
-    epsilon: float
-
-
 @dataclass
 class FederatedResult:
     config: FederatedConfig
     sites: list[SitePlan]  # the sites that trained, with the mechanism each ran
     skipped: list[str]  # sites refused by the ledger (on_over_budget='skip'); never read
-    server: ServerPlan | None  # site-level DP, if any
+    server: Mechanism | None  # site-level DP, if any: one step per round, C = update_clip
     metrics: dict[str, dict[str, float]]  # split -> metric -> value
     loss_per_round: list[float]
     model: nn.Module = field(repr=False)
@@ -181,7 +170,7 @@ class FederatedResult:
     @property
     def epsilon(self) -> float:
         """The sample-level epsilon of the worst-off patient (the largest over sites)."""
-        return max(p.epsilon for p in self.sites)
+        return max(p.mechanism.epsilon for p in self.sites)
 
 
 def site_batch_size(algorithm: str, batch_size: int, n_sites: int) -> int:
@@ -201,30 +190,26 @@ def site_batch_size(algorithm: str, batch_size: int, n_sites: int) -> int:
     return max(1, batch_size // n_sites) if algorithm == "fedavg" else batch_size
 
 
-def plan_server(config: FederatedConfig, n_sites: int) -> ServerPlan | None:
-    """The site-level mechanism, noise calibrated to ``site_level_epsilon`` after all rounds."""
+def plan_server(config: FederatedConfig, n_sites: int) -> Mechanism | None:
+    """The site-level mechanism (sites Poisson-sampled at ``site_sample_rate``, one Gaussian
+    sum of updates clipped to ``update_clip`` per round), noise calibrated to
+    ``site_level_epsilon`` after all rounds; ``None`` without site-level DP.
+
+    Raises:
+        ValueError: ``site_level_delta >= 1 / n_sites`` (it would allow releasing a whole site).
+    """
     if not config.site_level:
         return None
-    if config.site_level_delta >= 1 / n_sites:
-        raise ValueError(
-            f"Expected site_level_delta={config.site_level_delta} < 1/{n_sites} (one per site)."
-        )
-    q, steps = config.site_sample_rate, config.rounds
-    sigma = accounting.calibrate_noise(
-        target_epsilon=config.site_level_epsilon,
-        target_delta=config.site_level_delta,
-        sample_rate=q,
-        steps=steps,
-        accountant=config.accountant,
-    )
-    eps = accounting.epsilon(
-        noise_multiplier=sigma,
-        sample_rate=q,
-        steps=steps,
+    return mechanism.plan(
+        sample_rate=config.site_sample_rate,
+        steps=config.rounds,
         delta=config.site_level_delta,
+        epsilon=config.site_level_epsilon,
+        max_grad_norm=config.update_clip,
         accountant=config.accountant,
+        n=n_sites,
+        who="site_level_delta, one record per site",
     )
-    return ServerPlan(sigma, q, steps, config.update_clip, config.site_level_delta, eps)
 
 
 def train_federated(
@@ -331,7 +316,7 @@ def train_federated(
 
 def plan_run(
     config: FederatedConfig, sites: Sequence[Site]
-) -> tuple[list[SitePlan], ServerPlan | None]:
+) -> tuple[list[SitePlan], Mechanism | None]:
     """Every site's mechanism (sample-level DP) and the server's (site-level DP, if any)."""
     plans = [site_plan(config, s.name, len(s)) for s in sites]
     return plans, plan_server(config, len(sites))
@@ -374,7 +359,7 @@ def charge(
     ledger: budget.Ledger | None,
     config: FederatedConfig,
     plans: Sequence[SitePlan],
-    server: ServerPlan | None,
+    server: Mechanism | None,
     *,
     dataset_name: str,
     on_over_budget: str = "raise",
@@ -391,47 +376,28 @@ def charge(
     """
     if ledger is None:
         return []
-    tag = lambda party: randomness.ledger_tag(  # noqa: E731
-        randomness=config.randomness, identity=stream_identity(config, party)
-    )
-    scope = lambda site: budget.Scope(dataset_name, institution=site)  # noqa: E731
     run = run or f"{config.algorithm}-seed{config.seed}-{uuid.uuid4().hex[:8]}"
-    actor = budget.default_actor()
-    if server is not None and not any(p.private for p in plans):  # site-level DP only
-        ledger.charge(
-            [scope(p.site) for p in plans],
-            Mechanism(
-                server.noise_multiplier,
-                server.sample_rate,
-                server.rounds,
-                server.update_clip,
-                server.delta,
-                config.accountant,
-                server.epsilon,
-            ),
+    if server is not None and not any(p.mechanism.private for p in plans):  # site-level DP only
+        charge_mechanism(
+            ledger,
+            [budget.Scope(dataset_name, institution=p.site) for p in plans],
+            server,
+            config=config,
+            party="server",
             run_id=f"{run}-server",
-            actor=actor,
-            randomness=tag("server"),
             allow_seeded=allow_seeded,
         )
         return []
     skipped = []
     for plan in plans:
         try:
-            ledger.charge(
-                [scope(plan.site)],
-                Mechanism(
-                    plan.noise_multiplier,
-                    plan.sample_rate,
-                    plan.steps,
-                    plan.max_grad_norm,
-                    plan.delta,
-                    config.accountant,
-                    plan.epsilon,
-                ),
+            charge_mechanism(
+                ledger,
+                [budget.Scope(dataset_name, institution=plan.site)],
+                plan.mechanism,
+                config=config,
+                party=f"site:{plan.site}",
                 run_id=f"{run}-{plan.site}",
-                actor=actor,
-                randomness=tag(f"site:{plan.site}"),
                 allow_seeded=allow_seeded,
             )
         except budget.BudgetExceededError:
@@ -439,6 +405,31 @@ def charge(
                 raise
             skipped.append(plan.site)
     return skipped
+
+
+def charge_mechanism(
+    ledger: budget.Ledger,
+    scopes: Sequence[budget.Scope | str],
+    mech: Mechanism,
+    *,
+    config: FederatedConfig,
+    party: str,
+    run_id: str,
+    allow_seeded: bool = False,
+) -> budget.Spend:
+    """Charge one party's mechanism (a site's DP-SGD, or the server's site-level sum) on
+    ``scopes``, with the party's randomness: the one place the federated code calls the ledger
+    (:func:`charge`, and the Flower coordinator)."""
+    return ledger.charge(
+        list(scopes),
+        mech,
+        run_id=run_id,
+        actor=budget.default_actor(),
+        randomness=randomness.ledger_tag(
+            randomness=config.randomness, identity=stream_identity(config, party)
+        ),
+        allow_seeded=allow_seeded,
+    )
 
 
 def stream_identity(config: FederatedConfig, party: str) -> dict:
@@ -501,7 +492,7 @@ def server_step(
     params: Params,
     aggregate: torch.Tensor,
     velocity: torch.Tensor | None,
-    server: ServerPlan | None,
+    server: Mechanism | None,
     n_sites: int,
     generator: torch.Generator,
 ) -> tuple[Params, torch.Tensor]:
@@ -510,41 +501,62 @@ def server_step(
     ``aggregate`` is the flat weighted average of the participants' updates, or under site-level
     DP their clipped sum over the expected number of participants ``q * N``; to that the server
     adds Gaussian noise of standard deviation ``noise_multiplier * update_clip / (q * N)``
-    (DP-FedAvg, McMahan et al. 2018), then steps by ``server_lr`` with ``server_momentum``.
+    (DP-FedAvg, McMahan et al. 2018; :func:`privkit.engine.gaussian.add_noise`), then steps by
+    ``server_lr`` with ``server_momentum``.
     """
     if server is not None:
-        noise = torch.randn(aggregate.numel(), generator=generator, device=generator.device)
-        aggregate = aggregate + noise * server.noise_multiplier * server.update_clip / (
-            server.sample_rate * n_sites
-        )
+        expected = server.sample_rate * n_sites
+        std = server.noise_multiplier * server.max_grad_norm / expected
+        aggregate = add_noise({"mean": aggregate}, std=std, generator=generator)["mean"]
     velocity = aggregate if velocity is None else config.server_momentum * velocity + aggregate
     return unflatten(flatten(params) + config.server_lr * velocity, params), velocity
 
 
+def local_round(
+    config: FederatedConfig,
+    model: nn.Module,
+    params: Params,
+    group: Sequence[tuple[Site, SitePlan, torch.Generator]],
+    stacks: dict[tuple[str, ...], SiteStack],
+    momentum_buffers: Sequence[Params | None] | None = None,
+) -> list[tuple[Params, Params, float]]:
+    """Each site of ``group`` trains ``params`` locally: one :class:`SiteStack` per set of sites
+    with as many steps per round, built once per run (kept in ``stacks``); returns each site's
+    parameters, momentum and loss, in ``group``'s order."""
+    out: dict[int, tuple[Params, Params, float]] = {}
+    by_steps: dict[int, list[int]] = {}
+    for i, (_, plan, _) in enumerate(group):
+        by_steps.setdefault(plan.steps_per_round, []).append(i)
+    for members in by_steps.values():
+        sites, plans, gens = zip(*(group[i] for i in members))
+        key = tuple(s.name for s in sites)
+        if key not in stacks:
+            stacks[key] = SiteStack(
+                model, sites, plans, gens, lr=config.lr, momentum=config.momentum
+            )
+        momenta = [momentum_buffers[i] for i in members] if momentum_buffers else None
+        for i, result in zip(members, zip(*stacks[key].train(params, momenta))):
+            out[i] = result
+    return [out[i] for i in range(len(group))]
+
+
 def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
     server_gen = server_generator(config)
+    stacks: dict[tuple[str, ...], SiteStack] = {}
     velocity, losses = None, []
     for _ in tqdm(
         range(config.rounds), desc=f"fedavg, {len(active)} sites", disable=not progress, leave=False
     ):
         chosen = sample_sites(config, len(active), server_gen)
         total_records = max(1, sum(len(active[i][0]) for i in chosen))
+        trained = local_round(config, model, params, [active[i] for i in chosen], stacks)
         contributions, round_loss = {}, 0.0
-        for i in chosen:  # at each site: train, and send only the (weighted, clipped) update
-            site, plan, generator = active[i]
-            new, _, loss = local_training(
-                model,
-                params,
-                site,
-                plan,
-                lr=config.lr,
-                momentum=config.momentum,
-                generator=generator,
-            )
+        for i, (new, _, loss) in zip(chosen, trained):  # each site sends only its update
+            site = active[i][0]
             update = flatten(new) - flatten(params)
             if server is not None:  # DP-FedAvg: clip, fixed denominator q * N
                 weight = 1.0 / (server.sample_rate * n_sites)
-                update = clip_update(update, server.update_clip)
+                update = clip_update(update, server.max_grad_norm)
             elif config.weighting == "records":
                 weight = len(site) / total_records
             else:
@@ -554,9 +566,7 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
         length = sum(v.numel() for v in params.values())
         if not config.secure_aggregation:
             summed = sum(contributions.values(), np.zeros(length))
-        elif (
-            len(contributions) >= 2
-        ):  # the participants run the protocol afresh: new keys, new masks
+        elif len(contributions) >= 2:  # the participants run the protocol afresh: new keys, masks
             summed = secagg.secure_sum(contributions)
         else:  # one update alone cannot be hidden in a sum: this round releases nothing
             losses.append(round_loss)
@@ -570,23 +580,17 @@ def _fedavg(config, model, params, active, server, n_sites, progress) -> tuple[P
 
 
 def _cyclic(config, model, params, active, server, n_sites, progress) -> tuple[Params, list[float]]:
+    stacks: dict[tuple[str, ...], SiteStack] = {}
     momentum, losses = None, []
     total_records = sum(len(s) for s, _, _ in active)
     for _ in tqdm(
         range(config.rounds), desc=f"cyclic, {len(active)} sites", disable=not progress, leave=False
     ):
         round_loss = 0.0
-        for site, plan, gen in active:  # the model visits each site in turn
-            params, momentum, loss = local_training(
-                model,
-                params,
-                site,
-                plan,
-                lr=config.lr,
-                momentum=config.momentum,
-                generator=gen,
-                momentum_buffer=momentum,
+        for visit in active:  # the model visits each site in turn, its momentum with it
+            [(params, momentum, loss)] = local_round(
+                config, model, params, [visit], stacks, [momentum]
             )
-            round_loss += loss * len(site) / total_records
+            round_loss += loss * len(visit[0]) / total_records
         losses.append(round_loss)
     return params, losses

@@ -1,16 +1,19 @@
 """privkit's FedAvg as a Flower app (Beutel et al. 2020): hospitals on a real network, deployed
-as Flower deploys today (SuperLink, SuperNodes, ``flwr run``). Optional extra:
-``pip install 'privkit[flower]'``; the app folder is ``apps/hospitals/``.
+as Flower deploys today (SuperLink, SuperNodes, ``flwr run``), started with ``privkit flower
+server`` (the coordinator's run) and ``privkit flower client`` (a hospital's SuperNode), whose
+options are the configuration dataclasses' fields (:mod:`privkit.federated.deployment`).
+Optional extra: ``pip install 'privkit[flower]'``; the app folder is ``apps/hospitals/``.
 
 * :data:`client_app` runs at each hospital, next to its SuperNode. Its records, its name and
-  its ledger come from the SuperNode's node configuration (``--node-config``), never from the
-  coordinator: ``data-root`` (a folder holding ``<dataset>.npz`` in MedMNIST's format; a
-  missing file is an error, never a download), ``site`` (the institution id of its ledger
+  its ledger come from the SuperNode's node configuration
+  (:class:`~privkit.federated.deployment.NodeConfig`), never from the coordinator:
+  ``data-root`` (a folder holding ``<dataset>.npz`` in MedMNIST's format; a missing file is
+  an error, never a download), ``site`` (the institution id of its ledger
   scope), ``ledger`` (its privacy ledger; charged with the whole run's mechanism when the
   first round arrives, before a record is read, and only once per run), ``allow-seeded``
   (accept a ``randomness="seeded"`` run: public data only), ``require-secure-aggregation``
   and ``device``. Each round it trains the received model with privkit's local DP-SGD
-  (:func:`privkit.federated.local.local_training`) and sends back its update and the count
+  (:func:`privkit.federated.local.local_training`, the engine's step) and sends back its update and the count
   its ``weighting`` states, nothing else (see :mod:`privkit.federated.algorithms`, "What
   leaves a hospital"). Its random generator lives in the SuperNode's state for the run.
 * :data:`server_app` runs at the coordinator's SuperLink: FedAvg with ``server_lr`` and
@@ -33,9 +36,11 @@ as Flower deploys today (SuperLink, SuperNodes, ``flwr run``). Optional extra:
   pairwise mask, which a curious server might search; privkit's own protocol
   (:mod:`privkit.federated.secure_aggregation`) does not share that limit.
 
-The run configuration (``[tool.flwr.app.config]``, overridden by ``flwr run --run-config``)
+The run configuration (``[tool.flwr.app.config]``, overridden by ``privkit flower server``'s
+options)
 holds every :class:`~privkit.federated.algorithms.FederatedConfig` field in kebab case
-(except ``site_epsilons`` and ``device``) and the app's own keys (:data:`APP_KEYS`).
+(except ``site_epsilons`` and ``device``) and the app's own keys
+(:class:`~privkit.federated.deployment.AppConfig`).
 :func:`simulate` runs the same apps on Flower's simulation runtime, for many hospitals on
 one machine. privkit's torch-based modules are imported where they are used: a SuperNode
 starts a fresh ClientApp process for every message, and three of SecAgg+'s four messages per
@@ -74,79 +79,18 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
 
+from privkit.federated.deployment import federated_config, run_config
+
 if TYPE_CHECKING:
     import torch
 
-    from privkit.federated.algorithms import FederatedConfig, ServerPlan
+    from privkit.federated.algorithms import FederatedConfig
+    from privkit.mechanism import Mechanism
 
-# The app's own run-configuration keys and their defaults (apps/hospitals/pyproject.toml).
-APP_KEYS: dict[str, Any] = {
-    "n-sites": 3,  # hospitals in the federation: FedAvg's fixed denominator and who must connect
-    "dataset": "pneumoniamnist",  # each hospital reads <data-root>/<dataset>.npz
-    "image-size": 28,
-    "out": "global.npz",  # the final model, written by the ServerApp (on the SuperLink's machine)
-    "server-ledger": "",  # the coordinator's ledger for site-level DP ("" = none)
-    "server-allow-seeded": False,  # the coordinator's ledger accepts a seeded run
-    "max-records": 1000,  # SecAgg+'s largest weight under weighting="records"
-    "secagg-clipping-range": 8.0,  # SecAgg+ quantises update coordinates in [-r, r]
-    "round-timeout": 3600.0,  # seconds a round waits for every hospital
-    "partition-scheme": "iid",  # with node config partition-id: split the file as split_sites
-    "partition-alpha": 0.5,
-    "partition-seed": 0,
-}
 QUANTIZATION_RANGE = 2**24  # SecAgg+ levels per coordinate; the sum of all sites stays below 2^32
 MODULUS_RANGE = 2**32
 MAX_SITES = MODULUS_RANGE // QUANTIZATION_RANGE - 1
 _STATE = "privkit"  # the hospital's record in its SuperNode's state for the run
-_NOT_CONFIG = ("site_epsilons", "device")
-
-
-def _key(field: str) -> str:
-    return field.replace("_", "-")
-
-
-def run_config(config: FederatedConfig, **app: Any) -> dict[str, Any]:
-    """The run configuration of ``config`` and the app's keys (``n_sites=5`` sets ``n-sites``).
-
-    >>> from privkit.federated.algorithms import FederatedConfig
-    >>> rc = run_config(FederatedConfig(rounds=2, epsilon=4.0), n_sites=5)
-    >>> rc["rounds"], rc["epsilon"], rc["site-level-epsilon"], rc["n-sites"], rc["dataset"]
-    (2, 4.0, inf, 5, 'pneumoniamnist')
-    """
-    if config.site_epsilons:
-        raise ValueError(
-            f"site_epsilons={dict(config.site_epsilons)} is not offered on the Flower path: every "
-            "hospital runs the run's epsilon (its ledger's budget refuses more)."
-        )
-    values = {
-        _key(f.name): getattr(config, f.name)
-        for f in dataclasses.fields(config)
-        if f.name not in _NOT_CONFIG
-    }
-    unknown = sorted(set(map(_key, app)) - set(APP_KEYS))
-    if unknown:
-        raise ValueError(f"Unknown app key(s) {unknown}; the app's keys are {sorted(APP_KEYS)}.")
-    return {**values, **APP_KEYS, **{_key(k): v for k, v in app.items()}}
-
-
-def federated_config(run: Mapping[str, Any], *, device: str = "cpu") -> FederatedConfig:
-    """The :class:`~privkit.federated.algorithms.FederatedConfig` a run configuration states."""
-    from privkit.federated.algorithms import FederatedConfig
-
-    values = {}
-    for f in dataclasses.fields(FederatedConfig):
-        if f.name in _NOT_CONFIG:
-            continue
-        if _key(f.name) not in run:
-            raise ValueError(
-                f"The run configuration lacks {_key(f.name)!r}; apps/hospitals/pyproject.toml "
-                "declares every FederatedConfig field."
-            )
-        value = run[_key(f.name)]
-        values[f.name] = (
-            float(value) if isinstance(f.default, float) and not isinstance(value, bool) else value
-        )
-    return FederatedConfig(**values, device=device)
 
 
 def _app_value(run: Mapping[str, Any], key: str) -> Any:
@@ -267,6 +211,7 @@ class HospitalClient(NumPyClient):
         from privkit.federated.algorithms import plan_server, site_plan
         from privkit.federated.local import SitePlan
         from privkit.federated.sites import Site, split_sites
+        from privkit.mechanism import Mechanism
 
         dataset, size = (
             str(_app_value(self.run, "dataset")),
@@ -302,7 +247,8 @@ class HospitalClient(NumPyClient):
             )
         name = str(self.node.get("site", name))
         if "plan" in state:  # the mechanism charged on the first round
-            plan = SitePlan(**json.loads(state["plan"]))
+            values = json.loads(state["plan"])
+            plan = SitePlan(**{**values, "mechanism": Mechanism(**values["mechanism"])})
         else:
             plan = site_plan(cfg, name, n)
             if self.node.get("ledger"):  # refused -> BudgetExceededError, and nothing is read
@@ -354,7 +300,7 @@ class PrivkitFedAvg(FedAvg):
         *,
         n_sites: int,
         params: dict[str, torch.Tensor],
-        server: ServerPlan | None,
+        server: Mechanism | None,
         generator: torch.Generator,
         timeout: float,
     ) -> None:
@@ -446,10 +392,9 @@ def serve(
     """
     import torch
 
-    from privkit import _validate, budget, data, randomness
+    from privkit import _validate, budget, data
     from privkit._io import atomic_write
-    from privkit.federated.algorithms import plan_server, server_generator, stream_identity
-    from privkit.mechanism import Mechanism
+    from privkit.federated.algorithms import charge_mechanism, plan_server, server_generator
     from privkit.models import create_model
 
     run = {**(run or {}), **context.run_config}
@@ -462,25 +407,14 @@ def serve(
         raise ValueError(f"Secure aggregation needs n-sites={n_sites} in [2, {MAX_SITES}].")
     server = plan_server(config, n_sites)
     dataset = str(_app_value(run, "dataset"))
-    if server is not None and _app_value(
-        run, "server-ledger"
-    ):  # before any hospital sends an update
-        budget.Ledger(str(run["server-ledger"])).charge(
-            [budget.Scope(dataset)],
-            Mechanism(
-                server.noise_multiplier,
-                server.sample_rate,
-                server.rounds,
-                server.update_clip,
-                server.delta,
-                config.accountant,
-                server.epsilon,
-            ),
+    if server is not None and _app_value(run, "server-ledger"):  # before any update is sent
+        charge_mechanism(
+            budget.Ledger(str(run["server-ledger"])),
+            [str(budget.Scope(dataset))],
+            server,
+            config=config,
+            party="server",
             run_id=f"flower-run{context.run_id}-server",
-            actor=budget.default_actor(),
-            randomness=randomness.ledger_tag(
-                randomness=config.randomness, identity=stream_identity(config, "server")
-            ),
             allow_seeded=bool(_app_value(run, "server-allow-seeded")),
         )
     info = data.info(dataset)
@@ -508,7 +442,7 @@ def serve(
             reconstruction_threshold=1.0,
             max_weight=float(_app_value(run, "max-records")) if records else 1.0,
             clipping_range=(
-                server.update_clip
+                server.max_grad_norm
                 if server is not None
                 else float(_app_value(run, "secagg-clipping-range"))
             ),
@@ -573,7 +507,8 @@ def simulate(
         n_sites: the number of simulated hospitals (SuperNodes).
         server_app: builds the coordinator's ServerApp from the run configuration.
         backend_config: Flower's Ray backend settings (default: one CPU per hospital).
-        app: the app's keys (:data:`APP_KEYS`, e.g. ``partition_scheme="label_skew"``).
+        app: the app's keys (:class:`~privkit.federated.deployment.AppConfig`, e.g.
+            ``partition_scheme="label_skew"``).
 
     Returns:
         The final model, parameter name -> array.

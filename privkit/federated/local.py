@@ -3,56 +3,42 @@
 Each site runs the DP-SGD of Abadi et al. (2016) with its own budget: every local step draws a
 Poisson batch of its records at ``sample_rate = batch_size / n_site``, clips each example's
 gradient to ``max_grad_norm``, adds Gaussian noise of standard deviation
-``noise_multiplier * max_grad_norm`` and divides by the expected batch size, through privkit's
-engine (:func:`privkit.engine.per_sample.clipped_sum`, :func:`privkit.engine.sampling.poisson_indices`).
-The noise is calibrated so that the site's steps over *all* rounds reach at most its epsilon:
-what leaves the site is then a post-processing of a DP-SGD run on its records (sample-level
-DP; Truex et al. 2020, "LDP-Fed"; Kairouz et al. 2021, "Advances and open problems in
-federated learning", section 4.3). As in DP-SGD itself, the site's record count is treated as
-public.
+``noise_multiplier * max_grad_norm`` to the sum and divides by the expected batch size. The step
+is the engine's (:class:`privkit.engine.fast.FastStack`, the same code as centralised
+training, compiled on a GPU), and the hospitals of a round train as one stack: K sites, K
+stacked models, each with its own records, rate, noise and generator. The noise is calibrated
+so that the site's steps over *all* rounds reach at most its epsilon (:func:`plan_site`): what
+leaves the site is then a post-processing of a DP-SGD run on its records (sample-level DP;
+Truex et al. 2020, "LDP-Fed"; Kairouz et al. 2021, "Advances and open problems in federated
+learning", section 4.3). As in DP-SGD itself, the site's record count is treated as public.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value
 
-from privkit import _validate, accounting
-from privkit.engine import per_sample_loss
-from privkit.engine.per_sample import Params, clipped_sum, per_sample_grad_fn
-from privkit.engine.sampling import poisson_indices
+from privkit import mechanism
+from privkit.engine.fast import FastStack, max_batch_size, padded_poisson
+from privkit.engine.per_sample import Params
 from privkit.federated.sites import Site
+from privkit.mechanism import Mechanism
 
 
 @dataclass(frozen=True)
 class SitePlan:
-    """A site's DP-SGD mechanism over the whole federated training (what its ledger is charged).
-
-    ``noise_multiplier = 0`` and ``epsilon = inf`` mean no sample-level privacy.
-    """
+    """A site's DP-SGD over the whole federated training: the :class:`Mechanism` its ledger is
+    charged with (``mechanism.steps = steps_per_round * rounds``), named by the site."""
 
     site: str
     n_records: int
-    noise_multiplier: float
-    sample_rate: float
     steps_per_round: int
-    rounds: int
-    max_grad_norm: float
-    delta: float
-    accountant: str
-    epsilon: float  # spent after all rounds
-
-    @property
-    def steps(self) -> int:
-        return self.steps_per_round * self.rounds
-
-    @property
-    def private(self) -> bool:
-        return self.noise_multiplier > 0
+    mechanism: Mechanism
 
 
 def plan_site(
@@ -69,8 +55,8 @@ def plan_site(
 ) -> SitePlan:
     """Poisson rate, steps and calibrated noise of one site's DP-SGD over ``rounds`` rounds.
 
-    ``sample_rate = min(1, batch_size / n_records)``; ``local_epochs * round(n / batch_size)``
-    steps per round (at least 1). ``epsilon = inf`` plans no noise.
+    ``sample_rate = min(1, batch_size / n_records)``; :func:`privkit.mechanism.steps_of` steps
+    per round; the noise from :func:`privkit.mechanism.plan`. ``epsilon = inf`` plans no noise.
 
     Raises:
         ValueError: on ``delta >= 1 / n_records`` for a private site (it would allow leaking
@@ -78,50 +64,129 @@ def plan_site(
 
     >>> p = plan_site("h1", 1000, epsilon=8.0, delta=1e-5, batch_size=250, local_epochs=1,
     ...               rounds=10, max_grad_norm=1.0)
-    >>> p.sample_rate, p.steps, p.epsilon <= 8.0
+    >>> p.mechanism.sample_rate, p.mechanism.steps, p.mechanism.epsilon <= 8.0
     (0.25, 40, True)
     """
-    _validate.positive_int(n_records=n_records)
-    _validate.positive(epsilon=epsilon)
-    _validate.positive_int(batch_size=batch_size)
-    _validate.positive_int(local_epochs=local_epochs)
-    _validate.positive_int(rounds=rounds)
-    sample_rate = min(1.0, batch_size / n_records)
-    steps_per_round = local_epochs * max(1, round(n_records / batch_size))
-    noise, spent = 0.0, math.inf
-    if math.isfinite(epsilon):
-        if delta >= 1 / n_records:
-            raise ValueError(
-                f"Expected delta={delta} < 1/n = {1 / n_records:.3g} for site {name!r} "
-                f"(n = {n_records} records): a larger delta allows leaking whole records."
-            )
-        steps = steps_per_round * rounds
-        noise = accounting.calibrate_noise(
-            target_epsilon=epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-        )
-        spent = accounting.epsilon(
-            noise_multiplier=noise,
-            sample_rate=sample_rate,
-            steps=steps,
-            delta=delta,
-            accountant=accountant,
-        )
+    steps_per_round = mechanism.steps_of(n=n_records, batch_size=batch_size, epochs=local_epochs)
     return SitePlan(
         name,
         n_records,
-        noise,
-        sample_rate,
         steps_per_round,
-        rounds,
-        max_grad_norm,
-        delta,
-        accountant,
-        spent,
+        mechanism.plan(
+            sample_rate=min(1.0, batch_size / n_records),
+            steps=steps_per_round * rounds,
+            delta=delta,
+            epsilon=epsilon,
+            max_grad_norm=max_grad_norm,
+            accountant=accountant,
+            n=n_records,
+            who=f"site {name!r}",
+        ),
     )
+
+
+class SiteStack:
+    """The local training of K sites as one :class:`~privkit.engine.fast.FastStack`.
+
+    Built once per run (the compiled step is reused), started each round from the model the
+    sites receive. Every site draws its own Poisson sample of its own records with its own
+    generator, exactly as it would training alone (the engine's :func:`padded_poisson` on its
+    ``n`` records), so a site's result does not depend on who else is in the stack.
+
+    Args:
+        model: the architecture (its weights are not used).
+        sites, plans, generators: one each per site; the plans' ``steps_per_round`` must agree.
+        lr, momentum: local SGD (``torch.optim.SGD``'s momentum, dampening 0).
+        compile: compile the step (default: on CUDA, see :func:`privkit.engine.fast.compile_by_default`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sites: Sequence[Site],
+        plans: Sequence[SitePlan],
+        generators: Sequence[torch.Generator],
+        *,
+        lr: float,
+        momentum: float,
+        compile: bool | None = None,
+    ) -> None:
+        if not len(sites) == len(plans) == len(generators) > 0:
+            raise ValueError(
+                f"Expected one plan and generator per site, got {len(sites)} sites, "
+                f"{len(plans)} plans, {len(generators)} generators."
+            )
+        for site, plan in zip(sites, plans):
+            if plan.n_records != len(site) or plan.site != site.name:
+                raise ValueError(
+                    f"Plan for site {plan.site!r} of n_records={plan.n_records} given site "
+                    f"{site!r} of {len(site)} records."
+                )
+        steps = {p.steps_per_round for p in plans}
+        if len(steps) != 1:
+            raise ValueError(f"A stack's sites must run as many steps per round, got {steps}.")
+        self.steps = steps.pop()
+        self.sites, self.plans, self.generators = list(sites), list(plans), list(generators)
+        mechs = [p.mechanism for p in plans]
+        self.expected = [m.sample_rate * p.n_records for m, p in zip(mechs, plans)]
+        self.stack = FastStack(
+            [copy.deepcopy(model) for _ in sites],
+            noise_multipliers=[m.noise_multiplier for m in mechs],
+            max_grad_norms=[m.max_grad_norm if m.private else math.inf for m in mechs],
+            expected_batch_sizes=self.expected,
+            lr=lr,
+            momentum=momentum,
+            generators=self.generators,
+            max_batch=max(max_batch_size(len(s), m.sample_rate) for s, m in zip(sites, mechs)),
+            compile=compile,
+        )
+        self.rates = [  # float64, as privkit.engine.sampling explains
+            torch.full((1, len(s)), m.sample_rate, dtype=torch.float64, device=g.device)
+            for s, m, g in zip(sites, mechs, generators)
+        ]
+
+    def train(
+        self, params: Params, momentum_buffers: Sequence[Params | None] | None = None
+    ) -> tuple[list[Params], list[Params], list[float]]:
+        """One round: every site's ``steps_per_round`` DP-SGD steps from ``params``.
+
+        Args:
+            params: the model the sites received, name -> tensor; not modified.
+            momentum_buffers: each site's momentum to continue from (``None``: from zero).
+
+        Returns:
+            Each site's trained parameters and momentum buffer, and its mean loss per expected
+            example.
+        """
+        k = len(self.sites)
+        stacked = {n: v.detach().unsqueeze(0).repeat(k, *[1] * v.dim()) for n, v in params.items()}
+        given = [m for m in momentum_buffers or [] if m is not None]
+        if given and len(given) != k:
+            raise ValueError("Give every site's momentum buffer, or none.")
+        momenta = {n: torch.stack([m[n] for m in given]) for n in params} if given else None
+        self.stack.restart(stacked, momenta)
+        loss = torch.zeros(k, device=self.stack.device)
+        for _ in range(self.steps):
+            idx, weights = self._batches()  # (K, W), into each site's own records
+            images = torch.stack([s.train.images[i] for s, i in zip(self.sites, idx)])
+            labels = torch.stack([s.train.labels[i] for s, i in zip(self.sites, idx)])
+            loss += self.stack.step(images, labels, weights)  # images (K, W, C, H, W')
+        params_k = [{n: v[i] for n, v in self.stack.params.items()} for i in range(k)]
+        momenta_k = [{n: v[i] for n, v in self.stack.momentum_buffers.items()} for i in range(k)]
+        losses = [float(x) / (self.steps * e) for x, e in zip(loss.tolist(), self.expected)]
+        return params_k, momenta_k, losses
+
+    def _batches(self) -> tuple[list[Tensor], Tensor]:
+        """Each site's padded Poisson sample of its own records, padded to one width W: the
+        indices (W,) per site, and the weights (K, W)."""
+        drawn = [
+            padded_poisson(rates, [g], self.stack.max_batch)
+            for rates, g in zip(self.rates, self.generators)
+        ]  # each site: (1, W_k)
+        width = max(idx.shape[1] for idx, _ in drawn)
+        pad = lambda t: nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        idx = [pad(i)[0].to(s.train.images.device) for (i, _), s in zip(drawn, self.sites)]
+        return idx, torch.cat([pad(w) for _, w in drawn]).to(self.stack.device)
 
 
 def local_training(
@@ -135,7 +200,8 @@ def local_training(
     generator: torch.Generator,
     momentum_buffer: Params | None = None,
 ) -> tuple[Params, Params, float]:
-    """One round at one site: ``plan.steps_per_round`` DP-SGD steps (momentum SGD) from ``params``.
+    """One round at one site (a :class:`SiteStack` of one): ``plan.steps_per_round`` DP-SGD
+    steps (momentum SGD) from ``params``.
 
     Args:
         model: the architecture (its own weights are not used; ``params`` are).
@@ -149,62 +215,6 @@ def local_training(
     Returns:
         The trained parameters, the momentum buffer, and the mean loss per expected example.
     """
-    if plan.n_records != len(site):
-        raise ValueError(
-            f"Plan for n_records={plan.n_records} given site {site!r} of {len(site)} records."
-        )
-    params = {k: v.detach().clone() for k, v in params.items()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-    expected = plan.sample_rate * plan.n_records  # the expected batch size divides the sum
-    clip = plan.max_grad_norm if plan.private else math.inf
-    per_sample = per_sample_grad_fn(model)
-    total_loss = 0.0
-    for _ in range(plan.steps_per_round):
-        idx = poisson_indices(len(site), plan.sample_rate, generator)
-        x, y = site.train.images[idx], site.train.labels[idx]
-        if plan.private:
-            grads, losses = per_sample(params, buffers, x, y) if len(idx) else _empty(params)
-            summed = (
-                clipped_sum(grads, clip, torch.ones(len(idx), device=x.device))
-                if len(idx)
-                else grads
-            )
-            noise = _gaussian(params, plan.noise_multiplier * plan.max_grad_norm, generator)
-            summed = {k: summed[k] + noise[k] for k in summed}
-            loss = float(losses.sum()) if len(idx) else 0.0
-        else:
-            summed, loss = _summed_gradient(model, params, buffers, x, y)
-        step = {k: g / expected for k, g in summed.items()}
-        if momentum_buffer is None:
-            momentum_buffer = {k: g.clone() for k, g in step.items()}
-        else:
-            momentum_buffer = {k: momentum * momentum_buffer[k] + step[k] for k in step}
-        params = {k: p - lr * momentum_buffer[k] for k, p in params.items()}
-        total_loss += loss
-    return params, momentum_buffer, total_loss / (plan.steps_per_round * expected)
-
-
-def _empty(params: Params) -> tuple[Params, Tensor]:
-    """The clipped sum of an empty Poisson batch (zero), and no losses."""
-    return {k: torch.zeros_like(v) for k, v in params.items()}, torch.zeros(0)
-
-
-def _gaussian(params: Params, std: float, generator: torch.Generator) -> Params:
-    return {
-        k: torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype) * std
-        for k, v in params.items()
-    }
-
-
-def _summed_gradient(
-    model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor
-) -> tuple[Params, float]:
-    """Gradient of the summed loss (no clipping, no noise): the non-private local step."""
-    if len(x) == 0:
-        return {k: torch.zeros_like(v) for k, v in params.items()}, 0.0
-
-    def loss(p: Params) -> Tensor:
-        return per_sample_loss(functional_call(model, (p, buffers), (x,)), y).sum()
-
-    grads, value = grad_and_value(loss)(params)
-    return grads, float(value)
+    stack = SiteStack(model, [site], [plan], [generator], lr=lr, momentum=momentum)
+    [new], [buffer], [loss] = stack.train(params, [momentum_buffer])
+    return new, buffer, loss

@@ -276,10 +276,10 @@ def _train_one(
                 "site": site.name,
                 "n_records": len(site),
                 "positive_fraction": float(site.train.labels.mean()),
-                "noise_multiplier": p.noise_multiplier,
-                "sample_rate": p.sample_rate,
-                "steps": p.steps,
-                "epsilon_spent": p.epsilon,
+                "noise_multiplier": p.mechanism.noise_multiplier,
+                "sample_rate": p.mechanism.sample_rate,
+                "steps": p.mechanism.steps,
+                "epsilon_spent": p.mechanism.epsilon,
             }
             for site, p in zip(sites, result.sites)
         ]

@@ -167,8 +167,15 @@ def test_audit_catches_a_broken_mechanism_and_passes_the_intact_one(
 ):
     ds, canaries = small_audit_data
     clip, break_it = _BROKEN[bug]
+    # Seeded: at this tiny size the broken runs' memorisation varies with the Poisson draws (a
+    # secure run now and then got only 7 of 10 guesses right); one recorded stream repeats.
     config = TrainConfig(
-        epsilon=None, noise_multiplier=50.0, max_grad_norm=clip, epochs=20, batch_size=32
+        epsilon=None,
+        noise_multiplier=50.0,
+        max_grad_norm=clip,
+        epochs=20,
+        batch_size=32,
+        randomness="seeded",
     )
 
     def audited() -> dict[str, float]:

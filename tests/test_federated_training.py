@@ -444,7 +444,7 @@ def test_the_coordinator_cannot_replay_a_sites_training(dataset: data.Dataset) -
     runs = {
         mode: [
             train_federated(
-                FederatedConfig(**QUICK, epsilon=4.0, randomness=mode),
+                FederatedConfig(**{**QUICK, "rounds": 1}, epsilon=4.0, randomness=mode),
                 sites,
                 evaluation=dataset,
                 progress=False,

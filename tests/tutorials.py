@@ -16,7 +16,7 @@ TUTORIALS = {
     "01_dp_sgd_basics": ({"epochs": 1, "batch_size": 32, "curve_epochs": 3}, "non-private"),
     "02_membership_inference": (
         {"n_models": 6, "pool_size": 128, "epochs": 2, "batch_size": 16},
-        "DP bound",
+        "DP cap",
     ),
     "03_privacy_budgets": ({"epochs": 1, "batch_size": 32}, "REFUSED"),
     "04_federated_hospitals": (

@@ -152,8 +152,8 @@ def test_unknown_parameter_is_named() -> None:
 @pytest.mark.slow
 def test_real_pneumoniamnist_smoke() -> None:
     """On the real data (when PRIVKIT_DATA holds it), two private epochs already separate
-    (one secure run scored a test AUC of 0.848, hence a bar of 0.8; a model that learned nothing
-    scores 0.5)."""
+    (test AUC 0.92 to 0.94 in three secure runs, 0.848 in one more, hence a bar of 0.8; a model
+    that learned nothing scores 0.5)."""
     root = data.data_root()
     if not (root / "pneumoniamnist.npz").exists():
         pytest.skip("set PRIVKIT_DATA to a folder holding pneumoniamnist.npz")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ledger_runs import RUN, charge, eps_of, run
 from postgres import admin_rows
 
 from privkit.accounting import compose, epsilon
@@ -27,45 +28,10 @@ from privkit.budget import (
     default_path,
     parse_scope,
 )
-from privkit.mechanism import Mechanism
 
 D = "dataset:pneumoniamnist"
 H1, H2 = f"{D}/institution:h1", f"{D}/institution:h2"
-RUN = dict(noise_multiplier=1.0, sample_rate=0.05, steps=50, delta=1e-5)  # epsilon ~2.7
 MECH = (RUN["noise_multiplier"], RUN["sample_rate"], RUN["steps"])
-
-
-def eps_of(k: int, delta: float = 1e-5, accountant: str = "prv") -> float:
-    """Epsilon of k runs of RUN, from the accountant run once for k times the steps."""
-    return epsilon(
-        noise_multiplier=1.0, sample_rate=0.05, steps=50 * k, delta=delta, accountant=accountant
-    )
-
-
-def run(**overrides) -> Mechanism:
-    """RUN as the ledger receives it; the ledger computes its epsilon (NaN here) itself."""
-    return Mechanism(
-        **{"max_grad_norm": 1.0, "accountant": "prv", "epsilon": math.nan, **RUN, **overrides}
-    )
-
-
-def charge(
-    ledger: Ledger,
-    *scopes: str,
-    run_id: str = "run",
-    actor: str = "tester",
-    randomness: str = "secure",
-    allow_seeded: bool = False,
-    **mechanism,
-):
-    return ledger.charge(
-        list(scopes),
-        run(**mechanism),
-        run_id=run_id,
-        actor=actor,
-        randomness=randomness,
-        allow_seeded=allow_seeded,
-    )
 
 
 def counts(ledger: Ledger) -> tuple[int, int, int]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import sqlite3
 from pathlib import Path
 
 import pytest
+from ledger_runs import RUN, charge
 from postgres import admin_rows
 
 from privkit import _hashchain, _ledger_sqlite
@@ -28,39 +28,11 @@ from privkit.budget import (
     SeededRunError,
     parse_scope,
 )
-from privkit.mechanism import Mechanism
 
 D = "dataset:pneumoniamnist"
 H1, H2 = f"{D}/institution:h1", f"{D}/institution:h2"
-RUN = dict(noise_multiplier=1.0, sample_rate=0.05, steps=50, delta=1e-5)  # epsilon ~2.68
 EPS = epsilon(**RUN)
 ZEROS = "0" * 64
-
-
-def run(**overrides) -> Mechanism:
-    """RUN as the ledger receives it; the ledger computes its epsilon (NaN here) itself."""
-    return Mechanism(
-        **{"max_grad_norm": 1.0, "accountant": "prv", "epsilon": math.nan, **RUN, **overrides}
-    )
-
-
-def charge(
-    ledger: Ledger,
-    *scopes: str,
-    run_id: str = "run",
-    actor: str = "tester",
-    randomness: str = "secure",
-    allow_seeded: bool = False,
-    **mechanism,
-):
-    return ledger.charge(
-        list(scopes),
-        run(**mechanism),
-        run_id=run_id,
-        actor=actor,
-        randomness=randomness,
-        allow_seeded=allow_seeded,
-    )
 
 
 def rows(path: Path, sql: str) -> list[tuple]:

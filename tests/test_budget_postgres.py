@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ledger_runs import charge, eps_of, run
 from postgres import admin_rows
 
 from privkit import _hashchain, _ledger_postgres
-from privkit.accounting import epsilon
 from privkit.budget import (
     BudgetExceededError,
     Ledger,
@@ -29,7 +29,6 @@ from privkit.budget import (
     migrate,
 )
 from privkit.cli import main
-from privkit.mechanism import Mechanism
 
 psycopg = pytest.importorskip(
     "psycopg", reason="psycopg 3 is not installed (pip install -e '.[dev]')"
@@ -37,39 +36,7 @@ psycopg = pytest.importorskip(
 
 D, C = "dataset:pneumoniamnist", "dataset:chestmnist"
 H1, H2 = f"{D}/institution:h1", f"{D}/institution:h2"
-RUN = dict(noise_multiplier=1.0, sample_rate=0.05, steps=50, delta=1e-5)  # epsilon ~2.68
 URL = Callable[[str], str]  # pg_url: a user's URL of this test's ledger
-
-
-def eps_of(k: int) -> float:
-    """Epsilon of k runs of RUN, from the accountant run once for k times the steps."""
-    return epsilon(noise_multiplier=1.0, sample_rate=0.05, steps=50 * k, delta=1e-5)
-
-
-def run(**overrides) -> Mechanism:
-    """RUN as the ledger receives it; the ledger computes its epsilon (NaN here) itself."""
-    return Mechanism(
-        **{"max_grad_norm": 1.0, "accountant": "prv", "epsilon": math.nan, **RUN, **overrides}
-    )
-
-
-def charge(
-    ledger: Ledger,
-    *scopes: str,
-    run_id: str = "run",
-    actor: str = "tester",
-    randomness: str = "secure",
-    allow_seeded: bool = False,
-    **mechanism,
-):
-    return ledger.charge(
-        list(scopes),
-        run(**mechanism),
-        run_id=run_id,
-        actor=actor,
-        randomness=randomness,
-        allow_seeded=allow_seeded,
-    )
 
 
 def sql(url: str, statement: str, params: tuple = (), *, serializable: bool = True) -> list[tuple]:

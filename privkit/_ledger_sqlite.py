@@ -254,9 +254,8 @@ class State:
     datasets: list[Registration]
     spends: list[Spend]
     stray_scopes: list[int]  # spend ids in spend_scopes that are not in spends
-    visible: frozenset[str] | None = (
-        None  # the datasets its reader may see (PostgreSQL); None: every one
-    )
+    # the datasets its reader may see (PostgreSQL); None: every one
+    visible: frozenset[str] | None = None
     reader: str | None = None  # who reads (PostgreSQL: the database user)
     checks: list[Check] = dataclasses.field(
         default_factory=list

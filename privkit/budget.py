@@ -152,9 +152,8 @@ __all__ = [
     "parse_scope",
 ]
 ACCOUNTANTS = ("prv", "rdp")  # upper bounds only; "gdp" can under-report
-PRV_MAX_MECHANISMS = (
-    8  # beyond, PRV gets slow (20 different runs: ~30 s), and "prv" composes with RDP
-)
+# beyond, PRV gets slow (20 different runs: ~30 s), and "prv" composes with RDP
+PRV_MAX_MECHANISMS = 8
 SCOPE_FORMS = (
     "dataset:<name>",
     "dataset:<name>/institution:<id>",

@@ -624,25 +624,10 @@ def _train(args: argparse.Namespace) -> int:
     from privkit import experiments
     from privkit.train import train
 
-    config = TrainConfig(
-        dataset=args.dataset,
-        model=args.model,
-        backend=args.backend,
-        epsilon=None if args.noise_multiplier is not None else args.epsilon,
-        noise_multiplier=args.noise_multiplier,
-        delta=args.delta,
-        max_grad_norm=args.max_grad_norm,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        ema=args.ema,
-        accountant=args.accountant,
-        seed=args.seed,
-        randomness=args.randomness,
-        device=args.device,
-        data_root=args.data_root,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if args.noise_multiplier is not None:  # --noise-multiplier replaces the default --epsilon
+        values["epsilon"] = None
+    config = TrainConfig(**values)  # every field has its --option of the same name
     path = args.ledger or os.environ.get("PRIVKIT_LEDGER")
     ledger = budget.Ledger(path) if path else None
     if args.scope and ledger is None:

@@ -38,10 +38,9 @@ from privkit.mechanism import Mechanism, check_delta, steps_of
 from privkit.train import TrainConfig, TrainResult, stream_identity, train_many
 
 _BATCH_TOLERANCE = 1e-3  # relative: the expected batch is at least batch_size and within 0.1% of it
-_EPSILON_TOLERANCE = (
-    2.5e-4  # relative: each group's epsilon within 0.025% of its budget, finer than the
-)
-# batch's tolerance so that the expected batch, a sum of the groups' rates, is monotone in sigma at its scale
+# relative: each group's epsilon within 0.025% of its budget, finer than the batch's tolerance so
+# that the expected batch, a sum of the groups' rates, is monotone in sigma at its scale
+_EPSILON_TOLERANCE = 2.5e-4
 _MAX_NOISE = 1e3  # far beyond any useful noise multiplier
 _MIN_RATE = 1e-12  # far below any useful sample rate
 _GROUPS_STREAM = 0x67726F757073  # "groups": assign_groups' random stream

@@ -54,9 +54,8 @@ class TrainConfig:
     ema: float = 0.0  # decay of a moving average of the parameters, evaluated instead (0: off)
     accountant: str = "prv"
     seed: int = 0  # initialisation; also the noise and Poisson draws with randomness="seeded"
-    randomness: str = (
-        "secure"  # noise and Poisson draws: OS entropy, or "seeded" (privkit.randomness)
-    )
+    # noise and Poisson draws: OS entropy, or "seeded" (privkit.randomness)
+    randomness: str = "secure"
     device: str = "auto"
     data_root: str | None = None
 
@@ -117,9 +116,8 @@ class TrainResult:
     epoch_seconds: list[float] = field(default_factory=list)  # training only; shared by a stack
     device: str = ""
     seconds: float = 0.0
-    spend: budget.Spend | None = (
-        None  # the ledger's record of this run; its hash anchors the ledger
-    )
+    # the ledger's record of this run; its hash anchors the ledger
+    spend: budget.Spend | None = None
 
 
 def resolve_device(device: str) -> torch.device:

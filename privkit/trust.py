@@ -180,20 +180,7 @@ def metrics_table(scores: pd.DataFrame) -> pd.DataFrame:
             values = evaluate(
                 rows_split["label"].to_numpy(), expit(rows_split["logit"].to_numpy()), task="binary"
             )
-            common = {
-                c: first[c]
-                for c in (
-                    "run_id",
-                    "experiment",
-                    "dataset",
-                    "model",
-                    "seed",
-                    "randomness",
-                    "epsilon_target",
-                    "epsilon_spent",
-                    "delta",
-                )
-            }
+            common = {c: first[c] for c in SCORE_COLUMNS[: SCORE_COLUMNS.index("noise_multiplier")]}
             rows += [{**common, "split": split, "metric": m, "value": v} for m, v in values.items()]
     return pd.DataFrame(rows)
 

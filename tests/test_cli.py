@@ -63,6 +63,18 @@ def test_infinite_epsilon_trains_without_privacy(
     assert printed["backend"] == "nonprivate" and printed["noise_multiplier"] == 0
 
 
+def test_a_fixed_noise_multiplier_replaces_the_default_epsilon(
+    synthetic_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Every TrainConfig field reaches the run from its option: here --noise-multiplier (which
+    drops the default --epsilon) and --randomness."""
+    args = ["--noise-multiplier", "2.5", "--randomness", "seeded"]
+    assert main(["train", "--data-root", str(synthetic_root), *ARGS, *args]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["noise_multiplier"] == 2.5 and printed["randomness"] == "seeded"
+    assert printed["delta"] == 1e-3 and 0 < printed["epsilon_spent"] < 8
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

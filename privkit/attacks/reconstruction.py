@@ -451,8 +451,10 @@ def attack_defenses(
 ) -> AttackResult:
     """Release the batch's update under each defence, attack it, score the reconstructions.
 
-    The noise of every setting is drawn from a generator seeded with ``seed``; the attack is
-    seeded with ``seed`` too, so a setting differs from another only in its defence. Given
+    The noise of every setting is one seeded stream of ``privkit.randomness`` (recorded
+    research mode: the same draws, scaled, under every defence), the attack's starting guesses
+    another, both from ``seed``: a setting differs from another only in its defence, and the
+    attack never starts from the noise's own draws. Given
     ``candidates`` (M, C, H, W) and the batch's indices ``truth`` among them, the table also
     holds each reconstruction's :func:`identification_rank` (metric ``rank``).
     """
@@ -472,7 +474,11 @@ def attack_defenses(
             labels,
             max_grad_norm=setting.max_grad_norm,
             noise_multiplier=setting.noise_multiplier,
-            generator=torch.Generator(device=images.device).manual_seed(seed),
+            generator=torch_generator(
+                randomness="seeded",
+                identity={"stream": "reconstruction-defence", "seed": seed},
+                device=images.device,
+            ),
         )
         result = reconstruct(
             model,
